@@ -1,0 +1,329 @@
+"""Per-sample input-space Fisher operators: matrix-free products and the K x K dual Gram form.
+
+For a classifier with logits z(x) (K classes) and p = softmax(z), the input-space Fisher is
+
+    F(x) = J^T (diag(p) - p p^T) J,    J = dz/dx  (K x d).
+
+Every operator here is *batched over samples*: sample i owns its own d x d block F(x_i), and a
+product takes one vector per sample, ``V`` of shape (N, d), to ``F V`` of shape (N, d). Operators
+know nothing about transformers: they take a plain ``logit_fn`` from a continuous input batch
+(N, *input_shape) to logits (N, K), where sample i's logits depend on x_i alone (eval mode).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from hf_fisher.errors import InputError, NotAClassifierError
+
+LogitFn = Callable[[Tensor], Tensor]
+
+
+@runtime_checkable
+class BatchedOperator(Protocol):
+    """A stack of N symmetric d x d blocks, applied one vector per block.
+
+    Attributes:
+        shape: ``(N, d)``: number of blocks and size of each.
+        dtype, device: of the vectors ``matvec`` takes and returns.
+        space_mask: ``(N, d)`` 0/1 mask of the coordinates that belong to each block's space
+            (text: non-padded tokens), or None when every coordinate does. Random probes are
+            multiplied by it.
+
+    """
+
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    device: torch.device
+    space_mask: Tensor | None
+
+    def matvec(self, vectors: Tensor) -> Tensor:  # (N, d) -> (N, d)
+        """Return ``F_i v_i`` for every sample i."""
+        ...
+
+
+class DenseOperator:
+    """A batched operator backed by a dense (N, d, d) tensor; for tests and tiny problems.
+
+    >>> op = DenseOperator(torch.eye(3).expand(2, 3, 3))
+    >>> op.matvec(torch.ones(2, 3)).tolist()
+    [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    """
+
+    def __init__(self, matrices: Tensor, space_mask: Tensor | None = None) -> None:  # (N, d, d)
+        if matrices.ndim == 2:
+            matrices = matrices.unsqueeze(0)
+        if matrices.ndim != 3 or matrices.shape[1] != matrices.shape[2]:
+            raise InputError(
+                f"got a dense operator of shape {tuple(matrices.shape)}; expected (N, d, d)"
+            )
+        self.matrices = matrices
+        self.shape = (matrices.shape[0], matrices.shape[1])
+        self.dtype = matrices.dtype
+        self.device = matrices.device
+        self.space_mask = space_mask
+
+    def matvec(self, vectors: Tensor) -> Tensor:  # (N, d) -> (N, d)
+        """Return ``A_i v_i`` for every sample i."""
+        return torch.einsum("nij,nj->ni", self.matrices, vectors)
+
+
+def as_operator(operator: BatchedOperator | Tensor) -> BatchedOperator:
+    """Accept a dense (N, d, d) or (d, d) tensor wherever an operator is expected."""
+    if isinstance(operator, Tensor):
+        return DenseOperator(operator)
+    return operator
+
+
+def centered_class_covariance(probs: Tensor) -> Tensor:  # (N, K) -> (N, K, K)
+    """Return ``diag(p) - p p^T`` per sample."""
+    return torch.diag_embed(probs) - probs.unsqueeze(-1) * probs.unsqueeze(-2)
+
+
+def apply_class_covariance(probs: Tensor, top_class: Tensor, values: Tensor) -> Tensor:
+    """Return ``(diag(p) - p p^T) w`` per sample, in float64, without float32 cancellation.
+
+    The matrix annihilates the ones vector, so ``w`` is first shifted by its top-class entry: a
+    mathematical no-op that keeps the result accurate when p_top is close to 1.
+
+    Args:
+        probs: (N, K) float64 probabilities.
+        top_class: (N,) index of each sample's most probable class.
+        values: (N, K) vectors ``w``.
+
+    Returns:
+        (N, K) float64.
+
+    """
+    shifted = values.double() - values.double().gather(1, top_class[:, None])
+    return probs * (shifted - (probs * shifted).sum(dim=1, keepdim=True))
+
+
+def _check_logits(logits: Tensor, num_samples: int) -> None:
+    if logits.ndim != 2 or logits.shape[0] != num_samples or logits.shape[1] < 2:
+        raise NotAClassifierError(
+            f"the model returned an output of shape {tuple(logits.shape)} for {num_samples} "
+            "samples; hf-fisher needs classifier logits of shape (N, K) with K >= 2 classes"
+        )
+    if not torch.isfinite(logits).all():
+        bad = (~torch.isfinite(logits)).any(dim=1).nonzero().flatten().tolist()
+        raise InputError(
+            f"the model produced non-finite logits for samples {bad[:10]}; check those inputs "
+            "and the model's dtype (float16 overflows easily)"
+        )
+
+
+def _as_mask(space_mask: Tensor | None, inputs: Tensor) -> Tensor | None:
+    if space_mask is None:
+        return None
+    return (
+        space_mask.to(dtype=inputs.dtype, device=inputs.device)
+        .expand_as(inputs)
+        .reshape(inputs.shape[0], -1)
+    )
+
+
+class FisherOperator:
+    """Matrix-free input-space Fisher products for a batch, via double backward.
+
+    One forward pass builds the graph; each product then costs one double-backward (``J v``) and
+    one backward (``J^T w``) over the whole batch. No weight gradients are formed.
+
+    Args:
+        logit_fn: maps (N, *input_shape) inputs to (N, K) logits; samples must be independent.
+        inputs: (N, *input_shape) batch in the input space.
+        space_mask: optional (N, *input_shape) 0/1 mask of coordinates that belong to the space.
+
+    >>> weight = torch.randn(3, 5, dtype=torch.float64)
+    >>> x = torch.randn(2, 5, dtype=torch.float64)
+    >>> op = FisherOperator(lambda inp: inp @ weight.T, x)
+    >>> p = torch.softmax(x @ weight.T, dim=1)
+    >>> dense = weight.T @ (torch.diag(p[0]) - torch.outer(p[0], p[0])) @ weight
+    >>> v = torch.randn(2, 5, dtype=torch.float64)
+    >>> torch.allclose(op.matvec(v)[0], dense @ v[0])
+    True
+
+    """
+
+    def __init__(self, logit_fn: LogitFn, inputs: Tensor, space_mask: Tensor | None = None):
+        self.input_shape = tuple(inputs.shape[1:])
+        num_samples = inputs.shape[0]
+        self.shape = (num_samples, math.prod(self.input_shape))
+        self.dtype = inputs.dtype
+        self.device = inputs.device
+        self.space_mask = _as_mask(space_mask, inputs)
+        self._inputs = inputs.detach().requires_grad_(True)
+        with torch.enable_grad():
+            self.logits = logit_fn(self._inputs)
+            _check_logits(self.logits, num_samples)
+            self.probs = torch.softmax(self.logits.detach().double(), dim=1)
+            self.top_class = self.probs.argmax(dim=1)
+            self._probe = torch.zeros_like(self.logits, requires_grad=True)
+            (self._transpose_graph,) = torch.autograd.grad(
+                self.logits, self._inputs, self._probe, create_graph=True
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of classes."""
+        return self.logits.shape[1]
+
+    def _mask(self, vectors: Tensor) -> Tensor:
+        return vectors if self.space_mask is None else vectors * self.space_mask
+
+    def jvp(self, vectors: Tensor) -> Tensor:  # (N, d) -> (N, K)
+        """Return ``J v`` per sample (one double-backward pass over the batch)."""
+        tangent = self._mask(vectors.to(self.dtype)).reshape(self._inputs.shape)
+        (out,) = torch.autograd.grad(self._transpose_graph, self._probe, tangent, retain_graph=True)
+        return out.detach()
+
+    def vjp(self, cotangents: Tensor) -> Tensor:  # (N, K) -> (N, d)
+        """Return ``J^T w`` per sample (one backward pass over the batch)."""
+        (out,) = torch.autograd.grad(
+            self.logits, self._inputs, cotangents.to(self.logits.dtype), retain_graph=True
+        )
+        return self._mask(out.detach().reshape(self.shape))
+
+    def matvec(self, vectors: Tensor) -> Tensor:  # (N, d) -> (N, d)
+        """Return ``F_i v_i`` per sample."""
+        weighted = apply_class_covariance(self.probs, self.top_class, self.jvp(vectors))
+        return self.vjp(weighted)
+
+    def quadratic_form(self, vectors: Tensor) -> Tensor:  # (N, d) -> (N,) float64
+        """Return ``v_i^T F_i v_i`` per sample from a single ``J v`` product."""
+        jv = self.jvp(vectors).double()
+        return (jv * apply_class_covariance(self.probs, self.top_class, jv)).sum(dim=1)
+
+
+@dataclass
+class GradientRows:
+    """The K-1 logit-difference gradients per sample, and the class weights that make F.
+
+    ``F_i = R_i^T W_i R_i`` with ``R_i`` the rows ``grad_x (z_k - z_top)`` for the K-1 classes
+    k != top and ``W_i = diag(q) - q q^T``, q the probabilities of those classes. This is exact:
+    ``diag(p) - p p^T`` annihilates the ones vector, so subtracting the top row changes nothing.
+
+    Attributes:
+        rows: (N, K-1, d) in the input dtype.
+        weights: (N, K-1, K-1) float64.
+        classes: (N, K-1) the class index of each row.
+        probs: (N, K) float64 probabilities; logits: (N, K) detached.
+        top_class: (N,).
+
+    """
+
+    rows: Tensor
+    weights: Tensor
+    classes: Tensor
+    probs: Tensor
+    logits: Tensor
+    top_class: Tensor
+
+
+def other_classes(top_class: Tensor, num_classes: int) -> Tensor:  # (N,) -> (N, K-1)
+    """Return the K-1 class indices other than each sample's top class, in increasing order."""
+    all_classes = torch.arange(num_classes, device=top_class.device).expand(len(top_class), -1)
+    keep = all_classes != top_class[:, None]
+    return all_classes[keep].reshape(len(top_class), num_classes - 1)
+
+
+def gradient_rows(
+    logit_fn: LogitFn, inputs: Tensor, space_mask: Tensor | None = None
+) -> GradientRows:
+    """Compute the exact dual factors of F: one forward, then K-1 batched input-gradient passes.
+
+    Args:
+        logit_fn: maps (N, *input_shape) to (N, K) logits.
+        inputs: (N, *input_shape).
+        space_mask: optional (N, *input_shape) 0/1 mask of coordinates in the space.
+
+    Returns:
+        The :class:`GradientRows` of the batch.
+
+    """
+    num_samples = inputs.shape[0]
+    leaf = inputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = logit_fn(leaf)
+        _check_logits(logits, num_samples)
+        probs = torch.softmax(logits.detach().double(), dim=1)
+        top_class = probs.argmax(dim=1)
+        num_classes = logits.shape[1]
+        classes = other_classes(top_class, num_classes)
+        mask = _as_mask(space_mask, inputs)
+        rows = []
+        sample_index = torch.arange(num_samples, device=logits.device)
+        for step in range(num_classes - 1):
+            selector = torch.zeros_like(logits)
+            selector[sample_index, classes[:, step]] = 1.0
+            selector[sample_index, top_class] = -1.0
+            (grad,) = torch.autograd.grad(
+                logits, leaf, selector, retain_graph=step < num_classes - 2
+            )
+            grad = grad.reshape(num_samples, -1)
+            rows.append(grad if mask is None else grad * mask)
+    other_probs = probs.gather(1, classes)
+    return GradientRows(
+        rows=torch.stack(rows, dim=1),
+        weights=centered_class_covariance(other_probs),
+        classes=classes,
+        probs=probs,
+        logits=logits.detach(),
+        top_class=top_class,
+    )
+
+
+@dataclass
+class DualSpectrum:
+    """Eigen-decomposition of F through its (K-1) x (K-1) dual Gram matrix.
+
+    Attributes:
+        eigenvalues: (N, K-1) float64, descending.
+        trace: (N,) float64, exact.
+        class_vectors: (N, K-1, K-1) float64; column j maps to the j-th input-space eigenvector
+            by :func:`input_eigenvectors`.
+
+    """
+
+    eigenvalues: Tensor
+    trace: Tensor
+    class_vectors: Tensor
+    weight_sqrt: Tensor
+
+
+def _psd_sqrt(matrices: Tensor) -> Tensor:  # (N, m, m) float64
+    values, vectors = torch.linalg.eigh(matrices)
+    return (vectors * values.clamp_min(0).sqrt().unsqueeze(-2)) @ vectors.transpose(-1, -2)
+
+
+def dual_spectrum(factors: GradientRows) -> DualSpectrum:
+    """Exact nonzero spectrum of ``F = R^T W R`` from the small matrix ``W^1/2 R R^T W^1/2``.
+
+    The Gram ``R R^T`` is accumulated in float64, so only the backward passes run in the model's
+    dtype.
+    """
+    rows64 = factors.rows.double()
+    gram = rows64 @ rows64.transpose(1, 2)  # (N, K-1, K-1)
+    weight_sqrt = _psd_sqrt(factors.weights)
+    dual = weight_sqrt @ gram @ weight_sqrt
+    dual = 0.5 * (dual + dual.transpose(1, 2))
+    values, vectors = torch.linalg.eigh(dual)
+    values, vectors = values.flip(-1).clamp_min(0), vectors.flip(-1)
+    trace = (factors.weights * gram).sum(dim=(1, 2))
+    return DualSpectrum(values, trace, vectors, weight_sqrt)
+
+
+def input_eigenvectors(factors: GradientRows, spectrum: DualSpectrum, top_k: int = 1) -> Tensor:
+    """Return the top-k unit input-space eigenvectors of F, shape (N, d, top_k), float64.
+
+    ``F u = lambda u`` with ``u = R^T W^1/2 y / sqrt(lambda)`` for a dual eigenvector y.
+    """
+    coefficients = spectrum.weight_sqrt @ spectrum.class_vectors[:, :, :top_k]
+    vectors = factors.rows.double().transpose(1, 2) @ coefficients  # (N, d, top_k)
+    return vectors / vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)

@@ -1,0 +1,39 @@
+"""Dense float64 ground truth for tests: the full input Fisher from ``torch.func.jacrev``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hf_fisher.operators import LogitFn
+
+
+def dense_jacobian(logit_fn: LogitFn, inputs: Tensor) -> Tensor:  # (N, *shape) -> (N, K, d)
+    """Per-sample logits Jacobian, one sample at a time (deliberately not batched)."""
+    rows = []
+    for sample in inputs:
+        jacobian = torch.func.jacrev(lambda x: logit_fn(x[None])[0])(sample)
+        rows.append(jacobian.reshape(jacobian.shape[0], -1))
+    return torch.stack(rows)
+
+
+def dense_fisher(logit_fn: LogitFn, inputs: Tensor, space_mask: Tensor | None = None) -> Tensor:
+    """Return ``F_i = J_i^T (diag(p_i) - p_i p_i^T) J_i`` as an (N, d, d) float64 tensor.
+
+    ``space_mask`` (broadcastable to the inputs) restricts F to the masked coordinates,
+    ``F <- M F M`` with ``M = diag(mask)``.
+    """
+    jacobian = dense_jacobian(logit_fn, inputs).double()
+    with torch.no_grad():
+        probs = torch.softmax(logit_fn(inputs).double(), dim=1)
+    covariance = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
+    fisher = jacobian.transpose(1, 2) @ covariance @ jacobian
+    if space_mask is not None:
+        mask = space_mask.expand_as(inputs).reshape(inputs.shape[0], -1).double()
+        fisher = fisher * mask[:, :, None] * mask[:, None, :]
+    return 0.5 * (fisher + fisher.transpose(1, 2))
+
+
+def dense_spectrum(fisher: Tensor) -> tuple[Tensor, Tensor]:  # (N, d, d) -> (N, d), (N,)
+    """Eigenvalues (descending) and trace of dense Fisher matrices."""
+    return torch.linalg.eigvalsh(fisher).flip(-1), fisher.diagonal(dim1=1, dim2=2).sum(dim=1)
