@@ -85,7 +85,9 @@ def hutchpp(
     Hutchinson estimates the rest on ``(I - QQ^T) A (I - QQ^T)``. Once the sketch reaches the
     rank of A (K-1 for an input Fisher) the estimate is exact and its standard error 0.
 
-    >>> torch.manual_seed(0); b = torch.randn(6, 2, dtype=torch.float64); a = b @ b.T
+    >>> _ = torch.manual_seed(0)
+    >>> b = torch.randn(6, 2, dtype=torch.float64)
+    >>> a = b @ b.T
     >>> est = hutchpp(a, num_matvecs=9)
     >>> bool(torch.isclose(est.trace, torch.trace(a)))
     True

@@ -1,0 +1,401 @@
+"""CLEVER scores (Weng et al. 2018), batched over samples, side by side with lambda_max(F).
+
+CLEVER estimates a lower bound on the distance to the decision boundary: for the margin
+``g_j(x) = z_c(x) - z_j(x)`` (c the predicted class), ``score_j = min(g_j(x0) / L_j, R)``, where
+the local Lipschitz constant ``L_j`` is the location of a reverse Weibull distribution fitted by
+maximum likelihood to ``num_batches`` batch maxima of ``||grad g_j||_q`` over ``batch_points``
+points drawn uniformly in the Lp ball of radius R (q the dual norm of p). The untargeted score is
+the minimum over all targets j != c, the top-2 score uses the runner-up class.
+
+Unlike the per-sample NumPy reference, one forward and T backward passes (T targets) serve a
+whole batch of samples and ball points at once, and all reverse Weibull fits run as one batched
+profile-likelihood search (:func:`reverse_weibull_fit`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from hf_fisher.attacks import (
+    DUAL_NORM,
+    check_batch,
+    check_clip,
+    check_norm,
+    lp_norm,
+    sample_in_ball,
+)
+from hf_fisher.correlation import RankCorrelation, json_float, json_floats, rank_correlation
+from hf_fisher.errors import InputError, NotAClassifierError
+from hf_fisher.operators import other_classes
+
+LogitFn = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class WeibullFit:
+    """Reverse Weibull fits, one per row: density ``c/s ((loc - x)/s)^(c-1) exp(-((loc-x)/s)^c)``.
+
+    Attributes:
+        shape, location, scale: (P,) float64 parameters (scipy's ``weibull_max`` c, loc, scale).
+        log_likelihood: (P,) float64 at the fitted parameters.
+    """
+
+    shape: Tensor
+    location: Tensor
+    scale: Tensor
+    log_likelihood: Tensor
+
+
+def _weibull_shape(log_y: Tensor, low: float, high: float, iterations: int) -> Tensor:
+    """Solve the Weibull shape equation for samples ``y = exp(log_y)`` (rows), by bisection.
+
+    ``h(c) = sum y^c log y / sum y^c - 1/c - mean(log y)`` is increasing in c; its root is the
+    shape MLE. Computed on ``y / max(y)`` (the root is scale-invariant) to avoid overflow.
+    """
+    log_y = log_y - log_y.amax(dim=-1, keepdim=True)
+    mean_log = log_y.mean(dim=-1)
+    lo = torch.full_like(mean_log, math.log(low))
+    hi = torch.full_like(mean_log, math.log(high))
+
+    def h(log_c: Tensor) -> Tensor:
+        c = log_c.exp()
+        weights = torch.softmax(c.unsqueeze(-1) * log_y, dim=-1)
+        return (weights * log_y).sum(dim=-1) - 1.0 / c - mean_log
+
+    for _ in range(iterations):
+        middle = 0.5 * (lo + hi)
+        positive = h(middle) > 0
+        hi = torch.where(positive, middle, hi)
+        lo = torch.where(positive, lo, middle)
+    return (0.5 * (lo + hi)).exp()
+
+
+def _profile(samples: Tensor, location: Tensor, low: float, high: float) -> tuple[Tensor, ...]:
+    """Shape, scale and log-likelihood maximised over (c, s) for fixed locations (P, G)."""
+    log_y = (location.unsqueeze(-1) - samples.unsqueeze(-2)).log()  # (P, G, B)
+    count = samples.shape[-1]
+    shape = _weibull_shape(log_y, low, high, iterations=60)
+    # log of mean(y^c), stably: c * max(log y) + log mean(exp(c (log y - max)))
+    peak = log_y.amax(dim=-1)
+    log_mean_power = shape * peak + torch.logsumexp(
+        shape.unsqueeze(-1) * (log_y - peak.unsqueeze(-1)), dim=-1
+    ) - math.log(count)
+    log_scale = log_mean_power / shape
+    likelihood = (
+        count * (shape.log() - log_mean_power) + (shape - 1) * log_y.sum(dim=-1) - count
+    )
+    return shape, log_scale.exp(), likelihood
+
+
+def reverse_weibull_fit(
+    samples: Tensor,  # (P, B)
+    *,
+    shape_bounds: tuple[float, float] = (1.0, 100.0),
+    grid_size: int = 40,
+    refinements: int = 3,
+) -> WeibullFit:
+    """Batched maximum-likelihood fit of a reverse Weibull to each row of ``samples``.
+
+    The location is searched on a log grid above each row's maximum (``max + spread * t``,
+    ``t`` in [1e-4, 10], refined ``refinements`` times around the best point); for each
+    location the shape solves the likelihood equation and the scale is in closed form. The
+    shape is kept in ``shape_bounds``: below 1 the likelihood is unbounded as the location
+    approaches the sample maximum. Rows with (almost) no spread get ``location = max``.
+
+    >>> import scipy.stats
+    >>> draws = scipy.stats.weibull_max.rvs(4.0, loc=2.0, size=(1, 4000), random_state=0)
+    >>> fit = reverse_weibull_fit(torch.tensor(draws))
+    >>> abs(fit.location.item() - 2.0) < 0.05
+    True
+    """
+    if samples.ndim != 2 or samples.shape[1] < 3:
+        raise InputError(
+            f"got Weibull samples of shape {tuple(samples.shape)}; pass (P, B) with B >= 3 "
+            "maxima per row"
+        )
+    samples = samples.double()
+    peak = samples.amax(dim=1)
+    spread = peak - samples.amin(dim=1)
+    flat = spread <= 1e-12 * peak.abs().clamp_min(1.0)
+    spread = torch.where(flat, torch.ones_like(spread), spread)
+    low = torch.full_like(peak, math.log(1e-4))
+    high = torch.full_like(peak, math.log(10.0))
+    grid = torch.linspace(0.0, 1.0, grid_size, dtype=torch.float64, device=samples.device)
+    for _ in range(refinements + 1):
+        log_t = low.unsqueeze(-1) + (high - low).unsqueeze(-1) * grid  # (P, G)
+        location = peak.unsqueeze(-1) + spread.unsqueeze(-1) * log_t.exp()
+        _, _, likelihood = _profile(samples, location, *shape_bounds)
+        best_log_t = log_t.gather(1, likelihood.argmax(dim=1, keepdim=True))[:, 0]
+        step = (high - low) / (grid_size - 1)
+        low, high = best_log_t - step, best_log_t + step
+    location = peak + spread * best_log_t.exp()
+    shape, scale, likelihood = (
+        v[:, 0] for v in _profile(samples, location[:, None], *shape_bounds)
+    )
+    location = torch.where(flat, peak, location)
+    return WeibullFit(shape, location, scale, likelihood)
+
+
+@dataclass
+class CleverScores:
+    """CLEVER scores per sample and their comparison with ``spectral_norm`` (``"clever"``).
+
+    Attributes:
+        untargeted: (N,) min over targets of ``min(g_j / L_j, radius)``; None if not computed.
+        top2: (N,) the same for the runner-up class.
+        lipschitz: (N, T) fitted Weibull locations (T = K-1 targets, or 1 for top-2 only).
+        norm, radius, num_batches, batch_points, seed: settings.
+        forward_equivalents: per sample, counting a backward pass as 2 forwards:
+            ``num_batches * batch_points * (1 + 2T)``; compare ``1 + 2(K-1)`` for exact
+            ``spectral_norm`` (:func:`hf_fisher.operators.gradient_rows`).
+        spectral_norm_forward_equivalents: that exact-engine cost, ``1 + 2(K-1)``.
+        seconds_per_sample: measured wall time of CLEVER per sample.
+        spectral_norm: (N,) the engine's values, if given; correlations: "untargeted" and
+            "top2" -> rank correlation with spectral_norm (expected sign: negative).
+    """
+
+    untargeted: Tensor | None
+    top2: Tensor
+    lipschitz: Tensor
+    norm: str
+    radius: float
+    num_batches: int
+    batch_points: int
+    seed: int
+    forward_equivalents: int
+    spectral_norm_forward_equivalents: int
+    seconds_per_sample: float
+    spectral_norm: Tensor | None
+    correlations: dict[str, RankCorrelation]
+
+    def to_json(self) -> dict:
+        """Plain-Python dict with per-sample scores, costs and correlations."""
+        return {
+            "norm": self.norm,
+            "radius": float(self.radius),
+            "num_batches": int(self.num_batches),
+            "batch_points": int(self.batch_points),
+            "seed": int(self.seed),
+            "num_samples": int(self.top2.numel()),
+            "cost": {
+                "clever_forward_equivalents_per_sample": int(self.forward_equivalents),
+                "spectral_norm_forward_equivalents_per_sample": int(
+                    self.spectral_norm_forward_equivalents
+                ),
+                "clever_seconds_per_sample": float(self.seconds_per_sample),
+                "convention": "one backward pass counts as two forward passes",
+            },
+            "median_untargeted": None if self.untargeted is None else json_float(
+                self.untargeted.median()
+            ),
+            "median_top2": json_float(self.top2.median()),
+            "correlations": {name: c.to_json() for name, c in self.correlations.items()},
+            "expected_sign": -1,
+            "per_sample": {
+                "untargeted": None if self.untargeted is None else json_floats(self.untargeted),
+                "top2": json_floats(self.top2),
+                "spectral_norm": None if self.spectral_norm is None else json_floats(
+                    self.spectral_norm
+                ),
+            },
+        }
+
+
+def _batch_maxima(
+    logit_fn: LogitFn,
+    inputs: Tensor,  # (n, *shape)
+    classes: Tensor,  # (n,)
+    targets: Tensor,  # (n, T)
+    *,
+    norm: str,
+    radius: float,
+    batch_points: int,
+    clip: tuple[float, float] | None,
+    space_mask: Tensor | None,
+    generator: torch.Generator,
+) -> Tensor:  # (n, T)
+    """Max over ``batch_points`` ball points of ``||grad (z_c - z_j)||_q``, per sample/target."""
+    count = inputs.shape[0]
+    repeated = inputs.repeat_interleave(batch_points, dim=0)
+    mask = None
+    if space_mask is not None:
+        mask = space_mask.to(inputs).expand_as(inputs).repeat_interleave(batch_points, dim=0)
+    radii = torch.full((repeated.shape[0],), radius, dtype=inputs.dtype, device=inputs.device)
+    points = repeated + sample_in_ball(repeated, radii, norm, space_mask=mask, generator=generator)
+    if clip is not None:
+        points = points.clamp(clip[0], clip[1])
+    leaf = points.detach().requires_grad_(True)
+    rows = torch.arange(leaf.shape[0], device=inputs.device)
+    point_class = classes.repeat_interleave(batch_points)
+    maxima = []
+    with torch.enable_grad():
+        logits = logit_fn(leaf)
+        for step in range(targets.shape[1]):
+            selector = torch.zeros_like(logits)
+            selector[rows, point_class] = 1.0
+            selector[rows, targets[:, step].repeat_interleave(batch_points)] = -1.0
+            (gradient,) = torch.autograd.grad(
+                logits, leaf, selector, retain_graph=step < targets.shape[1] - 1
+            )
+            if mask is not None:
+                gradient = gradient * mask
+            norms = lp_norm(gradient, DUAL_NORM[norm]).double()
+            maxima.append(norms.reshape(count, batch_points).amax(dim=1))
+    return torch.stack(maxima, dim=1)
+
+
+def clever_scores(
+    logit_fn: LogitFn,
+    inputs: Tensor,  # (N, *shape)
+    *,
+    radius: float,
+    norm: Literal["l2", "linf"] = "l2",
+    num_batches: int = 50,
+    batch_points: int = 64,
+    untargeted: bool = True,
+    clip: tuple[float, float] | None = None,
+    space_mask: Tensor | None = None,
+    spectral_norm: Tensor | None = None,  # (N,)
+    max_points: int = 4096,
+    num_bootstrap: int = 1000,
+    seed: int = 0,
+) -> CleverScores:
+    """CLEVER scores of the predicted class, batched over samples, optionally vs spectral_norm.
+
+    Args:
+        logit_fn: (N, *shape) -> (N, K) logits; deterministic.
+        inputs: the batch.
+        radius: R, radius of the sampling ball and cap of the score.
+        norm: perturbation norm p ("l2" or "linf"); gradients use the dual norm.
+        num_batches: Weibull samples (batch maxima) per sample and target (paper: 500).
+        batch_points: ball points per batch (paper: 1024).
+        untargeted: also compute all K-1 targets (cost x (K-1)); else only the top-2 target.
+        clip: valid input box for the sampled points; None for embeddings.
+        space_mask: 0/1 tensor broadcastable to inputs; zeros are never perturbed.
+        spectral_norm: the engine's per-sample lambda_max, to correlate with.
+        max_points: most ball points per forward pass (memory knob).
+        num_bootstrap: resamples for the correlation CIs.
+        seed: seed of the ball sampling.
+
+    Raises:
+        InputError: bad shapes, norm, radius or counts.
+    """
+    check_batch(inputs, None, space_mask)
+    check_norm(norm)
+    check_clip(clip)
+    if not radius > 0:
+        raise InputError(f"got radius={radius}; pass the ball radius R > 0")
+    if num_batches < 3 or batch_points < 1:
+        raise InputError(
+            f"got num_batches={num_batches}, batch_points={batch_points}; the Weibull fit needs "
+            "num_batches >= 3 and batch_points >= 1"
+        )
+    if spectral_norm is not None:
+        spectral_norm = torch.as_tensor(spectral_norm).detach().reshape(-1)
+        if spectral_norm.numel() != inputs.shape[0]:
+            raise InputError(
+                f"got {spectral_norm.numel()} spectral_norm values for {inputs.shape[0]} "
+                "inputs; pass one per sample, shape (N,)"
+            )
+    start = time.perf_counter()
+    inputs = inputs.detach()
+    with torch.no_grad():
+        logits = logit_fn(inputs)
+    if logits.ndim != 2 or logits.shape[0] != inputs.shape[0] or logits.shape[1] < 2:
+        raise NotAClassifierError(
+            f"the model returned an output of shape {tuple(logits.shape)}; CLEVER needs "
+            "classifier logits (N, K) with K >= 2"
+        )
+    num_classes = logits.shape[1]
+    classes = logits.argmax(dim=1)
+    if untargeted:
+        targets = other_classes(classes, num_classes)
+    else:
+        targets = logits.scatter(1, classes[:, None], float("-inf")).argmax(dim=1, keepdim=True)
+    runner_up = logits.scatter(1, classes[:, None], float("-inf")).argmax(dim=1)
+    generator = torch.Generator(device=inputs.device).manual_seed(seed)
+    chunk = max(1, max_points // batch_points)
+    maxima = torch.empty(
+        inputs.shape[0], targets.shape[1], num_batches, dtype=torch.float64, device=inputs.device
+    )
+    for batch in range(num_batches):
+        for first in range(0, inputs.shape[0], chunk):
+            part = slice(first, first + chunk)
+            maxima[part, :, batch] = _batch_maxima(
+                logit_fn, inputs[part], classes[part], targets[part], norm=norm, radius=radius,
+                batch_points=batch_points, clip=clip,
+                space_mask=None if space_mask is None else space_mask.expand_as(inputs)[part],
+                generator=generator,
+            )
+    fit = reverse_weibull_fit(maxima.flatten(0, 1))
+    lipschitz = fit.location.reshape(targets.shape)
+    margins = logits.double().gather(1, classes[:, None]) - logits.double().gather(1, targets)
+    scores = (margins / lipschitz.clamp_min(1e-300)).clamp(max=radius)
+    top2 = scores[targets == runner_up[:, None]]
+    untargeted_scores = scores.amin(dim=1) if untargeted else None
+    elapsed = time.perf_counter() - start
+    correlations: dict[str, RankCorrelation] = {}
+    if spectral_norm is not None:
+        for name, values in (("untargeted", untargeted_scores), ("top2", top2)):
+            if values is not None:
+                correlations[name] = rank_correlation(
+                    spectral_norm.cpu(), values.cpu(), num_bootstrap=num_bootstrap, seed=seed
+                )
+    return CleverScores(
+        untargeted=untargeted_scores,
+        top2=top2,
+        lipschitz=lipschitz,
+        norm=norm,
+        radius=float(radius),
+        num_batches=num_batches,
+        batch_points=batch_points,
+        seed=seed,
+        forward_equivalents=num_batches * batch_points * (1 + 2 * targets.shape[1]),
+        spectral_norm_forward_equivalents=1 + 2 * (num_classes - 1),
+        seconds_per_sample=elapsed / inputs.shape[0],
+        spectral_norm=spectral_norm,
+        correlations=correlations,
+    )
+
+
+def plot_clever(section: dict, path: str | Path) -> Path:
+    """Scatter CLEVER against spectral_norm (log-log) from the JSON section."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    figure, axis = plt.subplots(figsize=(5, 4))
+    per_sample = section["per_sample"]
+    key = "untargeted" if per_sample["untargeted"] is not None else "top2"
+    if per_sample["spectral_norm"] is not None:
+        pairs = [
+            (s, c)
+            for s, c in zip(per_sample["spectral_norm"], per_sample[key], strict=True)
+            if s is not None and c is not None and s > 0 and c > 0
+        ]
+        if pairs:
+            axis.scatter(*zip(*pairs, strict=True), s=10)
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+    cost = section["cost"]
+    axis.set_title(
+        f"cost/sample: CLEVER {cost['clever_forward_equivalents_per_sample']} vs "
+        f"lambda_max {cost['spectral_norm_forward_equivalents_per_sample']} fwd-eq",
+        fontsize=9,
+    )
+    axis.set_xlabel("spectral_norm (lambda_max)")
+    axis.set_ylabel(f"CLEVER {key} ({section['norm']}, R={section['radius']:g})")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

@@ -1,0 +1,185 @@
+"""Second-order check: up to which radius does ``KL ~ 1/2 d^T F d`` hold for this model?
+
+The Fisher picture says ``KL(p(x) || p(x + d)) = 1/2 d^T F(x) d + O(||d||^3)``. For random
+directions at several radii this module measures both sides and reports, per radius, the median
+relative error ``|KL - Q| / Q``. The radius up to which the error stays below a tolerance is the
+range over which ``spectral_norm`` (and ``kl_radius = sqrt(2 tau / spectral_norm)``) can be read
+as a local sensitivity. Directions are Gaussian, restricted to ``space_mask`` and normalised to
+unit L2 norm; the same directions are reused at every radius, and inputs are not clipped (the
+check is about the model's local geometry, not the valid input box).
+
+Precision: KL is computed from float64 ``log_softmax`` of the logits. Float32 logits carry about
+1e-7 relative error, so KL below ~1e-10 (radii below ~1e-4 on typical models) is noise: use a
+float64 ``logit_fn`` to probe smaller radii.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from hf_fisher.attacks import check_batch
+from hf_fisher.correlation import json_float
+from hf_fisher.errors import InputError
+from hf_fisher.operators import gradient_rows
+
+LogitFn = Callable[[Tensor], Tensor]
+
+
+def kl_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:  # (N, K), (N, K) -> (N,)
+    """``KL(softmax(a) || softmax(b))`` in float64 via log_softmax (no underflow at large gaps).
+
+    >>> kl_divergence(torch.tensor([[0.0, 200.0]]), torch.tensor([[0.0, 199.0]])).item() < 1e-80
+    True
+    """
+    log_p = torch.log_softmax(logits_p.double(), dim=1)
+    log_q = torch.log_softmax(logits_q.double(), dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1).clamp_min(0.0)
+
+
+@dataclass
+class KLCheck:
+    """Measured KL vs the Fisher quadratic form at several radii (section ``"kl_check"``).
+
+    Attributes:
+        radii, draws, seed, tolerance: the settings.
+        kl: (R, draws, N) float64 measured ``KL(p(x) || p(x + r u))``.
+        quadratic: (R, draws, N) float64 ``1/2 r^2 u^T F u``.
+        relative_error: (R, draws, N) ``|kl - quadratic| / quadratic``.
+        valid_radius: the largest radius such that it and every smaller radius have median
+            relative error <= tolerance; None if the smallest radius already fails.
+    """
+
+    radii: list[float]
+    draws: int
+    seed: int
+    tolerance: float
+    kl: Tensor
+    quadratic: Tensor
+    relative_error: Tensor
+    valid_radius: float | None
+
+    def median_relative_error(self) -> list[float]:
+        """Median over samples and draws, one per radius."""
+        return [float(v) for v in self.relative_error.flatten(1).nanmedian(dim=1).values]
+
+    def to_json(self) -> dict:
+        """Plain-Python dict: per-radius medians and 90th percentiles."""
+        flat = self.relative_error.flatten(1)
+        return {
+            "radii": [float(r) for r in self.radii],
+            "draws": int(self.draws),
+            "seed": int(self.seed),
+            "tolerance": float(self.tolerance),
+            "num_samples": int(self.kl.shape[-1]),
+            "median_relative_error": [json_float(v) for v in self.median_relative_error()],
+            "p90_relative_error": [
+                json_float(v) for v in torch.nanquantile(flat, 0.9, dim=1).tolist()
+            ],
+            "median_kl": [float(v) for v in self.kl.flatten(1).median(dim=1).values],
+            "median_quadratic": [float(v) for v in self.quadratic.flatten(1).median(dim=1).values],
+            "valid_radius": None if self.valid_radius is None else float(self.valid_radius),
+        }
+
+
+def kl_check(
+    logit_fn: LogitFn,
+    inputs: Tensor,  # (N, *shape)
+    *,
+    radii: Sequence[float],
+    draws: int = 8,
+    tolerance: float = 0.1,
+    space_mask: Tensor | None = None,
+    seed: int = 0,
+) -> KLCheck:
+    """Compare ``KL(p(x) || p(x + r u))`` with ``1/2 r^2 u^T F(x) u`` for random unit u.
+
+    ``u^T F u = (R u)^T W (R u)`` uses the exact dual factors of F (one forward and K-1 batched
+    backward passes, see :func:`hf_fisher.operators.gradient_rows`), so every extra direction
+    costs only a small matrix product; each radius and draw costs one forward pass.
+
+    Args:
+        logit_fn: (N, *shape) -> (N, K) logits; deterministic.
+        inputs: the batch, in the space the Fisher is computed in.
+        radii: L2 perturbation sizes, > 0, increasing.
+        draws: random directions per sample.
+        tolerance: median relative error that defines ``valid_radius``.
+        space_mask: 0/1 tensor broadcastable to inputs; zeros are never perturbed.
+        seed: seed of the directions.
+
+    Raises:
+        InputError: bad radii, draws or shapes.
+    """
+    check_batch(inputs, None, space_mask)
+    radii = [float(r) for r in radii]
+    if not radii or min(radii) <= 0 or any(b <= a for a, b in zip(radii, radii[1:], strict=False)):
+        raise InputError(f"got radii={radii}; pass a non-empty increasing list of radii > 0")
+    if draws < 1:
+        raise InputError(f"got draws={draws}; pass at least 1 direction per sample")
+    inputs = inputs.detach()
+    factors = gradient_rows(logit_fn, inputs, space_mask)
+    weights = factors.weights
+    generator = torch.Generator(device=inputs.device).manual_seed(seed)
+    mask = None if space_mask is None else space_mask.to(inputs).expand_as(inputs)
+    num_samples = inputs.shape[0]
+    kl = torch.empty(len(radii), draws, num_samples, dtype=torch.float64, device=inputs.device)
+    quadratic = torch.empty_like(kl)
+    with torch.no_grad():
+        for draw in range(draws):
+            direction = torch.randn(inputs.shape, generator=generator, device=inputs.device)
+            direction = direction.to(inputs) if mask is None else direction.to(inputs) * mask
+            flat = direction.reshape(num_samples, -1)
+            direction = direction / flat.norm(dim=1).clamp_min(1e-30).reshape(
+                -1, *([1] * (inputs.ndim - 1))
+            )
+            projected = torch.einsum(
+                "nkd,nd->nk", factors.rows.double(), direction.reshape(num_samples, -1).double()
+            )
+            unit_form = torch.einsum("nk,nkl,nl->n", projected, weights, projected)
+            for index, radius in enumerate(radii):
+                moved = logit_fn(inputs + radius * direction)
+                kl[index, draw] = kl_divergence(factors.logits, moved)
+                quadratic[index, draw] = 0.5 * radius**2 * unit_form
+    relative = (kl - quadratic).abs() / quadratic.clamp_min(torch.finfo(torch.float64).tiny)
+    relative = torch.where(quadratic > 0, relative, torch.full_like(relative, float("nan")))
+    check = KLCheck(radii, draws, seed, tolerance, kl, quadratic, relative, None)
+    valid = None
+    for radius, error in zip(radii, check.median_relative_error(), strict=True):
+        if not error <= tolerance:
+            break
+        valid = radius
+    check.valid_radius = valid
+    return check
+
+
+def plot_kl_check(section: dict, path: str | Path) -> Path:
+    """Draw the median (and p90) relative error of the quadratic form vs radius, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    figure, axis = plt.subplots(figsize=(5, 4))
+    radii = section["radii"]
+    for key, label in (("median_relative_error", "median"), ("p90_relative_error", "90th pct")):
+        points = [(r, e) for r, e in zip(radii, section[key], strict=True) if e is not None]
+        if points:
+            axis.plot(*zip(*points, strict=True), marker="o", label=label)
+    axis.axhline(section["tolerance"], color="grey", linestyle="--", label="tolerance")
+    if section["valid_radius"] is not None:
+        axis.axvline(section["valid_radius"], color="green", linestyle=":",
+                     label=f"valid up to r={section['valid_radius']:.3g}")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("perturbation radius (L2)")
+    axis.set_ylabel("|KL - d^T F d / 2| / (d^T F d / 2)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path

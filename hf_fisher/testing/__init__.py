@@ -1,0 +1,1 @@
+"""Test helpers shipped with hf-fisher: tiny seeded model builders and ground-truth tools."""

@@ -1,0 +1,242 @@
+"""A zoo of tiny, seeded classifiers for tests: nothing downloads, everything builds in seconds.
+
+Each image or text builder saves a complete local checkpoint (``save_pretrained`` weights in
+safetensors plus the matching image processor or tokenizer) into a directory, so that
+``load_classifier(directory)`` exercises the same path as a Hub model. Weights come from a fixed
+seed inside :func:`torch.random.fork_rng`, so building never disturbs the caller's random state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+from torch import Tensor, nn
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    ConvNextConfig,
+    ConvNextForImageClassification,
+    ConvNextImageProcessor,
+    PreTrainedTokenizerFast,
+    ResNetConfig,
+    ResNetForImageClassification,
+    ResNetModel,
+    ViTConfig,
+    ViTForImageClassification,
+    ViTImageProcessor,
+)
+
+from hf_fisher.digits import DEFAULT_MODEL_DIR
+
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "TEXT_CORPUS",
+    "build_bert",
+    "build_convnext",
+    "build_headless_resnet",
+    "build_mlp",
+    "build_resnet",
+    "build_vit",
+]
+
+TEXT_CORPUS = [
+    "the movie was wonderful and the actors were great",
+    "a dull film with a terrible plot and bad acting",
+    "the food was fine but the service was slow",
+    "i loved every minute of this wonderful story",
+    "nothing happened and the ending made no sense",
+    "great music, great cast, a wonderful evening",
+    "the plot was slow and the dialogue was dull",
+    "an average film, neither good nor bad",
+]
+
+
+def _labels(num_labels: int) -> tuple[dict[int, str], dict[str, int]]:
+    id2label = {index: f"class_{index}" for index in range(num_labels)}
+    return id2label, {name: index for index, name in id2label.items()}
+
+
+def _image_stats(num_channels: int) -> tuple[list[float], list[float]]:
+    """Distinct per-channel mean/std, so a channel mix-up in normalisation shows in tests."""
+    means = [0.5, 0.45, 0.4, 0.35][:num_channels] + [0.5] * max(0, num_channels - 4)
+    stds = [0.25, 0.2, 0.3, 0.22][:num_channels] + [0.25] * max(0, num_channels - 4)
+    return means, stds
+
+
+def _save_image_classifier(model: nn.Module, processor, directory: str | Path) -> Path:
+    directory = Path(directory)
+    model.save_pretrained(directory, safe_serialization=True)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def build_vit(
+    directory: str | Path, num_labels: int = 10, image_size: int = 16, num_channels: int = 3,
+    *, seed: int = 0,
+) -> Path:
+    """Save a one-layer ViT (hidden size 16, patch 4) with a ``ViTImageProcessor``."""
+    id2label, label2id = _labels(num_labels)
+    config = ViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        initializer_range=0.3, image_size=image_size, patch_size=4, num_channels=num_channels,
+        num_labels=num_labels, id2label=id2label, label2id=label2id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ViTForImageClassification(config)
+    mean, std = _image_stats(num_channels)
+    processor = ViTImageProcessor(
+        size={"height": image_size, "width": image_size}, image_mean=mean, image_std=std
+    )
+    return _save_image_classifier(model, processor, directory)
+
+
+def build_resnet(
+    directory: str | Path, num_labels: int = 10, image_size: int = 16, num_channels: int = 3,
+    *, seed: int = 0,
+) -> Path:
+    """Save a two-stage basic-block ResNet (widths 8/16) with a ``ViTImageProcessor``."""
+    id2label, label2id = _labels(num_labels)
+    config = ResNetConfig(
+        num_channels=num_channels, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+        layer_type="basic", downsample_in_first_stage=False, image_size=image_size,
+        num_labels=num_labels, id2label=id2label, label2id=label2id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ResNetForImageClassification(config)
+        _randomise_batch_norm(model)
+    mean, std = _image_stats(num_channels)
+    processor = ViTImageProcessor(
+        size={"height": image_size, "width": image_size}, image_mean=mean, image_std=std
+    )
+    return _save_image_classifier(model, processor, directory)
+
+
+def build_convnext(
+    directory: str | Path, num_labels: int = 10, image_size: int = 16, num_channels: int = 3,
+    *, seed: int = 0,
+) -> Path:
+    """Save a two-stage ConvNeXt (widths 8/16) with a ``ConvNextImageProcessor``.
+
+    The processor resizes the shortest edge to ``image_size / crop_pct`` and centre-crops, so the
+    model's resolution must be read from the processor, not from a "height"/"width" size.
+    """
+    id2label, label2id = _labels(num_labels)
+    config = ConvNextConfig(
+        num_channels=num_channels, patch_size=2, num_stages=2, hidden_sizes=[8, 16],
+        depths=[1, 1], image_size=image_size, initializer_range=0.3, layer_scale_init_value=1.0,
+        num_labels=num_labels, id2label=id2label, label2id=label2id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ConvNextForImageClassification(config)
+    mean, std = _image_stats(num_channels)
+    processor = ConvNextImageProcessor(
+        size={"shortest_edge": image_size}, crop_pct=0.875, image_mean=mean, image_std=std
+    )
+    return _save_image_classifier(model, processor, directory)
+
+
+def build_headless_resnet(directory: str | Path, num_channels: int = 3, *, seed: int = 0) -> Path:
+    """Save a ``ResNetModel`` (a feature extractor with no classification head)."""
+    config = ResNetConfig(
+        num_channels=num_channels, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+        layer_type="basic",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ResNetModel(config)
+    mean, std = _image_stats(num_channels)
+    processor = ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=mean, image_std=std)
+    return _save_image_classifier(model, processor, directory)
+
+
+def _randomise_batch_norm(model: nn.Module) -> None:
+    """Give BatchNorm layers non-trivial running statistics, so eval vs train mode differ."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+
+
+def build_tokenizer(
+    corpus: list[str] = TEXT_CORPUS, vocab_size: int = 120
+) -> PreTrainedTokenizerFast:
+    """Train a lower-casing WordPiece tokenizer with BERT's special tokens on ``corpus``."""
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece()
+    backend.train_from_iterator(
+        corpus, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special)
+    )
+    cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+def build_bert(directory: str | Path, num_labels: int = 3, *, seed: int = 0) -> Path:
+    """Save a one-layer BERT (hidden size 16) with a locally trained WordPiece tokenizer."""
+    directory = Path(directory)
+    tokenizer = build_tokenizer()
+    id2label, label2id = _labels(num_labels)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64, initializer_range=0.3,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=num_labels, id2label=id2label, label2id=label2id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+class MLP(nn.Module):
+    """Flatten, then tanh hidden layers, then linear logits: smooth, so its Fisher is generic."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int) -> None:
+        super().__init__()
+        in_features = 1
+        for size in input_shape:
+            in_features *= size
+        self.layers = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, inputs: Tensor) -> Tensor:  # (N, *input_shape) -> (N, K)
+        """Return logits."""
+        return self.layers(inputs)
+
+
+def build_mlp(
+    input_shape: tuple[int, ...] = (2, 3, 4), num_classes: int = 4, hidden: int = 16,
+    *, seed: int = 0, dtype: torch.dtype = torch.float32,
+) -> MLP:
+    """Return a seeded :class:`MLP` in train mode (as a user's fresh module would be)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MLP(tuple(input_shape), num_classes, hidden)
+    return model.to(dtype)

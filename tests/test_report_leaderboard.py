@@ -1,0 +1,313 @@
+import argparse
+import base64
+import copy
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from hf_fisher.errors import InputError, ResultsError
+from hf_fisher.report import cli, leaderboard
+from hf_fisher.report.results_io import load_results
+
+FIXTURE = Path(__file__).parent / "fixtures" / "results_example.json"
+CHROMIUM = next(
+    (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
+    None,
+)
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-extensions",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1400,500",
+]
+# (name, median KL radius, clean accuracy, n): three orders differ by column
+ENTRIES = [
+    ("alpha <b>net</b>", 0.02, 0.99, 40),
+    ("beta", 0.30, 0.80, 10),
+    ("gamma", 0.07, 0.95, 25),
+    ("delta", 0.11, 0.90, 60),
+]
+
+
+@pytest.fixture(scope="module")
+def results():
+    return load_results(FIXTURE)
+
+
+def _submission(results, name, kl, acc, n):
+    data = copy.deepcopy(results)
+    data["summary"]["accuracy"] = acc
+    data["summary"]["num_samples"] = n
+    kl_stats = data["summary"]["metrics"]["kl_radius"]
+    kl_stats.update(median=kl, median_ci_low=kl * 0.8, median_ci_high=kl * 1.2)
+    data["summary"]["metrics"]["spectral_norm"]["median"] = 2 * 0.01 / kl**2
+    return leaderboard.make_submission(data, name=name, footnote=f"note on {name}")
+
+
+@pytest.fixture()
+def submissions_dir(tmp_path, results):
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    for i, entry in enumerate(ENTRIES):
+        sub = _submission(results, *entry)
+        (folder / f"{i}.json").write_text(json.dumps(sub))
+    return folder
+
+
+def test_submission_matches_schema_and_robustbench_fields(results):
+    sub = leaderboard.make_submission(results, link="https://example.org", authors="A. B.")
+    jsonschema.validate(sub, leaderboard.submission_schema())
+    for key in ("name", "architecture", "dataset", "clean_acc", "eps", "reported", "footnote"):
+        assert key in sub
+    assert sub["clean_acc"] == "90.00" and sub["eps"] is None
+    kl = results["summary"]["metrics"]["kl_radius"]
+    assert sub["median_kl_radius"] == kl["median"]
+    assert sub["median_kl_radius_ci"] == [kl["median_ci_low"], kl["median_ci_high"]]
+    assert (sub["estimator"], sub["input_space"], sub["n"], sub["seed"]) == (
+        "exact",
+        "pixels",
+        40,
+        0,
+    )
+    assert sub["hf_fisher_version"] == "0.1.0"
+
+
+def test_bad_submissions_raise(tmp_path, results):
+    sub = leaderboard.make_submission(results)
+    with pytest.raises(ResultsError, match="schema_version 7 is not supported"):
+        leaderboard.validate_submission(dict(sub, schema_version=7))
+    broken = dict(sub)
+    del broken["median_kl_radius"]
+    with pytest.raises(ResultsError, match="'median_kl_radius' is a required property"):
+        leaderboard.validate_submission(broken, source="x.json")
+    with pytest.raises(ResultsError, match="invalid submission at input_space"):
+        leaderboard.validate_submission(dict(sub, input_space="pixel"))
+    with pytest.raises(InputError, match="does not exist"):
+        leaderboard.load_submissions(tmp_path / "missing")
+    with pytest.raises(InputError, match="no \\*.json submissions"):
+        leaderboard.load_submissions(tmp_path)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ResultsError, match="bad.json: not valid JSON"):
+        leaderboard.load_submissions(tmp_path)
+
+
+def test_markdown_ranks_by_kl_radius(tmp_path, submissions_dir):
+    args = argparse.ArgumentParser().add_subparsers()
+    parser = cli.add_leaderboard_parser(args)
+    ns = parser.parse_args([str(submissions_dir), "--out", str(tmp_path / "site")])
+    assert ns.func(ns) == 0
+    text = (tmp_path / "site" / "leaderboard.md").read_text()
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [r.split("|")[2].strip().split(" (")[0] for r in rows] == [
+        "beta",
+        "delta",
+        "gamma",
+        "alpha \\<b\\>net\\</b\\>",
+    ]
+    assert "0.3 [0.24, 0.36]" in rows[0]
+    assert "1. note on beta" in text
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.names, self.headers = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if tag == "tr" and "data-name" in attrs:
+            self.names.append(attrs["data-name"])
+        if tag == "th":
+            self.headers.append(attrs["data-key"])
+
+
+def test_html_is_self_contained_and_escaped(submissions_dir, tmp_path):
+    _, html_path = leaderboard.build_leaderboard(submissions_dir, tmp_path / "site")
+    page = html_path.read_text()
+    parsed = _Collector()
+    parsed.feed(page)
+    for tag, attrs in parsed.tags:
+        assert "src" not in attrs, tag
+        assert tag != "link" and tag != "img" and tag != "iframe"
+    assert "@import" not in page and "url(" not in page
+    assert "default-src 'none'" in page
+    assert "<b>net</b>" not in page and "&lt;b&gt;net&lt;/b&gt;" in page
+    assert parsed.names == ["beta", "delta", "gamma", "alpha <b>net</b>"]
+    assert parsed.headers[:2] == ["rank", "name"] and "clean_acc" in parsed.headers
+
+
+# Real browser -------------------------------------------------------------------------------
+
+
+def _need_chromium():
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing; .ci/run must install Debian's chromium package")
+        pytest.skip("chromium not installed (set CI=true to make this a failure)")
+    return CHROMIUM
+
+
+class _Cdp:
+    """Minimal Chrome DevTools Protocol client over --remote-debugging-pipe (fd 3 in, fd 4 out)."""
+
+    def __init__(self, binary, profile):
+        to_chrome_r, self._to_chrome = os.pipe()
+        self._from_chrome, from_chrome_w = os.pipe()
+
+        def wire():
+            os.dup2(to_chrome_r, 3)
+            os.dup2(from_chrome_w, 4)
+
+        self.proc = subprocess.Popen(
+            [binary, *CHROME_FLAGS, "--remote-debugging-pipe", f"--user-data-dir={profile}"],
+            pass_fds=(3, 4),  # preexec_fn runs before the other fds are closed
+            preexec_fn=wire,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self._next, self._buffer, self.events, self.session = 0, b"", [], None
+
+    def _read_message(self, timeout):
+        while b"\0" not in self._buffer:
+            ready, _, _ = select.select([self._from_chrome], [], [], timeout)
+            if not ready:
+                raise TimeoutError("no message from chromium")
+            chunk = os.read(self._from_chrome, 1 << 16)
+            if not chunk:
+                raise RuntimeError("chromium closed the pipe")
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+    def send(self, method, timeout=20, **params):
+        self._next += 1
+        message = {"id": self._next, "method": method, "params": params}
+        if self.session and not method.startswith("Target."):
+            message["sessionId"] = self.session
+        os.write(self._to_chrome, json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._read_message(timeout)
+            if reply.get("id") == self._next:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+            self.events.append(reply)
+
+    def wait_event(self, name, timeout=20):
+        while True:
+            for i, event in enumerate(self.events):
+                if event.get("method") == name:
+                    return self.events.pop(i)
+            self.events.append(self._read_message(timeout))
+
+    def evaluate(self, expression):
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"]["value"]
+
+    def close(self):
+        try:
+            self.send("Browser.close", timeout=5)
+        except (RuntimeError, TimeoutError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._to_chrome)
+        os.close(self._from_chrome)
+
+
+ROW_NAMES = "Array.from(document.querySelectorAll('tbody tr')).map(r => r.dataset.name)"
+
+
+def _click_header(cdp, key):
+    box = cdp.evaluate(
+        f"(() => {{ const r = document.querySelector('th[data-key=\"{key}\"]')"
+        ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+    )
+    for kind in ("mousePressed", "mouseReleased"):
+        cdp.send(
+            "Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1
+        )
+
+
+def test_clicking_headers_sorts_in_real_chromium(submissions_dir, tmp_path):
+    binary = _need_chromium()
+    _, html_path = leaderboard.build_leaderboard(submissions_dir, tmp_path / "site")
+    cdp = _Cdp(binary, tmp_path / "profile")
+    try:
+        target = cdp.send("Target.createTarget", url="about:blank")["targetId"]
+        cdp.session = cdp.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        cdp.send("Network.enable")
+        cdp.send("Page.enable")
+        cdp.send("Page.navigate", url=html_path.as_uri())
+        cdp.wait_event("Page.loadEventFired")
+        assert cdp.evaluate(ROW_NAMES) == ["beta", "delta", "gamma", "alpha <b>net</b>"]
+
+        _click_header(cdp, "clean_acc")  # ascending accuracy
+        assert cdp.evaluate(ROW_NAMES) == ["beta", "delta", "gamma", "alpha <b>net</b>"]
+        _click_header(cdp, "clean_acc")  # again: descending
+        assert cdp.evaluate(ROW_NAMES) == ["alpha <b>net</b>", "gamma", "delta", "beta"]
+        assert cdp.evaluate("location.hash") == "#sort=-clean_acc"
+        _click_header(cdp, "n")
+        assert cdp.evaluate(ROW_NAMES) == ["beta", "gamma", "alpha <b>net</b>", "delta"]
+        assert (
+            cdp.evaluate("document.querySelector('th[data-key=\"n\"]').getAttribute('aria-sort')")
+            == "ascending"
+        )
+        _click_header(cdp, "name")  # text column
+        assert cdp.evaluate(ROW_NAMES) == ["alpha <b>net</b>", "beta", "delta", "gamma"]
+
+        shot = base64.b64decode(cdp.send("Page.captureScreenshot", format="png")["data"])
+        assert shot.startswith(b"\x89PNG")
+        requests = [
+            e["params"]["request"]["url"]
+            for e in cdp.events
+            if e.get("method") == "Network.requestWillBeSent"
+        ]
+        assert requests and all(url.startswith("file://") for url in requests), requests
+    finally:
+        cdp.close()
+
+
+def test_sort_fragment_in_dumped_dom(submissions_dir, tmp_path):
+    binary = _need_chromium()
+    _, html_path = leaderboard.build_leaderboard(submissions_dir, tmp_path / "site")
+    dom = subprocess.run(
+        [
+            binary,
+            *CHROME_FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            html_path.as_uri() + "#sort=-n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    names = re.findall(r'<tr data-rank="\d+" data-name="([^"]*)"', dom)
+    assert names == ["delta", "alpha &lt;b&gt;net&lt;/b&gt;", "gamma", "beta"]
+
+
+def test_submission_needs_clean_accuracy(results):
+    data = copy.deepcopy(results)
+    data["summary"]["accuracy"] = None
+    with pytest.raises(ResultsError, match="summary.accuracy is null"):
+        leaderboard.make_submission(data)
