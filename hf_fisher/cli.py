@@ -61,7 +61,72 @@ def add_evaluate_parser(subparsers) -> None:
         action="store_true",
         help="allow custom model code from the Hub (off by default)",
     )
+    trust = parser.add_argument_group(
+        "companion measurements (run on the first --companion-samples evaluated samples)"
+    )
+    trust.add_argument(
+        "--attacks",
+        choices=("l2", "linf"),
+        help="attack cross-check: PGD/FGSM, minimal epsilon, rank correlations",
+    )
+    trust.add_argument("--attack-epsilons", type=_floats, help="comma-separated budgets")
+    trust.add_argument("--eps-max", type=float, help="largest epsilon tried by the bisection")
+    trust.add_argument("--noise", action="store_true", help="random-noise robustness curves")
+    trust.add_argument("--noise-sigmas", type=_floats, help="comma-separated noise levels")
+    trust.add_argument("--noise-kind", choices=("gaussian", "uniform"), default="gaussian")
+    trust.add_argument("--noise-draws", type=int, default=16, help="draws per sample and sigma")
+    trust.add_argument(
+        "--kl-check",
+        action="store_true",
+        help="measured KL versus the second-order Fisher prediction",
+    )
+    trust.add_argument("--kl-radii", type=_floats, help="comma-separated radii")
+    trust.add_argument("--clever", action="store_true", help="CLEVER scores (Weng et al. 2018)")
+    trust.add_argument("--clever-radius", type=float, default=2.0)
+    trust.add_argument(
+        "--frequency",
+        action="store_true",
+        help="I-ASIDE band importance and band-restricted Fisher (images)",
+    )
+    trust.add_argument("--frequency-bands", type=int, default=8)
+    trust.add_argument(
+        "--frequency-fill", choices=("zero", "gaussian", "other_image"), default="other_image"
+    )
+    trust.add_argument("--frequency-pixel-map", choices=("paper", "clip"), default="paper")
+    trust.add_argument("--companion-samples", type=int, default=64)
     parser.set_defaults(func=run_evaluate)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(item) for item in text.split(",") if item.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers like 0.1,0.2, got {text!r}"
+        ) from error
+
+
+def _companions(args: argparse.Namespace):
+    from hf_fisher.companions import DEFAULT_RADII, DEFAULT_SIGMAS, CompanionOptions
+
+    return CompanionOptions(
+        attacks=args.attacks,
+        attack_epsilons=args.attack_epsilons,
+        eps_max=args.eps_max,
+        noise=args.noise,
+        noise_sigmas=args.noise_sigmas or DEFAULT_SIGMAS,
+        noise_kind=args.noise_kind,
+        noise_draws=args.noise_draws,
+        kl_check=args.kl_check,
+        kl_radii=args.kl_radii or DEFAULT_RADII,
+        clever=args.clever,
+        clever_radius=args.clever_radius,
+        frequency=args.frequency,
+        frequency_bands=args.frequency_bands,
+        frequency_fill=args.frequency_fill,
+        frequency_pixel_map=args.frequency_pixel_map,
+        num_samples=args.companion_samples,
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -94,6 +159,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         trust_remote_code=args.trust_remote_code,
+        companions=_companions(args),
     )
     if report.out_dir is None or _is_main():
         print(report.format_summary())

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from hf_fisher.adapters import Classifier, load_classifier
+from hf_fisher.companions import CompanionOptions, run_companions
 from hf_fisher.data import decode_rows, detect_columns, load_any_dataset, sample_indices
 from hf_fisher.errors import DatasetError, InputError, ResultsError
 from hf_fisher.results import RESULTS_FILE, SCHEMA_VERSION, to_jsonable, write_results
@@ -244,6 +245,7 @@ def evaluate_robustness(
     resume: bool = False,
     progress: bool = True,
     trust_remote_code: bool = False,
+    companions: CompanionOptions | None = None,
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -267,6 +269,8 @@ def evaluate_robustness(
         resume: continue a killed run in ``out_dir``, computing only missing samples.
         progress: show a progress bar (main process only).
         trust_remote_code: allow Hub models with custom code (off by default).
+        companions: companion measurements (attacks, noise curves, KL check, CLEVER,
+            frequency view) to run on the first evaluated samples, by the main process.
 
     Returns:
         A :class:`RobustnessReport`.
@@ -425,6 +429,22 @@ def evaluate_robustness(
         "per_sample": per_sample,
         "skipped": skipped,
     }
+    if companions is not None and companions.requested and state.is_main_process:
+        chosen = per_sample[: companions.num_samples]
+        decoded = decode_rows(
+            rows, [r["index"] for r in chosen], columns, label_col, modality, label2id
+        )
+        results.update(
+            run_companions(
+                classifier,
+                classifier.prepare(decoded.inputs),
+                torch.tensor([r["label"] for r in chosen]),
+                torch.tensor([r["spectral_norm"] for r in chosen], dtype=torch.float64),
+                companions,
+                seed=seed,
+            )
+        )
+        results["settings"]["companions"] = companions.settings()
     results = to_jsonable(results)
     if directory is not None and state.is_main_process:
         write_results(results, directory)

@@ -1,0 +1,184 @@
+"""Companion measurements that show how far to trust the Fisher number, run after the main pass.
+
+Each one fills a section of results.json ("attacks", "noise_curves", "kl_check", "clever",
+"frequency") on the first ``num_samples`` evaluated samples, in the same input space as the
+Fisher. They are run by the main process only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from hf_fisher.adapters import Classifier, PreparedBatch
+from hf_fisher.errors import InputError
+
+DEFAULT_EPSILONS = {"l2": (0.25, 0.5, 1.0, 2.0), "linf": (1 / 255, 2 / 255, 4 / 255, 8 / 255)}
+DEFAULT_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+DEFAULT_RADII = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+
+
+@dataclass
+class CompanionOptions:
+    """Which companion measurements to run, and their knobs (see each module for details).
+
+    Attributes:
+        attacks: "l2" or "linf" for the attack cross-check (PGD, FGSM, minimal epsilon), or
+            None.
+        attack_epsilons: budgets of the robust-accuracy curve (default per norm).
+        eps_max: largest epsilon of the bisection (default: the pixel box; required for
+            embeddings).
+        noise: random-noise robustness curves with Hoeffding / empirical-Bernstein bounds.
+        noise_sigmas, noise_kind, noise_draws: the noise grid, "gaussian" or "uniform", and
+            draws per sample.
+        kl_check: compare measured KL with the second-order prediction at ``kl_radii``.
+        clever: CLEVER scores (untargeted and top-2) with radius ``clever_radius``.
+        frequency: I-ASIDE Shapley values and the band-restricted Fisher (images only).
+        frequency_bands, frequency_fill, frequency_pixel_map: I-ASIDE knobs.
+        num_samples: how many of the evaluated samples the companions use.
+    """
+
+    attacks: str | None = None
+    attack_epsilons: Sequence[float] | None = None
+    eps_max: float | None = None
+    noise: bool = False
+    noise_sigmas: Sequence[float] = DEFAULT_SIGMAS
+    noise_kind: str = "gaussian"
+    noise_draws: int = 16
+    kl_check: bool = False
+    kl_radii: Sequence[float] = DEFAULT_RADII
+    clever: bool = False
+    clever_radius: float = 2.0
+    frequency: bool = False
+    frequency_bands: int = 8
+    frequency_fill: str = "other_image"
+    frequency_pixel_map: str = "paper"
+    num_samples: int = 64
+
+    @property
+    def requested(self) -> bool:
+        """Whether any measurement is requested."""
+        return bool(self.attacks or self.noise or self.kl_check or self.clever or self.frequency)
+
+    def settings(self) -> dict:
+        """The knobs of the requested measurements, for provenance."""
+        return {
+            key: (list(value) if isinstance(value, tuple) else value)
+            for key, value in vars(self).items()
+        }
+
+
+def run_companions(
+    classifier: Classifier,
+    batch: PreparedBatch,
+    labels: Tensor,  # (N,)
+    spectral_norm: Tensor,  # (N,)
+    options: CompanionOptions,
+    *,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Run the requested measurements on one prepared batch; return results.json sections.
+
+    Raises:
+        InputError: a measurement that does not apply to this model (text models support the
+            attack cross-check and the KL check only; the frequency view needs images).
+    """
+    is_text = classifier.modality == "text"
+    unsupported = [
+        name
+        for name, wanted in (
+            ("noise", options.noise),
+            ("clever", options.clever),
+            ("frequency", options.frequency),
+        )
+        if wanted
+    ]
+    if is_text and unsupported:
+        raise InputError(
+            f"{', '.join(unsupported)} need fixed-size continuous inputs; for text models "
+            "use --attacks and --kl-check (they perturb the embeddings of non-padded tokens)"
+        )
+    if options.frequency and classifier.input_space != "pixels":
+        raise InputError(
+            f"the frequency view needs images in pixel space, not {classifier.input_space!r}; "
+            "drop --frequency or use --input-space pixels"
+        )
+    batch = batch.to(classifier.device, classifier.dtype)
+    logit_fn = classifier.logit_fn(batch)
+    inputs = batch.inputs
+    labels = labels.to(classifier.device)
+    clip = (0.0, 1.0) if classifier.input_space == "pixels" else None
+    mask = batch.space_mask
+    sections: dict[str, dict] = {}
+    if options.attacks:
+        from hf_fisher.attacks import attack_report
+
+        if options.attacks not in DEFAULT_EPSILONS:
+            raise InputError(f"attacks={options.attacks!r}; choose 'l2' or 'linf'")
+        if clip is None and options.eps_max is None:
+            raise InputError(
+                f"input space {classifier.input_space!r} has no natural bound: pass --eps-max "
+                "(the largest perturbation the bisection may try)"
+            )
+        epsilons = options.attack_epsilons or DEFAULT_EPSILONS[options.attacks]
+        sections["attacks"] = attack_report(
+            logit_fn,
+            inputs,
+            labels,
+            spectral_norm.to(inputs.device),
+            epsilons=list(epsilons),
+            norm=options.attacks,
+            eps_max=options.eps_max,
+            clip=clip,
+            space_mask=mask,
+            seed=seed,
+        ).to_json()
+    if options.noise:
+        from hf_fisher.noise import noise_curves
+
+        sections["noise_curves"] = noise_curves(
+            logit_fn,
+            inputs,
+            labels,
+            sigmas=list(options.noise_sigmas),
+            kind=options.noise_kind,
+            draws=options.noise_draws,
+            clip=clip,
+            space_mask=mask,
+            seed=seed,
+        ).to_json()
+    if options.kl_check:
+        from hf_fisher.kl_check import kl_check
+
+        sections["kl_check"] = kl_check(
+            logit_fn, inputs, radii=list(options.kl_radii), space_mask=mask, seed=seed
+        ).to_json()
+    if options.clever:
+        from hf_fisher.clever import clever_scores
+
+        sections["clever"] = clever_scores(
+            logit_fn,
+            inputs,
+            radius=options.clever_radius,
+            num_batches=20,
+            batch_points=32,
+            clip=clip,
+            space_mask=mask,
+            spectral_norm=spectral_norm.to(inputs.device),
+            seed=seed,
+        ).to_json()
+    if options.frequency:
+        from hf_fisher.frequency import analyze_frequency
+
+        sections["frequency"] = analyze_frequency(
+            logit_fn,
+            inputs,
+            labels,
+            num_bands=options.frequency_bands,
+            fill=options.frequency_fill,
+            pixel_map=options.frequency_pixel_map,
+            seed=seed,
+        ).to_json()
+    return sections
