@@ -570,7 +570,15 @@ class ModuleClassifier(Classifier):
         if self.input_shape is None:
             _check_batch_shape(inputs, None)
             self.input_shape = tuple(inputs.shape[1:])
-            self._probe()
+            try:
+                self._probe()
+            except RuntimeError as error:  # a shape mismatch deep inside the user's module
+                self.input_shape = None
+                raise InputError(
+                    f"{type(self.model).__name__} failed on inputs of shape "
+                    f"{_shape_str(inputs.shape)} ({error}); pass inputs of the shape it "
+                    "expects, or load_classifier(module, input_shape=...) to check them early"
+                ) from error
         _check_batch_shape(inputs, self.input_shape)
         _check_finite(inputs)
         if isinstance(raw, PreparedBatch):
