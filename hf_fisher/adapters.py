@@ -231,11 +231,19 @@ class Classifier:
         """Return ``x -> logits`` with the batch's fixed context (attention mask etc.) bound.
 
         The returned function maps (N, *shape) inputs to (N, K) logits, where N is the batch's
-        size; this is what operators and estimators differentiate.
+        size; this is what operators and estimators differentiate. It also takes N * m rows laid
+        out sample-major (rows ``i*m .. i*m+m-1`` perturb sample i, as
+        ``x.repeat_interleave(m, 0)`` gives), so black-box estimators can query many
+        perturbations of a text batch at once.
         """
         context = dict(batch.context)
+        size = len(batch)
 
-        def logits(inputs: Tensor) -> Tensor:  # (N, *shape) -> (N, K)
+        def logits(inputs: Tensor) -> Tensor:  # (N * m, *shape) -> (N * m, K)
+            repeats = inputs.shape[0] // size if size else 1
+            if repeats > 1 and context and repeats * size == inputs.shape[0]:
+                expanded = {k: v.repeat_interleave(repeats, dim=0) for k, v in context.items()}
+                return self(inputs, **expanded)
             return self(inputs, **context)
 
         return logits

@@ -83,7 +83,7 @@ def run_companions(
 
     Raises:
         InputError: a measurement that does not apply to this model (text models support the
-            attack cross-check and the KL check only; the frequency view needs images).
+            KL check only; the frequency view needs images).
     """
     is_text = classifier.modality == "text"
     unsupported = [

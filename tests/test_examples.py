@@ -1,0 +1,32 @@
+"""The README's examples run and print what they claim."""
+
+import re
+import runpy
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_quickstart_prints_exact_spectra(capsys):
+    runpy.run_path(str(EXAMPLES / "quickstart.py"), run_name="__main__")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "method: exact"
+    rows = [re.search(r"lambda_max\s+([\d.]+)\s+trace\s+([\d.]+)", line) for line in lines[1:]]
+    assert len(rows) == 5 and all(rows)
+    assert all(float(m.group(1)) <= float(m.group(2)) for m in rows)  # lambda_max <= trace
+
+
+def test_text_and_black_box_agree_within_interval(capsys):
+    runpy.run_path(str(EXAMPLES / "text_and_black_box.py"), run_name="__main__")
+    found = re.findall(r"exact ([\d.e-]+)\s+black-box ([\d.e-]+) \[([\d.e-]+), ([\d.e-]+)\]",
+                       capsys.readouterr().out)
+    assert len(found) == 3
+    covered = [float(low) <= float(exact) <= float(high) for exact, _, low, high in found]
+    assert sum(covered) >= 2
+
+
+@pytest.mark.parametrize("name", ["quickstart.py", "text_and_black_box.py"])
+def test_examples_have_a_run_line(name):
+    assert f"python examples/{name}" in (EXAMPLES / name).read_text()
