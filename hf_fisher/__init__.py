@@ -24,12 +24,18 @@ from hf_fisher.estimators import (
     rayleigh_max,
     sketch_fisher,
 )
+from hf_fisher.metric import ensure_metric_installed as _ensure_metric_installed
+from hf_fisher.metric import fisher_evaluator, fisher_robustness_scores, install_metric
 from hf_fisher.operators import DenseOperator, FisherOperator, dual_spectrum, gradient_rows
 from hf_fisher.results import load_results, validate_results
 from hf_fisher.runner import RobustnessReport, evaluate_robustness
 from hf_fisher.spectrum import FisherSpectrum, fisher_spectrum
 
 __version__ = "0.1.0"
+
+# evaluate.load("fisher_robustness") works offline: install the metric script into evaluate's
+# modules cache when it is missing (a single stat when it is present; never raises).
+_ensure_metric_installed()
 
 __all__ = [
     # main entry points
@@ -54,6 +60,10 @@ __all__ = [
     "class_space_hutchinson",
     "sketch_fisher",
     "rayleigh_max",
+    # evaluate metric
+    "fisher_robustness_scores",
+    "fisher_evaluator",
+    "install_metric",
     # results
     "load_results",
     "validate_results",

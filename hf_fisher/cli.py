@@ -174,6 +174,27 @@ def _is_main() -> bool:
     return PartialState().is_main_process
 
 
+def add_install_metric_parser(subparsers) -> None:
+    """``hf-fisher install-metric``: make ``evaluate.load("fisher_robustness")`` work offline."""
+    parser = subparsers.add_parser(
+        "install-metric",
+        help="install the fisher_robustness evaluate metric into the modules cache",
+    )
+    parser.add_argument(
+        "--cache-dir", help="modules cache (default: HF_MODULES_CACHE or $HF_HOME/modules)"
+    )
+    parser.add_argument("--force", action="store_true", help="rewrite the script if present")
+    parser.set_defaults(func=run_install_metric)
+
+
+def run_install_metric(args: argparse.Namespace) -> int:
+    """Install the metric script and print where it went."""
+    from hf_fisher.metric import install_metric
+
+    print(install_metric(args.cache_dir, force=args.force))
+    return 0
+
+
 def _quiet_transformers() -> None:
     """Hide transformers' per-load progress bars and backend notices on the command line."""
     from transformers.utils import logging as transformers_logging
@@ -194,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_card_parser(subparsers)
     add_submit_parser(subparsers)
     add_leaderboard_parser(subparsers)
+    add_install_metric_parser(subparsers)
     return parser
 
 
@@ -205,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        _quiet_transformers()
     try:
         return args.func(args)
     except HfFisherError as error:

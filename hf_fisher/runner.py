@@ -25,6 +25,7 @@ import torch
 from hf_fisher.adapters import Classifier, load_classifier
 from hf_fisher.companions import CompanionOptions, run_companions
 from hf_fisher.data import decode_rows, detect_columns, load_any_dataset, sample_indices
+from hf_fisher.digits import DEFAULT_MODEL_DIR as BUNDLED_MODEL_DIR
 from hf_fisher.errors import DatasetError, InputError, ResultsError
 from hf_fisher.results import RESULTS_FILE, SCHEMA_VERSION, to_jsonable, write_results
 from hf_fisher.spectrum import FisherSpectrum, spectrum_of_batch
@@ -32,6 +33,7 @@ from hf_fisher.summary import kl_radius, summarize
 
 logger = logging.getLogger(__name__)
 
+BUNDLED_MODEL_ID = "hf_fisher/assets/digits-resnet"
 PARTIAL_DIR = "partial"
 RUN_FILE = "run.json"
 PACKAGES = (
@@ -279,9 +281,9 @@ def evaluate_robustness(
     state = make_state(device)
     compute_dtype = _dtype(dtype)
     if model is None:
-        from hf_fisher.digits import DEFAULT_MODEL_DIR, load_digits_dataset
+        from hf_fisher.digits import load_digits_dataset
 
-        model = str(DEFAULT_MODEL_DIR)
+        model = str(BUNDLED_MODEL_DIR)
         if dataset is None:
             dataset = load_digits_dataset("test")
             dataset.info.dataset_name = "sklearn-digits"
@@ -295,6 +297,8 @@ def evaluate_robustness(
         dtype=compute_dtype,
         trust_remote_code=trust_remote_code,
     )
+    if str(model) == str(BUNDLED_MODEL_DIR):
+        classifier.source["id"] = BUNDLED_MODEL_ID
     rows, dataset_name, split = load_any_dataset(dataset, split=split or "test", config=config)
     columns, label_col, modality = detect_columns(
         rows, input_columns=input_columns, label_column=label_column

@@ -1,0 +1,613 @@
+"""The Hugging Face ``evaluate`` surface: the metric's library side, its installer, an evaluator.
+
+The metric script ``metrics/fisher_robustness/fisher_robustness.py`` (shipped in the package as
+``hf_fisher/metric_module/fisher_robustness.py``) only hands off to this module:
+
+- :func:`per_sample_columns` scores one process's inputs (what ``add_batch`` queues), and
+  :func:`scores_from_columns` turns the gathered per-sample columns into the flat result dict
+  (what ``_compute`` returns). Scoring before gathering is what makes evaluate's
+  ``num_process`` / ``process_id`` convention useful for a model-based metric: each process
+  computes the Fisher spectra of its own shard; process 0 only summarises.
+- :func:`fisher_robustness_scores` does both in one call, for direct use.
+- :func:`install_metric` / :func:`ensure_metric_installed` put the script where
+  ``evaluate.load("fisher_robustness")`` finds it offline (evaluate's modules cache).
+- :class:`FisherRobustnessEvaluator` is the evaluator-style entry point (model or pipeline plus
+  a dataset), a wrapper rather than an ``evaluate.Evaluator`` subclass: see ``docs/metric.md``.
+
+Images and texts go through an in-memory ``datasets.Dataset`` and
+:func:`~hf_fisher.runner.evaluate_robustness`, so the numbers equal the Python API by
+construction. Tensors (already in the model's input space) skip the dataset, which would
+round them through float32 images, and go through the runner's own per-batch steps instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hf_fisher.errors import InputError
+from hf_fisher.summary import QUANTITIES, summarize
+
+logger = logging.getLogger(__name__)
+
+METRIC_NAME = "fisher_robustness"
+"""The name ``evaluate.load`` takes."""
+
+SCRIPT_PATH = Path(__file__).resolve().parent / "metric_module" / f"{METRIC_NAME}.py"
+"""The metric script shipped inside the package (a byte-identical copy of the Space's script)."""
+
+CACHE_FOLDER = f"evaluate-metric--{METRIC_NAME}"
+
+ESTIMATOR_OPTIONS = (
+    "batch_size",
+    "method",
+    "black_box",
+    "top_k",
+    "max_iter",
+    "tol",
+    "num_queries",
+    "num_probes",
+    "seed",
+    "kl_tau",
+    "input_space",
+    "device",
+    "dtype",
+)
+"""Keyword options that ``compute`` forwards to :func:`~hf_fisher.runner.evaluate_robustness`."""
+
+STATISTICS = ("mean", "median", "p05", "p95", "median_ci_low", "median_ci_high")
+
+RECORD_COLUMNS = {
+    "label": "int64",
+    "predicted": "int64",
+    "correct": "bool",
+    "probability": "float64",
+    "spectral_norm": "float64",
+    "trace": "float64",
+    "kl_radius": "float64",
+}
+"""Per-sample columns that processes hand to process 0 (the metric's ``features``)."""
+
+PER_SAMPLE_KEYS = ("spectral_norm", "trace", "kl_radius", "label", "predicted", "probability")
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring.
+
+
+def record_features():
+    """The ``datasets.Features`` of the per-sample columns, for ``evaluate.MetricInfo``."""
+    import datasets
+
+    return datasets.Features({name: datasets.Value(kind) for name, kind in RECORD_COLUMNS.items()})
+
+
+def check_options(options: Mapping[str, Any], allowed: Sequence[str] = ESTIMATOR_OPTIONS) -> None:
+    """Reject option names that are not estimator options, suggesting the closest one.
+
+    Args:
+        options: keyword options as passed by the user.
+        allowed: the names accepted here (after ``add_batch``, ``compute()`` takes only seed).
+
+    Raises:
+        InputError: for any unknown name (a typo must not be silently ignored).
+
+    >>> check_options({"method": "exact"})
+    >>> check_options({"metod": "exact"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    hf_fisher.errors.InputError: unknown option 'metod' (did you mean 'method'?); ...
+    """
+    for name in options:
+        if name in allowed:
+            continue
+        if name in ESTIMATOR_OPTIONS:
+            raise InputError(
+                f"option {name!r} has no effect here: after add_batch(), compute() takes only "
+                f"return_per_sample and {', '.join(allowed)}; pass {name} to add_batch()"
+            )
+        close = difflib.get_close_matches(name, ESTIMATOR_OPTIONS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InputError(
+            f"unknown option {name!r}{hint}; fisher_robustness accepts model, inputs, "
+            f"references, return_per_sample and {', '.join(ESTIMATOR_OPTIONS)}"
+        )
+
+
+def _input_kind(inputs: Any) -> str:
+    """Classify ``inputs``: "tensor", "image", "text", "pair" or "arrays"."""
+    from PIL import Image
+
+    if isinstance(inputs, (torch.Tensor, np.ndarray)):
+        if inputs.ndim == 0 or inputs.shape[0] == 0:
+            raise InputError(
+                f"inputs are empty (a tensor of shape {tuple(inputs.shape)}); pass at least one "
+                "sample, as an (N, ...) tensor in the model's input space"
+            )
+        return "tensor"
+    if isinstance(inputs, (str, bytes, Mapping)) or not isinstance(inputs, Sequence):
+        raise InputError(
+            f"got inputs of type {type(inputs).__name__}; pass a list of PIL images, a list of "
+            "strings, a list of (text, text_pair) tuples, or an (N, ...) tensor"
+        )
+    if len(inputs) == 0:
+        raise InputError("inputs are empty; pass at least one image, text or tensor row")
+    kinds = set()
+    for item in inputs:
+        if isinstance(item, Image.Image):
+            kinds.add("image")
+        elif isinstance(item, str):
+            kinds.add("text")
+        elif (
+            isinstance(item, (tuple, list))
+            and len(item) == 2
+            and all(isinstance(part, str) for part in item)
+        ):
+            kinds.add("pair")
+        elif isinstance(item, (torch.Tensor, np.ndarray)):
+            kinds.add("arrays")
+        else:
+            raise InputError(
+                f"input of type {type(item).__name__} is not supported; pass PIL images, "
+                "strings, (text, text_pair) tuples or arrays"
+            )
+    if len(kinds) > 1:
+        raise InputError(f"inputs mix {sorted(kinds)}; pass one kind of input per call")
+    return kinds.pop()
+
+
+def _labels(references: Any, num_inputs: int) -> list[int] | None:
+    if references is None:
+        return None
+    if isinstance(references, (torch.Tensor, np.ndarray)):
+        references = references.tolist()
+    if isinstance(references, (str, bytes)) or not isinstance(references, Sequence):
+        raise InputError(
+            f"got references of type {type(references).__name__}; pass a list of integer labels"
+        )
+    if len(references) != num_inputs:
+        raise InputError(
+            f"got {num_inputs} inputs but {len(references)} references; pass one integer label "
+            "per input, or omit references to use the predicted labels"
+        )
+    labels = []
+    for index, label in enumerate(references):
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise InputError(
+                f"reference {index} is {label!r}; references must be integer class indices"
+            )
+        labels.append(int(label))
+    return labels
+
+
+def _check_model(model: Any) -> None:
+    if model is None:
+        raise InputError(
+            "model is missing; pass model=<Hub id | local directory | nn.Module>, e.g. "
+            'compute(model="./my-classifier", inputs=images, references=labels)'
+        )
+
+
+def per_sample_records(
+    model: Any,
+    inputs: Any,
+    references: Sequence[int] | None = None,
+    *,
+    batch_size: int = 32,
+    method: str = "auto",
+    black_box: bool = False,
+    top_k: int = 1,
+    max_iter: int | None = None,
+    tol: float = 1e-3,
+    num_queries: int | None = None,
+    num_probes: int = 16,
+    seed: int = 0,
+    kl_tau: float = 0.01,
+    input_space: str | None = None,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> list[dict]:
+    """Per-sample records, exactly as :func:`~hf_fisher.runner.evaluate_robustness` writes them.
+
+    Args:
+        model: a Hub id, local directory, ``nn.Module`` or :class:`~hf_fisher.Classifier`.
+        inputs: a list of PIL images, strings or (text, text_pair) tuples, a list of arrays,
+            or an (N, ...) tensor/array in the model's input space (kept exact).
+        references: integer labels, one per input; None uses the predicted labels.
+        batch_size, method, black_box, top_k, max_iter, tol, num_queries, num_probes, seed,
+            kl_tau, input_space, device, dtype: as in ``evaluate_robustness``.
+
+    Returns:
+        One record per input, in input order.
+
+    Raises:
+        InputError: a missing model, empty inputs, or references of the wrong length.
+    """
+    _check_model(model)
+    kind = _input_kind(inputs)
+    labels = _labels(references, len(inputs))
+    options = {
+        "batch_size": batch_size,
+        "method": method,
+        "black_box": black_box,
+        "top_k": top_k,
+        "max_iter": max_iter,
+        "tol": tol,
+        "num_queries": num_queries,
+        "num_probes": num_probes,
+        "seed": seed,
+        "kl_tau": kl_tau,
+        "input_space": input_space,
+        "device": device,
+        "dtype": dtype,
+    }
+    if kind in ("tensor", "arrays"):
+        return _records_of_tensors(model, inputs, labels, options)
+    return _records_via_dataset(model, inputs, labels, kind, options)
+
+
+def _records_via_dataset(
+    model: Any, inputs: Sequence, labels: list[int] | None, kind: str, options: dict
+) -> list[dict]:
+    """Images and texts: an in-memory dataset through the runner itself."""
+    import datasets
+
+    from hf_fisher.runner import evaluate_robustness
+
+    if kind == "image":
+        columns = {"image": list(inputs)}
+        features = {"image": datasets.Image()}
+    elif kind == "text":
+        columns = {"text": list(inputs)}
+        features = {"text": datasets.Value("string")}
+    else:
+        columns = {"text": [p[0] for p in inputs], "text_pair": [p[1] for p in inputs]}
+        features = {"text": datasets.Value("string"), "text_pair": datasets.Value("string")}
+    if labels is not None:
+        columns["label"] = labels
+        features["label"] = datasets.Value("int64")
+    dataset = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    report = evaluate_robustness(
+        model,
+        dataset,
+        input_columns=[name for name in columns if name != "label"],
+        label_column="label" if labels is not None else None,
+        progress=False,
+        **options,
+    )
+    if report.results["skipped"]:
+        reasons = "; ".join(f"input {s['index']}: {s['reason']}" for s in report.results["skipped"])
+        raise InputError(f"some inputs could not be read ({reasons}); remove or repair them")
+    return report.per_sample
+
+
+def _records_of_tensors(
+    model: Any, inputs: Any, labels: list[int] | None, options: dict
+) -> list[dict]:
+    """Tensors: the runner's per-batch steps on the exact values, sharded like the runner."""
+    from accelerate.utils import gather_object
+
+    from hf_fisher.adapters import load_classifier
+    from hf_fisher.results import to_jsonable
+    from hf_fisher.runner import (
+        _dtype,
+        _records_from_spectrum,
+        _shard,
+        _spectrum_with_oom_retry,
+        make_state,
+    )
+
+    state = make_state(options["device"])
+    classifier = load_classifier(
+        model,
+        input_space=options["input_space"],
+        device=state.device,
+        dtype=_dtype(options["dtype"]),
+    )
+    estimator = {
+        name: options[name]
+        for name in ("method", "black_box", "top_k", "max_iter", "tol", "num_queries")
+    }
+    estimator.update(num_probes=options["num_probes"], seed=options["seed"])
+    batch_size = options["batch_size"]
+    shard = _shard(list(range(len(inputs))), state.num_processes, state.process_index)
+    records: list[dict] = []
+    for start in range(0, len(shard), batch_size):
+        ids = shard[start : start + batch_size]
+        rows = inputs[ids[0] : ids[-1] + 1]
+        prepared = classifier.prepare(rows)
+        spectrum, _ = _spectrum_with_oom_retry(classifier, prepared, ids, estimator, state)
+        batch_labels = None if labels is None else labels[ids[0] : ids[-1] + 1]
+        records += _records_from_spectrum(spectrum, ids, batch_labels, options["kl_tau"])
+    if state.num_processes > 1:
+        records = gather_object(records)
+    return to_jsonable(sorted(records, key=lambda record: record["index"]))
+
+
+def per_sample_columns(
+    model: Any = None, inputs: Any = None, references: Any = None, **options: Any
+) -> dict[str, list]:
+    """Score one batch and return it as the metric's feature columns (what ``add_batch`` adds).
+
+    Raises:
+        InputError: an unknown option, a missing model, empty inputs, mismatched references.
+    """
+    check_options(options)
+    records = per_sample_records(model, inputs, references, **options)
+    return {name: [record[name] for record in records] for name in RECORD_COLUMNS}
+
+
+def _number(value: float | None) -> float:
+    """Statistics are null in results.json where infinite (F = 0); the metric says inf."""
+    return math.inf if value is None else float(value)
+
+
+def flatten_results(summary: Mapping, per_sample: Sequence[Mapping] | None = None) -> dict:
+    """The flat metric dict of a results ``summary`` (plus per-sample lists if given).
+
+    Keys are ``<quantity>_<statistic>`` for quantities spectral_norm, trace, kl_radius and
+    statistics mean, median, p05, p95, median_ci_low, median_ci_high, then ``accuracy`` and
+    ``num_samples``. Values are plain Python floats (``num_samples`` an int), so
+    ``evaluate.save`` and ``json.dump`` take them; infinite statistics are ``inf``.
+    """
+    flat: dict[str, Any] = {}
+    for quantity in QUANTITIES:
+        for statistic in STATISTICS:
+            flat[f"{quantity}_{statistic}"] = _number(summary["metrics"][quantity][statistic])
+    flat["accuracy"] = float(summary["accuracy"])
+    flat["num_samples"] = int(summary["num_samples"])
+    if per_sample is not None:
+        for key in PER_SAMPLE_KEYS:
+            values = [record[key] for record in per_sample]
+            if key in ("label", "predicted"):
+                flat[key] = [int(value) for value in values]
+            else:
+                flat[key] = [_number(value) for value in values]
+    return flat
+
+
+def scores_from_columns(
+    columns: Mapping[str, Sequence], *, return_per_sample: bool = False, seed: int = 0
+) -> dict:
+    """Summarise gathered per-sample columns into the flat metric dict (what ``_compute`` does).
+
+    Args:
+        columns: the :data:`RECORD_COLUMNS`, one value per sample.
+        return_per_sample: add per-sample lists.
+        seed: seed of the bootstrap confidence interval (the estimator seed, as in the runner).
+
+    Raises:
+        InputError: if there are no samples.
+    """
+    names = list(RECORD_COLUMNS)
+    rows = zip(*(columns[name] for name in names), strict=True)
+    records = [dict(zip(names, row, strict=True)) for row in rows]
+    if not records:
+        raise InputError("no samples to score; pass model= and a non-empty inputs= to compute()")
+    records = [{**r, "label": int(r["label"]), "predicted": int(r["predicted"])} for r in records]
+    summary = summarize(records, seed=seed)
+    return flatten_results(summary, records if return_per_sample else None)
+
+
+def fisher_robustness_scores(
+    model: Any,
+    inputs: Any,
+    references: Sequence[int] | None = None,
+    *,
+    return_per_sample: bool = False,
+    **options: Any,
+) -> dict:
+    """The metric in one call: Fisher robustness scores of ``model`` on ``inputs``.
+
+    Equal to ``flatten_results`` of :func:`~hf_fisher.runner.evaluate_robustness` on the same
+    inputs and options. ``options`` are the :data:`ESTIMATOR_OPTIONS`; unknown names raise.
+
+    Returns:
+        A flat dict: ``spectral_norm_mean``, ``spectral_norm_median``, ..., ``trace_mean``, ...,
+        ``kl_radius_median``, ..., ``accuracy``, ``num_samples`` (+ per-sample lists).
+    """
+    columns = per_sample_columns(model, inputs, references, **options)
+    return scores_from_columns(
+        columns, return_per_sample=return_per_sample, seed=options.get("seed", 0)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Installing the script into evaluate's modules cache.
+
+
+def modules_cache(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The modules cache of evaluate, found as ``evaluate.config`` does (without importing it).
+
+    ``HF_MODULES_CACHE``, else ``$HF_HOME/modules``, else ``$XDG_CACHE_HOME/huggingface/modules``
+    (``~/.cache/huggingface/modules``).
+    """
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.getenv("HF_MODULES_CACHE"):
+        return Path(os.environ["HF_MODULES_CACHE"])
+    xdg = os.getenv("XDG_CACHE_HOME", "~/.cache")
+    home = os.path.expanduser(os.getenv("HF_HOME", os.path.join(xdg, "huggingface")))
+    return Path(home) / "modules"
+
+
+def script_hash(path: str | os.PathLike = SCRIPT_PATH) -> str:
+    """The hash evaluate names a cached script's folder by (``evaluate.loading.files_to_hash``).
+
+    SHA-256 of the script's lines with ``#`` comments removed, joined by newlines.
+    """
+    with open(path, encoding="utf-8") as handle:
+        lines = [re.sub(r"#.*", "", line) for line in handle.readlines()]
+    return sha256("\n".join(line for line in lines if line).encode("utf-8")).hexdigest()
+
+
+def installed_script_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where :func:`install_metric` puts the script for ``cache_dir`` (default: evaluate's)."""
+    folder = modules_cache(cache_dir) / "evaluate_modules" / "metrics" / CACHE_FOLDER
+    return folder / script_hash() / f"{METRIC_NAME}.py"
+
+
+def install_metric(cache_dir: str | os.PathLike | None = None, *, force: bool = False) -> Path:
+    """Install the metric script so that ``evaluate.load("fisher_robustness")`` works offline.
+
+    evaluate falls back to ``<modules cache>/evaluate_modules/metrics/
+    evaluate-metric--fisher_robustness/<hash>/fisher_robustness.py`` when the Hub cannot be
+    reached (or ``HF_EVALUATE_OFFLINE=1``); this writes that file and the ``__init__.py`` files
+    that make each folder importable.
+
+    Args:
+        cache_dir: the modules cache (default: ``HF_MODULES_CACHE`` / ``HF_HOME`` as evaluate).
+        force: rewrite the script even if it is already there.
+
+    Returns:
+        The installed script's path.
+    """
+    root = modules_cache(cache_dir)
+    target = installed_script_path(root)
+    if target.exists() and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = root
+    for part in target.parent.relative_to(root).parts:
+        folder = folder / part
+        (folder / "__init__.py").touch()
+    (root / "__init__.py").touch()
+    with tempfile.NamedTemporaryFile("wb", dir=target.parent, delete=False) as handle:
+        handle.write(SCRIPT_PATH.read_bytes())
+    os.replace(handle.name, target)  # atomic; the new mtime makes it evaluate's latest
+    logger.debug("installed the %s metric at %s", METRIC_NAME, target)
+    return target
+
+
+def ensure_metric_installed() -> None:
+    """Install the metric if missing: one stat when present; never raises (called on import)."""
+    try:
+        if not installed_script_path().exists():
+            install_metric()
+    except OSError as error:  # a read-only or unreadable cache must not break ``import``
+        logger.debug("could not install the %s metric: %s", METRIC_NAME, error)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluator-style entry point.
+
+TASKS = ("image-classification", "text-classification")
+
+
+class FisherRobustnessEvaluator:
+    """``evaluate.evaluator``-style: a model or pipeline plus a dataset in, flat scores out.
+
+    evaluate's own ``Evaluator`` passes only predictions and references to its metric, and
+    fails on pipeline objects under transformers 5, so this wraps the runner instead of
+    subclassing it: a pipeline is saved (model + processor/tokenizer) to a temporary
+    directory and loaded from there, so exactly the pipeline's weights are measured.
+
+    Args:
+        task: "image-classification" or "text-classification"; the model must match it.
+    """
+
+    def __init__(self, task: str = "image-classification") -> None:
+        if task not in TASKS:
+            raise InputError(f"got task {task!r}; fisher_robustness supports {list(TASKS)}")
+        self.task = task
+
+    def compute(
+        self,
+        model_or_pipeline: Any = None,
+        data: Any = None,
+        *,
+        subset: str | None = None,
+        split: str | None = None,
+        input_column: str | Sequence[str] | None = None,
+        label_column: str | None = None,
+        num_samples: int | None = None,
+        return_per_sample: bool = False,
+        **options: Any,
+    ) -> dict:
+        """Score ``model_or_pipeline`` on ``data`` (a ``datasets.Dataset``, name or directory).
+
+        Args:
+            model_or_pipeline: a transformers ``Pipeline``, Hub id, directory or model.
+            data: as ``evaluate_robustness``'s ``dataset``.
+            subset, split: dataset configuration and split.
+            input_column, label_column: column names (default: detected; a list for pairs).
+            num_samples: a deterministic sample of this many rows.
+            return_per_sample: add per-sample lists.
+            **options: the :data:`ESTIMATOR_OPTIONS`.
+
+        Returns:
+            The same flat dict as the metric.
+
+        Raises:
+            InputError: a missing model, an unknown option, or a model of another task.
+        """
+        from hf_fisher.runner import evaluate_robustness
+
+        _check_model(model_or_pipeline)
+        check_options(options)
+        columns = [input_column] if isinstance(input_column, str) else input_column
+        with tempfile.TemporaryDirectory(prefix="hf-fisher-pipeline-") as scratch:
+            model = _model_of(model_or_pipeline, scratch)
+            report = evaluate_robustness(
+                model,
+                data,
+                config=subset,
+                split=split,
+                num_samples=num_samples,
+                input_columns=list(columns) if columns else None,
+                label_column=label_column,
+                progress=False,
+                **options,
+            )
+        task = report.results["model"]["task"]
+        if task is not None and task != self.task:
+            raise InputError(
+                f"this evaluator is for {self.task} but the model is a {task} model; use "
+                f"fisher_evaluator({task!r})"
+            )
+        return flatten_results(report.summary, report.per_sample if return_per_sample else None)
+
+
+def _model_of(model_or_pipeline: Any, scratch: str) -> Any:
+    """A pipeline becomes the directory it is saved to; anything else passes through."""
+    from transformers import Pipeline
+
+    if isinstance(model_or_pipeline, Pipeline):
+        model_or_pipeline.save_pretrained(scratch)
+        return scratch
+    return model_or_pipeline
+
+
+def fisher_evaluator(task: str = "image-classification") -> FisherRobustnessEvaluator:
+    """The counterpart of ``evaluate.evaluator(task)`` for Fisher robustness.
+
+    >>> fisher_evaluator("text-classification").task
+    'text-classification'
+    """
+    return FisherRobustnessEvaluator(task)
+
+
+__all__ = [
+    "ESTIMATOR_OPTIONS",
+    "FisherRobustnessEvaluator",
+    "METRIC_NAME",
+    "ensure_metric_installed",
+    "fisher_evaluator",
+    "fisher_robustness_scores",
+    "flatten_results",
+    "install_metric",
+    "per_sample_columns",
+    "per_sample_records",
+    "scores_from_columns",
+]
