@@ -812,3 +812,91 @@ def plot_attacks(section: dict, path: str | Path) -> Path:
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def card_attacks(section: dict) -> str:
+    """Markdown card subsection: robust accuracy, minimal epsilon and how well it is predicted.
+
+    The attacks are the reference that ``spectral_norm`` is ranked against, so the subsection
+    shows the budget, the correlations of the minimal epsilon with lambda_max and with the two
+    cheap baselines side by side, and every sanity message (the gradient-masking warning always).
+
+    Args:
+        section: the ``attacks`` section of results.json (:meth:`AttackReport.to_json`).
+
+    Returns:
+        Markdown without a heading.
+    """
+    from hf_fisher.report.badge import format_sig
+    from hf_fisher.report.card import md_escape
+
+    budget, norm = section["budget"], md_escape(section["norm"].upper())
+    clip = budget["clip"]
+    box = "unclipped" if clip is None else f"clipped to [{clip[0]:g}, {clip[1]:g}]"
+    names = list(section["robust_accuracy"])
+    lines = [
+        f"Gradient attacks in an {norm} ball (inputs {box}) on {section['num_samples']} "
+        f"samples, {section['num_correct']} of them classified correctly: PGD with "
+        f"{budget['steps']} steps, {budget['restarts']} restart(s), step "
+        f"{format_sig(budget['step_size'])} ε, "
+        f"{md_escape(budget['loss'])} loss, seed {budget['seed']}; FGSM in one step. The "
+        "minimal ε that flips each correct sample comes from "
+        f"{budget['bisection_steps']} bisection steps of PGD up to ε_max = "
+        f"{format_sig(budget['eps_max'])} (at most {budget['gradient_evaluations_per_sample']} "
+        "gradient evaluations per sample). If λ_max(F) measures robustness, samples with a "
+        "larger λ_max flip at a smaller ε: a negative rank correlation.",
+        "",
+        "| ε | " + " | ".join(f"{md_escape(n.upper())} robust accuracy" for n in names) + " |",
+        "|---" * (len(names) + 1) + "|",
+        "| 0 (clean) | " + " | ".join(format_sig(section["clean_accuracy"]) for _ in names) + " |",
+    ]
+    for index, epsilon in enumerate(section["epsilons"]):
+        cells = [format_sig(section["robust_accuracy"][n][index]) for n in names]
+        lines.append(f"| {format_sig(epsilon)} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Median minimal ε over the correct samples: "
+        f"{format_sig(section['median_minimal_epsilon'])}; not flipped at ε_max: "
+        f"{section['num_not_flipped']}.",
+        "",
+        "| minimal ε vs | Spearman ρ [CI] | Kendall τ | expected sign | samples |",
+        "|---|---|---|---|---|",
+    ]
+    labels = {
+        "spectral_norm": "spectral norm λ_max",
+        "confidence": "confidence, 1 − max p (baseline)",
+        "first_order": "first-order boundary distance (baseline)",
+    }
+    signs = section.get("expected_signs", {})
+    for key, stats in section["correlations"].items():
+        low, high = stats["spearman_ci"]
+        sign = {-1: "negative", 1: "positive"}.get(signs.get(key), "–")
+        lines.append(
+            f"| {labels.get(key, md_escape(key))} | {format_sig(stats['spearman'])} "
+            f"[{format_sig(low)}, {format_sig(high)}] | {format_sig(stats['kendall'])} | {sign} "
+            f"| {stats['num_samples']} |"
+        )
+    level = next(iter(section["correlations"].values()), {}).get("confidence")
+    partial = section["partial_spectral_norm_given_confidence"]
+    lines += [
+        "",
+        (f"CI: {100 * level:g}% bootstrap interval. " if level else "")
+        + "Partial Spearman ρ of minimal ε and λ_max given 1 − max p: "
+        f"{format_sig(partial['spearman'])} (p = {format_sig(partial['p_value'])}, "
+        f"{partial['num_samples']} samples), what λ_max adds beyond the model's confidence.",
+        "",
+    ]
+    sanity = section["sanity"]
+    lines.append(
+        f"Sanity checks {'passed' if sanity['ok'] else 'FAILED'}: zero-gradient fraction "
+        f"{format_sig(sanity['zero_gradient_fraction'])}, non-finite-gradient fraction "
+        f"{format_sig(sanity['nonfinite_gradient_fraction'])}, random forward "
+        f"{'yes' if sanity['random_forward'] else 'no'}, probability outputs "
+        f"{'yes' if sanity['probability_outputs'] else 'no'}, not flipped at ε_max "
+        f"{sanity['unflipped_at_eps_max']}."
+    )
+    messages = list(sanity["messages"])
+    if GRADIENT_MASKING_WARNING not in messages:
+        messages.append(GRADIENT_MASKING_WARNING)
+    lines += ["", *(f"- {md_escape(message)}" for message in messages)]
+    return "\n".join(lines)

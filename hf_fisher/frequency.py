@@ -218,3 +218,89 @@ def plot_frequency_comparison(sections: dict[str, dict], path: str | Path) -> Pa
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def card_frequency(section: dict) -> str:
+    """Markdown card subsection: per-band I-ASIDE importance and band Fisher, and the score.
+
+    Args:
+        section: the ``frequency`` section of results.json (:meth:`FrequencyReport.to_json`).
+
+    Returns:
+        Markdown without a heading.
+
+    Raises:
+        ResultsError: ``section`` is not a frequency section.
+    """
+    import torch
+
+    from hf_fisher.iaside import spectral_robustness_score
+    from hf_fisher.report.badge import format_sig
+    from hf_fisher.report.card import md_escape
+
+    num_bands = _bands_of(section, "the section")
+    channels, height, width = section["image_shape"]
+    iaside, fisher = section.get("iaside"), section.get("fisher")
+    parts = []
+    if iaside is not None:
+        sigma = "" if iaside.get("sigma") is None else f", σ {format_sig(iaside['sigma'])}"
+        parts.append(
+            "I-ASIDE (Luo et al., TMLR 2024; black-box) gives each band its exact Shapley value "
+            "φ in the mean true-label log-probability over "
+            f"{iaside['num_samples']} samples (fill {md_escape(iaside['fill'])}{sigma}, "
+            f"pixel map {md_escape(iaside['pixel_map'])}, seed {iaside['seed']}); its "
+            "importance is max(φ, 0), normalised to sum to 1."
+        )
+    if fisher is not None:
+        parts.append(
+            f"The band-restricted Fisher (white-box, {fisher['num_samples']} samples) splits "
+            "F(x) by band: the band's share of trace(F), λ_max of F restricted to the band and "
+            "the fraction of F's top eigenvector in the band (both means over samples)."
+        )
+    lines = [
+        f"Where in the image spectrum the model's sensitivity lives, over {num_bands} "
+        f"square-ring frequency bands of the {channels}×{height}×{width} images (band 0 = "
+        "lowest). " + " ".join(parts),
+        "",
+        "| band | Shapley φ | importance | Fisher energy share | band λ_max "
+        "| top-eigenvector fraction |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def column(source: dict | None, key: str) -> list[str]:
+        return ["–"] * num_bands if source is None else [format_sig(v) for v in source[key]]
+
+    columns = [
+        column(iaside, "phi"),
+        column(iaside, "distribution"),
+        column(fisher, "energy_share"),
+        column(fisher, "lambda_max"),
+        column(fisher, "top_vector_fraction"),
+    ]
+    for band, cells in enumerate(zip(*columns, strict=True)):
+        lines.append(f"| {band} | " + " | ".join(cells) + " |")
+    notes = []
+    if iaside is not None:
+        beta = iaside["beta"]
+        corners = torch.eye(num_bands, dtype=torch.float64)
+        low = spectral_robustness_score(corners[-1], beta)
+        high = spectral_robustness_score(corners[0], beta)
+        notes.append(
+            f"I-ASIDE score {format_sig(iaside['score'])}, hf-fisher's signed definition "
+            f"(docs/frequency.md): (bᵀI − η) / (1 − η) with β = {format_sig(beta)}, 0 for "
+            "uniform importance, positive when importance leans to low frequencies (more "
+            "robust), negative when it leans to high ones; range "
+            f"[{format_sig(low)}, {format_sig(high)}] for {num_bands} bands. The public "
+            "code's definition (min-shifted distribution, absolute value, not monotone) gives "
+            f"{format_sig(iaside['reference_score'])}. Shapley efficiency residual "
+            f"Σφ − (v(all) − v(none)) = {format_sig(iaside['efficiency_residual'])}, with v the "
+            "mean true-label log-probability: v(all bands) = "
+            f"{format_sig(iaside['value_all'])}, v(no band) = {format_sig(iaside['value_none'])}."
+        )
+    if fisher is not None:
+        notes.append(
+            f"Fisher means over samples: trace {format_sig(fisher['trace'])}, λ_max "
+            f"{format_sig(fisher['spectral_norm'])}."
+        )
+    lines += ["", " ".join(notes)] if notes else []
+    return "\n".join(lines)

@@ -292,3 +292,53 @@ def plot_noise_curves(section: dict, path: str | Path) -> Path:
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def card_noise_curves(section: dict) -> str:
+    """Markdown card subsection: accuracy, Brier error and its upper bound per noise level.
+
+    Args:
+        section: the ``noise_curves`` section of results.json (:meth:`NoiseCurves.to_json`).
+
+    Returns:
+        Markdown without a heading.
+    """
+    from hf_fisher.report.badge import format_sig
+    from hf_fisher.report.card import md_escape
+
+    level = f"{100 * section['confidence']:g}%"
+    lines = [
+        f"Accuracy and Brier error under random {md_escape(section['kind'])} noise of scale "
+        f"σ, {section['draws']} draws on each of {section['num_samples']} samples (seed "
+        f"{section['seed']}); the upper bound on the noise-expected Brier error holds at "
+        f"{level} confidence (the tighter of Hoeffding and empirical Bernstein).",
+        "",
+        f"| σ | accuracy | Brier error | Brier upper bound ({level}) |",
+        "|---|---|---|---|",
+    ]
+    for sigma, accuracy, brier, upper in zip(
+        section["sigmas"],
+        section["accuracy"],
+        section["brier"],
+        section["brier_upper"],
+        strict=True,
+    ):
+        lines.append(
+            f"| {format_sig(sigma)} | {format_sig(accuracy)} | {format_sig(brier)} "
+            f"| {format_sig(upper)} |"
+        )
+    sigma = section["crossing_sigma"]
+    tolerance = format_sig(section["tolerance"])
+    crossing = (
+        f"the bound stays below the tolerance {tolerance} up to σ = "
+        f"{format_sig(section['sigmas'][-1])}, the largest σ tried"
+        if sigma is None
+        else f"the bound crosses the tolerance {tolerance} at σ = {format_sig(sigma)}"
+    )
+    lines += [
+        "",
+        f"Area under the curves, normalised by the σ range: accuracy "
+        f"{format_sig(section['auc_accuracy'])}, Brier error {format_sig(section['auc_brier'])}; "
+        f"{crossing}. Assumptions: {md_escape(section['assumptions'])}.",
+    ]
+    return "\n".join(lines)

@@ -2,6 +2,7 @@ import argparse
 import copy
 import json
 import logging
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -11,11 +12,13 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_fisher.errors import InputError, ResultsError
-from hf_fisher.report import badge, card, cli, push
+from hf_fisher.report import badge, card, cli, plots, push
 from hf_fisher.report.results_io import load_results, validate_results
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_example.json"
 REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "model_cards" / "digits-resnet-results" / "results.json"
+COMPANIONS = ("attacks", "noise_curves", "kl_check", "clever", "frequency")
 
 EXISTING = """---
 license: apache-2.0
@@ -51,6 +54,12 @@ Details, with a trailing section.
 @pytest.fixture(scope="module")
 def results():
     return load_results(FIXTURE)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    """The bundled model's real results: 360 test digits and all five companion sections."""
+    return load_results(BUNDLED)
 
 
 def _ours(card_obj):
@@ -395,3 +404,109 @@ def test_null_statistics_and_missing_labels_render(results):
     data["summary"]["metrics"]["kl_radius"]["median"] = None
     with pytest.raises(ResultsError, match="kl_radius has no numeric median"):
         validate_results(data)
+
+
+# companion subsections ---------------------------------------------------------------------
+
+
+def _fake_plots(tmp_path, names):
+    return {name: tmp_path / "robustness_plots" / f"{name}.png" for name in names}
+
+
+def _titles(registry=plots.REPORT_REGISTRY):
+    return {name: entry.title for name, entry in registry.items()}
+
+
+def test_companion_subsections_appear_once_in_order_with_their_plot(tmp_path, bundled):
+    assert all(isinstance(bundled.get(name), dict) for name in COMPANIONS)
+    paths = _fake_plots(tmp_path, ["spectral_norm", "per_class", *COMPANIONS])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = str(card.merge_card(bundled, EXISTING, paths, card_dir=tmp_path))
+    assert str(card.merge_card(bundled, first, paths, card_dir=tmp_path)) == first  # idempotent
+    section = first[first.index(card.START_MARKER) : first.index(card.END_MARKER)]
+    headings = [f"### {title}" for title in _titles().values()]
+    assert [section.count(h) for h in headings] == [1] * len(COMPANIONS)
+    positions = [section.index(h) for h in headings]
+    assert positions == sorted(positions) and section.index("### Per class") < positions[0]
+    for name, heading in zip(COMPANIONS, headings, strict=True):
+        assert section.count(f"](robustness_plots/{name}.png)") == 1
+        # the renderer's Markdown and then the plot sit inside the section's own subsection
+        body = plots.resolve_dotted(plots.REPORT_REGISTRY[name].card)(bundled[name]).strip()
+        start = section.index(heading)
+        end = min([p for p in positions if p > start] or [len(section)])
+        own = section[start:end]
+        assert body in own and f"](robustness_plots/{name}.png)" in own
+    # the core plots stay after the per-class table, before the companions
+    assert section.index("](robustness_plots/per_class.png)") < positions[0]
+
+
+def test_absent_companion_sections_are_skipped_without_import(tmp_path, bundled):
+    data = copy.deepcopy(bundled)
+    del data["clever"], data["frequency"]
+    data["kl_check"] = None  # written as null: not a section either
+    registry = dict(
+        plots.REPORT_REGISTRY,
+        clever=plots.Companion("CLEVER", card="module_that_does_not_exist:card"),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = card.render_section(data, registry=registry)
+    assert "### Attack cross-check" in text and "### Noise curves" in text
+    for title in ("CLEVER", "KL check", "Frequency bands"):
+        assert f"### {title}" not in text
+
+
+def test_broken_card_renderers_warn_and_their_plot_moves_to_plots(tmp_path, bundled):
+    def broken(section):
+        raise RuntimeError("boom")
+
+    registry = {
+        "attacks": plots.Companion("Attacks A", card=broken),
+        "noise_curves": plots.Companion("Noise N", card="module_that_does_not_exist:card"),
+        "kl_check": plots.Companion("KL K", card=lambda section: 3),
+        "clever": plots.Companion("CLEVER C", card="json:nope"),
+        "frequency": plots.REPORT_REGISTRY["frequency"],
+    }
+    paths = _fake_plots(tmp_path, ["attacks", "frequency"])
+    with pytest.warns(RuntimeWarning) as record:
+        text = card.render_section(bundled, paths, card_dir=tmp_path, registry=registry)
+    messages = " ".join(str(w.message) for w in record)
+    assert "'attacks' card subsection: RuntimeError: boom" in messages
+    assert "'noise_curves' card subsection: ModuleNotFoundError" in messages
+    assert "'kl_check' card subsection: TypeError: card renderer returned int" in messages
+    assert "'clever' card subsection: ImportError: json has no card renderer 'nope'" in messages
+    assert len(record) == 4
+    for title in ("Attacks A", "Noise N", "KL K", "CLEVER C"):
+        assert f"### {title}" not in text
+    assert text.count("### Frequency bands") == 1
+    assert text.count("![Attacks A](robustness_plots/attacks.png)") == 1  # plot kept in $plots
+    assert text.index("![Attacks A]") < text.index("### Frequency bands")
+
+
+def test_templates_without_companions_field_keep_every_plot(tmp_path, bundled):
+    paths = _fake_plots(tmp_path, ["spectral_norm", "attacks"])
+    for template in ("$badge\n$plots", "$badge $$companions\n$plots"):
+        text = card.render_section(bundled, paths, card_dir=tmp_path, template=template)
+        assert "![Attack cross-check](robustness_plots/attacks.png)" in text
+        assert "### Attack cross-check" not in text
+    text = card.render_section(bundled, paths, tmp_path, template="${companions}|$plots")
+    assert text.count("robustness_plots/attacks.png") == 1
+    assert text.index("### Attack cross-check") < text.index("|![Per-sample spectral norm]")
+
+
+def test_bundled_card_round_trips_and_rerun_is_byte_identical(tmp_path, bundled):
+    path = tmp_path / "README.md"
+    path.write_text(EXISTING)
+    outputs = card.write_card(bundled, out=path, card=path)
+    assert list(outputs.plots) == ["spectral_norm", "per_class", *COMPANIONS]
+    first = path.read_bytes()
+    loaded = ModelCard.load(path)
+    assert loaded.text.startswith(ModelCard(EXISTING).text)
+    assert loaded.text.endswith(card.END_MARKER + "\n")
+    assert {r.metric_config for r in _ours(loaded)} == {"kl_radius", "spectral_norm", "trace"}
+    assert loaded.data.license == "apache-2.0"
+    for title in _titles().values():
+        assert loaded.text.count(f"### {title}") == 1
+    card.write_card(bundled, out=path, card=path)
+    assert path.read_bytes() == first

@@ -41,17 +41,28 @@ def test_core_plots_survive_degenerate_data(tmp_path, results):
     assert all(path.is_file() for path in out.values())
 
 
-def test_registry_is_read_only_and_names_the_companion_plotters():
-    assert set(plots.PLOT_REGISTRY) == {
+def test_registry_is_read_only_and_names_plotter_and_card_renderer():
+    assert list(plots.REPORT_REGISTRY) == [
         "attacks",
         "noise_curves",
         "kl_check",
         "clever",
         "frequency",
-    }
+    ]
+    for section, entry in plots.REPORT_REGISTRY.items():
+        assert isinstance(entry, plots.Companion)
+        module = entry.plotter.partition(":")[0]
+        assert entry.plotter == f"{module}:plot_{section}"
+        assert entry.card == f"{module}:card_{section}"
+        assert callable(plots.resolve_dotted(entry.card, "card renderer"))
+        # the plot-only view is derived from the same entries
+        assert plots.PLOT_REGISTRY[section] == entry.plotter
+        assert plots.PLOT_TITLES[section] == entry.title
     assert plots.PLOT_REGISTRY["noise_curves"] == "hf_fisher.noise:plot_noise_curves"
     with pytest.raises(TypeError):
         plots.PLOT_REGISTRY["x"] = "y"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        plots.REPORT_REGISTRY["x"] = plots.Companion("x")  # type: ignore[index]
 
 
 def test_registry_imports_lazily_and_skips_missing_sections(tmp_path, results, monkeypatch):
@@ -97,4 +108,27 @@ def test_unimportable_or_failing_plotter_warns_and_is_skipped(tmp_path, results)
 def test_resolve_plotter_missing_attribute():
     with pytest.raises(ImportError, match="has no plotter 'nope'"):
         plots.resolve_plotter("json:nope")
+    with pytest.raises(ImportError, match="json has no card renderer 'nope'"):
+        plots.resolve_dotted("json:nope", "card renderer")
     assert plots.resolve_plotter("json:dumps")({"a": 1}) == '{"a": 1}'
+
+
+def test_companion_entries_draw_their_plotter_and_none_draws_nothing(tmp_path, results):
+    drawn = []
+
+    def plot_a(section, path):
+        drawn.append(section)
+        path.write_bytes(b"png")
+        return path
+
+    def card_only(section):
+        raise AssertionError("make_plots must not call card renderers")
+
+    data = dict(results, a={"x": 1}, b={"y": 2})
+    registry = {
+        "a": plots.Companion("A", plotter=plot_a, card=card_only),
+        "b": plots.Companion("B", plotter=None, card=card_only),
+    }
+    out = plots.make_plots(data, tmp_path, registry=registry)
+    assert drawn == [{"x": 1}]
+    assert list(out) == ["spectral_norm", "per_class", "a"]

@@ -1,7 +1,13 @@
 """Reports from ``results.json``: card section, badge, plots, Hub eval results, leaderboard."""
 
 from hf_fisher.report.badge import BADGE_THRESHOLDS, badge_color, badge_markdown, badge_url
-from hf_fisher.report.card import CardOutputs, merge_card, render_section, write_card
+from hf_fisher.report.card import (
+    CardOutputs,
+    companion_subsections,
+    merge_card,
+    render_section,
+    write_card,
+)
 from hf_fisher.report.eval_results import (
     build_eval_result_entries,
     build_eval_results,
@@ -15,7 +21,14 @@ from hf_fisher.report.leaderboard import (
     make_submission,
     validate_submission,
 )
-from hf_fisher.report.plots import PLOT_REGISTRY, make_plots, resolve_plotter
+from hf_fisher.report.plots import (
+    PLOT_REGISTRY,
+    REPORT_REGISTRY,
+    Companion,
+    make_plots,
+    resolve_dotted,
+    resolve_plotter,
+)
 from hf_fisher.report.push import push_card
 from hf_fisher.report.results_io import load_results, validate_results
 
@@ -27,6 +40,7 @@ __all__ = [
     "CardOutputs",
     "merge_card",
     "render_section",
+    "companion_subsections",
     "write_card",
     "push_card",
     # badge
@@ -36,6 +50,9 @@ __all__ = [
     "badge_url",
     # plots
     "PLOT_REGISTRY",
+    "REPORT_REGISTRY",
+    "Companion",
+    "resolve_dotted",
     "make_plots",
     "resolve_plotter",
     # Hub eval results

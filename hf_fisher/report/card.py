@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,7 +21,14 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from hf_fisher.errors import InputError
 from hf_fisher.report.badge import badge_markdown, format_sig
 from hf_fisher.report.eval_results import METRIC_TYPE, build_eval_results, write_eval_results
-from hf_fisher.report.plots import PLOT_TITLES, Plotter, make_plots
+from hf_fisher.report.plots import (
+    PLOT_TITLES,
+    REPORT_REGISTRY,
+    Companion,
+    Plotter,
+    make_plots,
+    run_registry,
+)
 
 START_MARKER = "<!-- hf-fisher:start -->"
 END_MARKER = "<!-- hf-fisher:end -->"
@@ -30,6 +37,7 @@ TEMPLATE_FIELDS = (
     "explanation",
     "summary_table",
     "per_class_table",
+    "companions",
     "plots",
     "version",
     "created",
@@ -40,6 +48,8 @@ _SPACE_UNITS = {
     "embeddings": "input-embedding units",
     "raw": "units of the raw model input",
 }
+# "$companions" or "${companions}" not preceded by the "$$" escape.
+_USES_COMPANIONS = re.compile(r"(?<!\$)(?:\$\$)*\$(?:companions\b|\{companions\})")
 _MD_SPECIAL = str.maketrans({c: f"\\{c}" for c in "\\`*_[]<>|#"} | {"\n": " ", "\r": " "})
 
 
@@ -170,13 +180,70 @@ def per_class_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plots_markdown(plots: Mapping[str, Path], card_dir: Path) -> str:
+def _title(name: str, registry: Mapping[str, Any]) -> str:
+    entry = registry.get(name)
+    if isinstance(entry, Companion):
+        return entry.title
+    return PLOT_TITLES.get(name, name.replace("_", " "))
+
+
+def _image(name: str, path: Path, card_dir: Path, registry: Mapping[str, Any]) -> str:
+    rel = Path(os.path.relpath(Path(path).resolve(), Path(card_dir).resolve())).as_posix()
+    return f"![{_title(name, registry)}]({rel})"
+
+
+def plots_markdown(
+    plots: Mapping[str, Path],
+    card_dir: Path,
+    registry: Mapping[str, Companion | str | Plotter] | None = None,
+) -> str:
     """Markdown images that link each plot by its path relative to the card."""
-    lines = []
-    for name, path in plots.items():
-        rel = Path(os.path.relpath(Path(path).resolve(), Path(card_dir).resolve())).as_posix()
-        lines.append(f"![{PLOT_TITLES.get(name, name.replace('_', ' '))}]({rel})")
-    return "\n\n".join(lines)
+    registry = REPORT_REGISTRY if registry is None else registry
+    return "\n\n".join(_image(name, path, card_dir, registry) for name, path in plots.items())
+
+
+def _render_body(func: Callable[[dict], str], section: dict, _name: str) -> str:
+    body = func(section)
+    if not isinstance(body, str):
+        raise TypeError(f"card renderer returned {type(body).__name__}, expected Markdown text")
+    return body.strip()
+
+
+def companion_subsections(
+    results: dict[str, Any],
+    plots: Mapping[str, Path] | None = None,
+    card_dir: str | Path = ".",
+    registry: Mapping[str, Companion | str | Plotter] | None = None,
+) -> dict[str, str]:
+    """Render one ``###`` subsection per companion measurement present in ``results``.
+
+    Each subsection is the entry's title, the Markdown of its card renderer (what was
+    measured, with which settings, and a small table) and, when drawn, its plot, so that the
+    reader finds numbers and figure together.
+
+    Args:
+        results: Validated results.
+        plots: Plot name -> PNG path; a companion's plot is embedded in its subsection.
+        card_dir: Folder of the card; plot links are relative to it.
+        registry: Section name -> :class:`~hf_fisher.report.plots.Companion`; defaults to
+            :data:`~hf_fisher.report.plots.REPORT_REGISTRY`. Entries that are a bare plotter
+            have no card renderer. Absent sections are skipped; a renderer that cannot be
+            imported, raises or returns something other than text is skipped with a
+            ``RuntimeWarning``.
+
+    Returns:
+        Section name -> subsection Markdown, in registry order.
+    """
+    registry = REPORT_REGISTRY if registry is None else registry
+    plots = plots or {}
+    bodies = run_registry(results, registry, "card", _render_body)
+    out = {}
+    for name, body in bodies.items():
+        parts = [f"### {_title(name, registry)}", body]
+        if name in plots:
+            parts.append(_image(name, plots[name], Path(card_dir), registry))
+        out[name] = "\n\n".join(parts)
+    return out
 
 
 def render_section(
@@ -184,6 +251,7 @@ def render_section(
     plots: Mapping[str, Path] | None = None,
     card_dir: str | Path = ".",
     template: str | None = None,
+    registry: Mapping[str, Companion | str | Plotter] | None = None,
 ) -> str:
     """Render the section, markers included.
 
@@ -192,18 +260,27 @@ def render_section(
         plots: Plot name -> PNG path, as returned by :func:`~hf_fisher.report.make_plots`.
         card_dir: Folder of the card; plot links are relative to it.
         template: A :class:`string.Template` text using the fields in :data:`TEMPLATE_FIELDS`;
-            defaults to :func:`default_template`.
+            defaults to :func:`default_template`. ``$companions`` holds the companion
+            subsections with their plots and ``$plots`` the other plots; a template without
+            ``$companions`` gets every plot in ``$plots`` and no companion subsections.
+        registry: Companion registry, see :func:`companion_subsections`.
 
     Raises:
         InputError: The template uses an unknown ``$field``.
     """
     text = default_template() if template is None else template
+    plots = dict(plots or {})
+    companions = {}
+    if _USES_COMPANIONS.search(text):
+        companions = companion_subsections(results, plots, card_dir, registry)
+        plots = {name: path for name, path in plots.items() if name not in companions}
     fields = {
         "badge": badge_markdown(results),
         "explanation": explanation(results),
         "summary_table": summary_table(results),
         "per_class_table": per_class_table(results),
-        "plots": plots_markdown(plots or {}, Path(card_dir)),
+        "companions": "\n\n".join(companions.values()),
+        "plots": plots_markdown(plots, Path(card_dir), registry),
         "version": md_escape(results["hf_fisher_version"]),
         "created": md_escape(results["created"]),
     }
@@ -263,6 +340,7 @@ def merge_card(
     card_dir: str | Path = ".",
     template: str | None = None,
     source: str = "model card",
+    registry: Mapping[str, Companion | str | Plotter] | None = None,
 ) -> ModelCard:
     """Return a model card holding the robustness section and model-index results.
 
@@ -273,11 +351,12 @@ def merge_card(
         card_dir: Folder of the card, for relative plot links.
         template: Optional section template (see :func:`render_section`).
         source: Name of the card in error messages.
+        registry: Companion registry, see :func:`companion_subsections`.
 
     Raises:
         InputError: The card's markers are broken or its front matter is not a mapping.
     """
-    section = render_section(results, plots, card_dir, template)
+    section = render_section(results, plots, card_dir, template, registry)
     model_id = str(results["model"]["id"])
     if card_text is None:
         data = ModelCardData(
@@ -310,7 +389,7 @@ def write_card(
     card: str | Path | None = None,
     plots_dir: str | Path | None = None,
     template: str | Path | None = None,
-    plot_registry: Mapping[str, str | Plotter] | None = None,
+    registry: Mapping[str, Companion | str | Plotter] | None = None,
     eval_results: bool = True,
 ) -> CardOutputs:
     """Draw the plots, merge the section into ``card`` (if given) and save to ``out``.
@@ -321,7 +400,8 @@ def write_card(
         card: Existing card to merge into; ``None`` writes a new card.
         plots_dir: PNG folder; defaults to ``robustness_plots/`` next to ``out``.
         template: Path of a custom section template.
-        plot_registry: Passed to :func:`~hf_fisher.report.make_plots`.
+        registry: Companion registry for plots and card subsections; defaults to
+            :data:`~hf_fisher.report.plots.REPORT_REGISTRY` (see :func:`companion_subsections`).
         eval_results: Also write ``.eval_results/hf-fisher.yaml`` next to ``out``.
 
     Raises:
@@ -339,10 +419,16 @@ def write_card(
     plots = make_plots(
         results,
         out.parent / "robustness_plots" if plots_dir is None else Path(plots_dir),
-        plot_registry,
+        registry,
     )
     merged = merge_card(
-        results, card_text, plots, out.parent, template_text, source=str(card or out)
+        results,
+        card_text,
+        plots,
+        out.parent,
+        template_text,
+        source=str(card or out),
+        registry=registry,
     )
     merged.save(out)
     written = write_eval_results(results, out.parent) if eval_results else None

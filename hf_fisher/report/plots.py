@@ -1,9 +1,11 @@
-"""PNG plots for reports, drawn headless from ``results.json``.
+"""PNG plots for reports, drawn headless from ``results.json``, and the companion registry.
 
-Core plots come from ``per_sample``. Optional measurements (attacks, noise curves, ...) add
-theirs through :data:`PLOT_REGISTRY`, which maps a results section name to the dotted name of
-a plotter ``f(section: dict, path: Path) -> Path``. Plotters are imported only when their
-section is present, so a report never imports a measurement module it does not need.
+Core plots come from ``per_sample``. Optional measurements (attacks, noise curves, ...) write
+their own top-level section of results.json and report it through :data:`REPORT_REGISTRY`: each
+:class:`Companion` entry names, as dotted ``"module:function"`` strings, a plotter
+``f(section: dict, path: Path) -> Path`` and a card renderer ``f(section: dict) -> str``
+(Markdown). Both are imported only when their section is present, so a report never imports a
+measurement module it does not need, and one that fails is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -11,39 +13,75 @@ from __future__ import annotations
 import importlib
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from matplotlib.figure import Figure
 
 Plotter = Callable[[dict, Path], Path]
+CardRenderer = Callable[[dict], str]
+_T = TypeVar("_T")
 
-PLOT_REGISTRY: Mapping[str, str] = MappingProxyType(
+
+@dataclass(frozen=True)
+class Companion:
+    """How reports show one optional results section.
+
+    Attributes:
+        title: Heading of the card subsection and alt text of the plot.
+        plotter: ``f(section, path) -> path`` or its dotted name; None draws no plot.
+        card: ``f(section) -> Markdown`` or its dotted name; None writes no card subsection.
+    """
+
+    title: str
+    plotter: str | Plotter | None = None
+    card: str | CardRenderer | None = None
+
+
+REPORT_REGISTRY: Mapping[str, Companion] = MappingProxyType(
     {
-        "attacks": "hf_fisher.attacks:plot_attacks",
-        "noise_curves": "hf_fisher.noise:plot_noise_curves",
-        "kl_check": "hf_fisher.kl_check:plot_kl_check",
-        "clever": "hf_fisher.clever:plot_clever",
-        "frequency": "hf_fisher.frequency:plot_frequency",
+        "attacks": Companion(
+            "Attack cross-check", "hf_fisher.attacks:plot_attacks", "hf_fisher.attacks:card_attacks"
+        ),
+        "noise_curves": Companion(
+            "Noise curves", "hf_fisher.noise:plot_noise_curves", "hf_fisher.noise:card_noise_curves"
+        ),
+        "kl_check": Companion(
+            "KL check", "hf_fisher.kl_check:plot_kl_check", "hf_fisher.kl_check:card_kl_check"
+        ),
+        "clever": Companion(
+            "CLEVER comparison", "hf_fisher.clever:plot_clever", "hf_fisher.clever:card_clever"
+        ),
+        "frequency": Companion(
+            "Frequency bands",
+            "hf_fisher.frequency:plot_frequency",
+            "hf_fisher.frequency:card_frequency",
+        ),
     }
+)
+# Views of REPORT_REGISTRY, derived so that they cannot drift from it.
+PLOT_REGISTRY: Mapping[str, str | Plotter | None] = MappingProxyType(
+    {section: entry.plotter for section, entry in REPORT_REGISTRY.items()}
 )
 PLOT_TITLES: Mapping[str, str] = MappingProxyType(
     {
         "spectral_norm": "Per-sample spectral norm",
         "per_class": "Spectral norm by class",
-        "attacks": "Attack correlation",
-        "noise_curves": "Noise curves",
-        "kl_check": "KL check",
-        "clever": "CLEVER comparison",
-        "frequency": "Frequency bands",
+        **{section: entry.title for section, entry in REPORT_REGISTRY.items()},
     }
 )
+_ROLES = {"plotter": "plot", "card": "card subsection"}
 
 
-def resolve_plotter(dotted: str) -> Plotter:
+def resolve_dotted(dotted: str, what: str = "function") -> Callable:
     """Import ``"package.module:function"`` and return the function.
+
+    Args:
+        dotted: ``"module:attribute"``.
+        what: What the attribute is, for the error message (``"plotter"``, ``"card renderer"``).
 
     Raises:
         ImportError: The module or the attribute does not exist.
@@ -53,7 +91,66 @@ def resolve_plotter(dotted: str) -> Plotter:
     try:
         return getattr(module, attr)
     except AttributeError as err:
-        raise ImportError(f"{module_name} has no plotter {attr!r}") from err
+        raise ImportError(f"{module_name} has no {what} {attr!r}") from err
+
+
+def resolve_plotter(dotted: str) -> Plotter:
+    """Import ``"package.module:function"`` and return the plotter.
+
+    Raises:
+        ImportError: The module or the attribute does not exist.
+    """
+    return resolve_dotted(dotted, "plotter")
+
+
+def run_registry(
+    results: dict[str, Any],
+    registry: Mapping[str, Companion | str | Callable],
+    role: Literal["plotter", "card"],
+    call: Callable[[Callable, dict, str], _T],
+) -> dict[str, _T]:
+    """Call each present section's plotter or card renderer; skip absent and failing ones.
+
+    Why one loop for both: plots and card subsections must agree on which sections are
+    present, import lazily in the same way, and fail in the same soft way.
+
+    Args:
+        results: Validated results.
+        registry: Section name -> :class:`Companion`, or a bare plotter (or its dotted name),
+            which has no card renderer.
+        role: ``"plotter"`` or ``"card"``: which function of a :class:`Companion` to call.
+        call: ``call(func, section_dict, section_name)`` runs one function.
+
+    Returns:
+        Section name -> what ``call`` returned, in registry order. Sections absent from
+        ``results`` (or not a JSON object there) and entries without a function for ``role``
+        are left out; a function that cannot be imported or raises is left out with a
+        ``RuntimeWarning``, so that one optional measurement cannot block a report.
+    """
+    out: dict[str, _T] = {}
+    for section, entry in registry.items():
+        if not isinstance(results.get(section), dict):
+            continue
+        if isinstance(entry, Companion):
+            target = getattr(entry, role)
+        else:  # a bare function or dotted name is a plotter (the registry's older form)
+            target = entry if role == "plotter" else None
+        if target is None:
+            continue
+        try:
+            func = (
+                resolve_dotted(target, "card renderer" if role == "card" else role)
+                if isinstance(target, str)
+                else target
+            )
+            out[section] = call(func, results[section], section)
+        except Exception as err:  # noqa: BLE001 - an optional measurement must not block a report
+            warnings.warn(
+                f"skipped the {section!r} {_ROLES[role]}: {type(err).__name__}: {err}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return out
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -119,17 +216,17 @@ def plot_per_class(results: dict[str, Any], path: Path) -> Path:
 def make_plots(
     results: dict[str, Any],
     out_dir: str | Path,
-    registry: Mapping[str, str | Plotter] | None = None,
+    registry: Mapping[str, Companion | str | Plotter] | None = None,
 ) -> dict[str, Path]:
     """Draw every plot the results support and return ``{name: png_path}`` in display order.
 
     Args:
         results: Validated results (see :func:`hf_fisher.report.load_results`).
         out_dir: Folder for the PNG files; created if missing.
-        registry: Section name -> plotter or dotted ``"module:function"`` name; defaults to
-            :data:`PLOT_REGISTRY`. Sections absent from ``results`` are skipped. A plotter that
-            cannot be imported or fails is skipped with a ``RuntimeWarning`` so that one
-            optional plot cannot block a card.
+        registry: Section name -> :class:`Companion`, plotter or dotted ``"module:function"``
+            name; defaults to :data:`REPORT_REGISTRY`. Sections absent from ``results`` are
+            skipped. A plotter that cannot be imported or fails is skipped with a
+            ``RuntimeWarning`` so that one optional plot cannot block a card.
 
     Returns:
         Plot name -> path of the written PNG.
@@ -139,16 +236,12 @@ def make_plots(
         "spectral_norm": plot_spectral_norm_distribution(results, out_dir / "spectral_norm.png"),
         "per_class": plot_per_class(results, out_dir / "per_class.png"),
     }
-    for section, plotter in (PLOT_REGISTRY if registry is None else registry).items():
-        if not isinstance(results.get(section), dict):
-            continue
-        try:
-            func = resolve_plotter(plotter) if isinstance(plotter, str) else plotter
-            plots[section] = Path(func(results[section], out_dir / f"{section}.png"))
-        except Exception as err:  # noqa: BLE001 - an optional plot must not block the report
-            warnings.warn(
-                f"skipped the {section!r} plot: {type(err).__name__}: {err}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+    plots.update(
+        run_registry(
+            results,
+            REPORT_REGISTRY if registry is None else registry,
+            "plotter",
+            lambda func, section, name: Path(func(section, out_dir / f"{name}.png")),
+        )
+    )
     return plots
