@@ -123,8 +123,11 @@ def _dtype(name: str | torch.dtype | None) -> torch.dtype:
 
 def _fingerprint(classifier: Classifier, dataset_info: dict, settings: dict) -> dict:
     ignored = {"batch_size"}
+    model = {k: classifier.source.get(k) for k in ("id", "revision", "commit_hash")}
+    if model["id"] and Path(model["id"]).exists():  # the same folder, however it was spelled
+        model["id"] = str(Path(model["id"]).resolve())
     return {
-        "model": {k: classifier.source.get(k) for k in ("id", "revision", "commit_hash")},
+        "model": model,
         "dataset": dataset_info,
         "settings": {k: v for k, v in settings.items() if k not in ignored},
     }
@@ -405,6 +408,9 @@ def evaluate_robustness(
     if not per_sample:
         raise DatasetError(f"no sample could be evaluated ({len(skipped)} unreadable rows)")
     resolved = sorted({record["method"] for record in per_sample})
+    summary = summarize(per_sample, seed=seed)
+    if label_col is None:
+        summary["accuracy"] = None  # the labels are the predictions: 1.0 by construction
     results = {
         "schema_version": SCHEMA_VERSION,
         "hf_fisher_version": package_versions()["hf-fisher"] or "0+unknown",
@@ -429,7 +435,7 @@ def evaluate_robustness(
             "wall_time_s": time.perf_counter() - started,
             "packages": package_versions(),
         },
-        "summary": summarize(per_sample, seed=seed),
+        "summary": summary,
         "per_sample": per_sample,
         "skipped": skipped,
     }
@@ -512,7 +518,7 @@ def _prepare_directory(
             f"{directory} holds a finished run ({RESULTS_FILE}); nothing to resume. Use "
             "--overwrite to recompute it"
         )
-    elif (has_results or partial.exists()) and not overwrite:
+    elif (has_results or partial.exists()) and not (overwrite or (resume and not has_results)):
         what = RESULTS_FILE if has_results else "a partial run"
         raise ResultsError(
             f"{directory} already holds {what}; pass --resume to continue a partial run or "
