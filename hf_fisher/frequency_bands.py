@@ -205,7 +205,7 @@ def band_fisher(
         part = part.reshape(num_samples, num_rows, -1)  # (N, K-1, 2*C*|B|)
         gram = part @ part.transpose(1, 2)
         energy.append((factors.weights * gram).sum(dim=(1, 2)))
-        dual = spectrum.weight_sqrt @ gram @ spectrum.weight_sqrt
+        dual = spectrum.weight_factor.transpose(1, 2) @ gram @ spectrum.weight_factor
         dual = 0.5 * (dual + dual.transpose(1, 2))
         lambda_max.append(torch.linalg.eigvalsh(dual)[:, -1].clamp_min(0))
     top = input_eigenvectors(factors, spectrum, top_k=1)[:, :, 0]

@@ -257,20 +257,22 @@ def gradient_rows(
         num_classes = logits.shape[1]
         classes = other_classes(top_class, num_classes)
         mask = _as_mask(space_mask, inputs)
-        rows = []
+        rows = inputs.new_empty(num_samples, num_classes - 1, inputs[0].numel())
         sample_index = torch.arange(num_samples, device=logits.device)
+        selector = torch.zeros_like(logits)
+        selector[sample_index, top_class] = -1.0
         for step in range(num_classes - 1):
-            selector = torch.zeros_like(logits)
             selector[sample_index, classes[:, step]] = 1.0
-            selector[sample_index, top_class] = -1.0
             (grad,) = torch.autograd.grad(
                 logits, leaf, selector, retain_graph=step < num_classes - 2
             )
-            grad = grad.reshape(num_samples, -1)
-            rows.append(grad if mask is None else grad * mask)
+            selector[sample_index, classes[:, step]] = 0.0
+            rows[:, step] = grad.reshape(num_samples, -1)
+        if mask is not None:
+            rows *= mask[:, None, :]
     other_probs = probs.gather(1, classes)
     return GradientRows(
-        rows=torch.stack(rows, dim=1),
+        rows=rows,
         weights=centered_class_covariance(other_probs),
         classes=classes,
         probs=probs,
@@ -288,42 +290,57 @@ class DualSpectrum:
         trace: (N,) float64, exact.
         class_vectors: (N, K-1, K-1) float64; column j maps to the j-th input-space eigenvector
             by :func:`input_eigenvectors`.
-
+        weight_factor: (N, K-1, K-1) float64 ``B`` with ``B B^T = W``.
     """
 
     eigenvalues: Tensor
     trace: Tensor
     class_vectors: Tensor
-    weight_sqrt: Tensor
+    weight_factor: Tensor
 
 
-def _psd_sqrt(matrices: Tensor) -> Tensor:  # (N, m, m) float64
-    values, vectors = torch.linalg.eigh(matrices)
-    return (vectors * values.clamp_min(0).sqrt().unsqueeze(-2)) @ vectors.transpose(-1, -2)
+def covariance_factor(probs: Tensor) -> Tensor:  # (N, m) -> (N, m, m) float64
+    """Closed-form ``B`` with ``B B^T = diag(q) - q q^T`` for (sub-)probability vectors q.
+
+    With ``s = sqrt(q)`` and total mass ``t = sum(q) <= 1``,
+    ``B = diag(s) (I - c s s^T)`` and ``c = 1 / (1 + sqrt(1 - t))`` (then
+    ``(I - c s s^T)^2 = I - s s^T``). No eigendecomposition, exact in float64.
+
+    >>> q = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)
+    >>> b = covariance_factor(q)
+    >>> torch.allclose(b @ b.transpose(1, 2), centered_class_covariance(q))
+    True
+    """
+    probs = probs.double()
+    roots = probs.clamp_min(0).sqrt()
+    rest = (1 - probs.sum(dim=1)).clamp_min(0)
+    scale = 1 / (1 + rest.sqrt())
+    eye = torch.eye(probs.shape[1], dtype=torch.float64, device=probs.device)
+    inner = eye - scale[:, None, None] * roots[:, :, None] * roots[:, None, :]
+    return roots[:, :, None] * inner
 
 
 def dual_spectrum(factors: GradientRows) -> DualSpectrum:
-    """Exact nonzero spectrum of ``F = R^T W R`` from the small matrix ``W^1/2 R R^T W^1/2``.
+    """Exact nonzero spectrum of ``F = R^T W R`` from the small matrix ``B^T (R R^T) B``.
 
-    The Gram ``R R^T`` is accumulated in float64, so only the backward passes run in the model's
-    dtype.
+    ``W = B B^T`` in closed form (:func:`covariance_factor`); the Gram ``R R^T`` is formed in
+    the rows' dtype and everything after it in float64.
     """
-    rows64 = factors.rows.double()
-    gram = rows64 @ rows64.transpose(1, 2)  # (N, K-1, K-1)
-    weight_sqrt = _psd_sqrt(factors.weights)
-    dual = weight_sqrt @ gram @ weight_sqrt
+    gram = (factors.rows @ factors.rows.transpose(1, 2)).double()  # (N, K-1, K-1)
+    factor = covariance_factor(factors.probs.gather(1, factors.classes))
+    dual = factor.transpose(1, 2) @ gram @ factor
     dual = 0.5 * (dual + dual.transpose(1, 2))
     values, vectors = torch.linalg.eigh(dual)
     values, vectors = values.flip(-1).clamp_min(0), vectors.flip(-1)
     trace = (factors.weights * gram).sum(dim=(1, 2))
-    return DualSpectrum(values, trace, vectors, weight_sqrt)
+    return DualSpectrum(values, trace, vectors, factor)
 
 
 def input_eigenvectors(factors: GradientRows, spectrum: DualSpectrum, top_k: int = 1) -> Tensor:
     """Return the top-k unit input-space eigenvectors of F, shape (N, d, top_k), float64.
 
-    ``F u = lambda u`` with ``u = R^T W^1/2 y / sqrt(lambda)`` for a dual eigenvector y.
+    ``F u = lambda u`` with ``u = R^T B y / sqrt(lambda)`` for a dual eigenvector y.
     """
-    coefficients = spectrum.weight_sqrt @ spectrum.class_vectors[:, :, :top_k]
+    coefficients = spectrum.weight_factor @ spectrum.class_vectors[:, :, :top_k]
     vectors = factors.rows.double().transpose(1, 2) @ coefficients  # (N, d, top_k)
     return vectors / vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)

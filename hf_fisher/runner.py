@@ -444,16 +444,17 @@ def evaluate_robustness(
         decoded = decode_rows(
             rows, [r["index"] for r in chosen], columns, label_col, modality, label2id
         )
-        results.update(
-            run_companions(
-                classifier,
-                classifier.prepare(decoded.inputs),
-                torch.tensor([r["label"] for r in chosen]),
-                torch.tensor([r["spectral_norm"] for r in chosen], dtype=torch.float64),
-                companions,
-                seed=seed,
-            )
+        sections = run_companions(
+            classifier,
+            classifier.prepare(decoded.inputs),
+            torch.tensor([r["label"] for r in chosen]),
+            torch.tensor([r["spectral_norm"] for r in chosen], dtype=torch.float64),
+            companions,
+            seed=seed,
         )
+        for section in sections.values():
+            section["sample_indices"] = decoded.indices  # per-sample lists follow this order
+        results.update(sections)
         results["settings"]["companions"] = companions.settings()
     results = to_jsonable(results)
     if directory is not None and state.is_main_process:

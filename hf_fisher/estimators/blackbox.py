@@ -21,8 +21,8 @@ from hf_fisher.operators import (
     LogitFn,
     _as_mask,
     _check_logits,
-    _psd_sqrt,
     centered_class_covariance,
+    covariance_factor,
 )
 
 
@@ -82,8 +82,8 @@ def _directional_derivatives(
     return torch.cat(columns, dim=1).transpose(1, 2)
 
 
-def _dual_eigenvalues(weight_sqrt: Tensor, gram: Tensor) -> Tensor:  # (..., K, K)
-    dual = weight_sqrt @ gram @ weight_sqrt
+def _dual_eigenvalues(factor: Tensor, gram: Tensor) -> Tensor:  # (..., K, K)
+    dual = factor.transpose(-1, -2) @ gram @ factor
     return torch.linalg.eigvalsh(0.5 * (dual + dual.transpose(-1, -2))).flip(-1).clamp_min(0)
 
 
@@ -132,7 +132,7 @@ def sketch_fisher(
         logits = logit_fn(inputs)
     _check_logits(logits, num_samples)
     probs = torch.softmax(logits.double(), dim=1)
-    weight_sqrt = _psd_sqrt(centered_class_covariance(probs))
+    weight_factor = covariance_factor(probs)
     active = dim if mask is None else int(mask.sum(dim=1).max().item())
     if 2 * active + 1 <= num_queries:
         directions = torch.eye(dim, dtype=torch.float64, device=inputs.device).expand(
@@ -142,7 +142,7 @@ def sketch_fisher(
             directions = directions * mask.double()[:, :, None]
         derivatives = _directional_derivatives(logit_fn, inputs, directions, step, chunk)
         gram = derivatives @ derivatives.transpose(1, 2)
-        values = _dual_eigenvalues(weight_sqrt, gram)
+        values = _dual_eigenvalues(weight_factor, gram)
         trace = (centered_class_covariance(probs) * gram).sum(dim=(1, 2))
         return SketchEstimate(
             values[:, :top_k],
@@ -164,7 +164,7 @@ def sketch_fisher(
     derivatives = _directional_derivatives(logit_fn, inputs, normals / lengths, step, chunk)
     columns = derivatives * lengths.transpose(1, 2)  # J v for Gaussian v: (N, K, m)
     gram = columns @ columns.transpose(1, 2) / count
-    values = _dual_eigenvalues(weight_sqrt, gram)
+    values = _dual_eigenvalues(weight_factor, gram)
     covariance = centered_class_covariance(probs)
     trace = (covariance * gram).sum(dim=(1, 2))
     resamples = (
@@ -178,7 +178,7 @@ def sketch_fisher(
         resamples[:, :, None, :].expand(-1, -1, columns.shape[1], -1),
     )  # (N, B, K, m)
     boot_gram = boot_columns @ boot_columns.transpose(2, 3) / count
-    boot_top = _dual_eigenvalues(weight_sqrt[:, None], boot_gram)[..., 0]
+    boot_top = _dual_eigenvalues(weight_factor[:, None], boot_gram)[..., 0]
     boot_trace = (covariance[:, None] * boot_gram).sum(dim=(2, 3))
     tail = (1 - confidence) / 2
     quantiles = torch.tensor([tail, 1 - tail], dtype=torch.float64, device=inputs.device)

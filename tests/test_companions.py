@@ -1,0 +1,67 @@
+"""Companion measurements wired through the runner, on the bundled trained model."""
+
+import pytest
+import torch
+
+from hf_fisher import CompanionOptions, InputError, evaluate_robustness, load_classifier
+from hf_fisher.companions import run_companions
+from hf_fisher.results import validate_results
+
+
+@pytest.fixture(scope="module")
+def digits_run():
+    options = CompanionOptions(attacks="l2", attack_epsilons=(0.5, 1.0), kl_check=True,
+                               noise=True, noise_sigmas=(0.0, 0.3), noise_draws=4,
+                               num_samples=12)
+    return evaluate_robustness(num_samples=16, seed=1, companions=options, progress=False)
+
+
+def test_attacks_reduce_accuracy_of_the_bundled_model(digits_run):
+    attacks = digits_run.results["attacks"]
+    assert attacks["num_samples"] == 12
+    pgd = attacks["robust_accuracy"]["pgd"]
+    assert pgd[-1] < attacks["clean_accuracy"] - 0.3  # epsilon 1.0 flips most digits
+    assert pgd == sorted(pgd, reverse=True)
+
+
+def test_companion_sections_are_in_a_valid_results_file(digits_run):
+    results = validate_results(digits_run.results)
+    assert {"attacks", "kl_check", "noise_curves"} <= set(results)
+    assert "clever" not in results and "frequency" not in results
+    noise = results["noise_curves"]
+    assert noise["accuracy"][0] >= noise["accuracy"][1]  # noise hurts
+    assert results["settings"]["companions"]["num_samples"] == 12
+
+
+def test_companions_use_the_first_evaluated_samples(digits_run):
+    first = digits_run.per_sample[:12]
+    attacks = digits_run.results["attacks"]
+    assert attacks["per_sample"]["spectral_norm"] == pytest.approx(
+        [row["spectral_norm"] for row in first]
+    )
+    for name in ("attacks", "kl_check", "noise_curves"):
+        assert digits_run.results[name]["sample_indices"] == [row["index"] for row in first]
+
+
+def test_text_models_get_a_clear_error(bert_dir):
+    classifier = load_classifier(bert_dir)
+    batch = classifier.prepare(["good", "bad"])
+    with pytest.raises(InputError, match="--noise are not available for text models"):
+        run_companions(classifier, batch, torch.tensor([0, 1]), torch.ones(2),
+                       CompanionOptions(noise=True))
+
+
+def test_frequency_needs_pixel_space(default_model_dir):
+    classifier = load_classifier(default_model_dir, input_space="normalized")
+    batch = classifier.prepare(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(InputError, match="frequency view needs images in pixel space"):
+        run_companions(classifier, batch, torch.tensor([0, 1]), torch.ones(2),
+                       CompanionOptions(frequency=True))
+
+
+def test_unbounded_space_needs_eps_max(mlp):
+    classifier = load_classifier(mlp)
+    batch = classifier.prepare(torch.randn(3, 2, 3, 4))
+    with pytest.raises(InputError, match="pass --eps-max"):
+        run_companions(classifier, batch, torch.tensor([0, 1, 2]), torch.ones(3),
+                       CompanionOptions(attacks="l2"))
