@@ -89,16 +89,18 @@ def run_companions(
     unsupported = [
         name
         for name, wanted in (
-            ("noise", options.noise),
-            ("clever", options.clever),
-            ("frequency", options.frequency),
+            ("--attacks", options.attacks),
+            ("--noise", options.noise),
+            ("--clever", options.clever),
+            ("--frequency", options.frequency),
         )
         if wanted
     ]
     if is_text and unsupported:
         raise InputError(
-            f"{', '.join(unsupported)} need fixed-size continuous inputs; for text models "
-            "use --attacks and --kl-check (they perturb the embeddings of non-padded tokens)"
+            f"{', '.join(unsupported)} are not available for text models yet (their inputs "
+            "have per-sample attention masks); --kl-check is (it perturbs the embeddings of "
+            "non-padded tokens)"
         )
     if options.frequency and classifier.input_space != "pixels":
         raise InputError(

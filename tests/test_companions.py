@@ -65,3 +65,12 @@ def test_unbounded_space_needs_eps_max(mlp):
     with pytest.raises(InputError, match="pass --eps-max"):
         run_companions(classifier, batch, torch.tensor([0, 1, 2]), torch.ones(3),
                        CompanionOptions(attacks="l2"))
+
+
+def test_kl_check_on_text_embeddings_tends_to_zero(bert_dir):
+    classifier = load_classifier(bert_dir, dtype=torch.float64)
+    batch = classifier.prepare(["good film", "a very bad and long film"])
+    sections = run_companions(classifier, batch, torch.tensor([0, 1]), torch.ones(2),
+                              CompanionOptions(kl_check=True, kl_radii=(1e-4, 1e-2)))
+    small, large = sections["kl_check"]["median_relative_error"]
+    assert small < 1e-3 and small < large
