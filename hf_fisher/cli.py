@@ -195,6 +195,36 @@ def run_install_metric(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_compare_frequency_parser(subparsers) -> None:
+    """``hf-fisher compare-frequency``: one line per model across frequency bands."""
+    parser = subparsers.add_parser(
+        "compare-frequency",
+        help="plot the frequency view of several results files, one line per model",
+    )
+    parser.add_argument("results", nargs="+", help="results.json files from --frequency runs")
+    parser.add_argument("--out", default="frequency_comparison.png", help="output image")
+    parser.set_defaults(func=run_compare_frequency)
+
+
+def run_compare_frequency(args: argparse.Namespace) -> int:
+    """Load each file's frequency section and draw them together."""
+    from hf_fisher.errors import ResultsError
+    from hf_fisher.frequency import plot_frequency_comparison
+    from hf_fisher.results import load_results
+
+    sections = {}
+    for path in args.results:
+        results = load_results(path)
+        if "frequency" not in results:
+            raise ResultsError(
+                f"{path} has no frequency section; rerun `hf-fisher evaluate` with --frequency"
+            )
+        name = results["model"]["id"]
+        sections[name if name not in sections else f"{name} ({path})"] = results["frequency"]
+    print(f"wrote {plot_frequency_comparison(sections, args.out)}")
+    return 0
+
+
 def _quiet_transformers() -> None:
     """Hide transformers' per-load progress bars and backend notices on the command line."""
     from transformers.utils import logging as transformers_logging
@@ -216,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_submit_parser(subparsers)
     add_leaderboard_parser(subparsers)
     add_install_metric_parser(subparsers)
+    add_compare_frequency_parser(subparsers)
     return parser
 
 

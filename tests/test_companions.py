@@ -74,3 +74,23 @@ def test_kl_check_on_text_embeddings_tends_to_zero(bert_dir):
                               CompanionOptions(kl_check=True, kl_radii=(1e-4, 1e-2)))
     small, large = sections["kl_check"]["median_relative_error"]
     assert small < 1e-3 and small < large
+
+
+def test_compare_frequency_cli(tmp_path, capsys):
+    from hf_fisher.cli import main
+    from hf_fisher.digits import load_digits_dataset
+
+    dataset = load_digits_dataset("test").select(range(6))
+    for name, seed in (("a", 0), ("b", 1)):
+        evaluate_robustness(None, dataset, num_samples=6, seed=seed,
+                            out_dir=tmp_path / name, progress=False,
+                            companions=CompanionOptions(frequency=True, frequency_bands=4,
+                                                        num_samples=4))
+    out = tmp_path / "cmp.png"
+    assert main(["compare-frequency", str(tmp_path / "a" / "results.json"),
+                 str(tmp_path / "b" / "results.json"), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plain = tmp_path / "plain"
+    evaluate_robustness(None, dataset, num_samples=2, out_dir=plain, progress=False)
+    assert main(["compare-frequency", str(plain / "results.json")]) == 2
+    assert "no frequency section" in capsys.readouterr().err
