@@ -59,6 +59,30 @@ class DecodedRows:
     skipped: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class InMemoryRows:
+    """Inputs already in memory, used like a one-column dataset by the runner.
+
+    Attributes:
+        inputs: an (N, ...) tensor in the model's input space (kept exact), or a list of
+            images / arrays / texts.
+        labels: one integer label per row, or None.
+    """
+
+    inputs: Any
+    labels: Sequence[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.labels is not None and len(self.labels) != len(self.inputs):
+            raise DatasetError(
+                f"got {len(self.labels)} labels for {len(self.inputs)} inputs; pass one label "
+                "per input, or none to use the predicted labels"
+            )
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
 def load_any_dataset(
     dataset: Any, *, split: str | None = "test", config: str | None = None
 ) -> tuple[Any, str, str | None]:
@@ -72,6 +96,8 @@ def load_any_dataset(
     """
     import datasets
 
+    if isinstance(dataset, InMemoryRows):
+        return dataset, "in-memory", None
     if isinstance(dataset, datasets.Dataset):
         return dataset, dataset.info.dataset_name or "in-memory", split
     if isinstance(dataset, datasets.DatasetDict):
@@ -136,6 +162,8 @@ def detect_columns(
     """
     import datasets
 
+    if isinstance(dataset, InMemoryRows):
+        return ["inputs"], None if dataset.labels is None else "label", "in-memory"
     features = dataset.features
     names = list(features)
 
@@ -232,6 +260,11 @@ def decode_rows(
     """Read ``indices`` from the dataset; unreadable images are skipped and listed, not fatal."""
     import datasets
 
+    if isinstance(dataset, InMemoryRows):
+        values = dataset.inputs
+        chosen = values[list(indices)] if hasattr(values, "shape") else [values[i] for i in indices]
+        labels = None if dataset.labels is None else [int(dataset.labels[i]) for i in indices]
+        return DecodedRows([int(i) for i in indices], chosen, labels)
     subset = dataset.select(indices)
     if modality == "image" and isinstance(subset.features[input_columns[0]], datasets.Image):
         subset = subset.cast_column(input_columns[0], datasets.Image(decode=False))

@@ -252,87 +252,15 @@ def per_sample_records(
         "device": device,
         "dtype": dtype,
     }
-    if kind in ("tensor", "arrays"):
-        return _records_of_tensors(model, inputs, labels, options)
-    return _records_via_dataset(model, inputs, labels, kind, options)
-
-
-def _records_via_dataset(
-    model: Any, inputs: Sequence, labels: list[int] | None, kind: str, options: dict
-) -> list[dict]:
-    """Images and texts: an in-memory dataset through the runner itself."""
-    import datasets
-
+    from hf_fisher.data import InMemoryRows
     from hf_fisher.runner import evaluate_robustness
 
-    if kind == "image":
-        columns = {"image": list(inputs)}
-        features = {"image": datasets.Image()}
-    elif kind == "text":
-        columns = {"text": list(inputs)}
-        features = {"text": datasets.Value("string")}
-    else:
-        columns = {"text": [p[0] for p in inputs], "text_pair": [p[1] for p in inputs]}
-        features = {"text": datasets.Value("string"), "text_pair": datasets.Value("string")}
-    if labels is not None:
-        columns["label"] = labels
-        features["label"] = datasets.Value("int64")
-    dataset = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
-    report = evaluate_robustness(
-        model,
-        dataset,
-        input_columns=[name for name in columns if name != "label"],
-        label_column="label" if labels is not None else None,
-        progress=False,
-        **options,
-    )
+    rows = torch.as_tensor(inputs) if kind == "tensor" else list(inputs)
+    report = evaluate_robustness(model, InMemoryRows(rows, labels), progress=False, **options)
     if report.results["skipped"]:
         reasons = "; ".join(f"input {s['index']}: {s['reason']}" for s in report.results["skipped"])
         raise InputError(f"some inputs could not be read ({reasons}); remove or repair them")
     return report.per_sample
-
-
-def _records_of_tensors(
-    model: Any, inputs: Any, labels: list[int] | None, options: dict
-) -> list[dict]:
-    """Tensors: the runner's per-batch steps on the exact values, sharded like the runner."""
-    from accelerate.utils import gather_object
-
-    from hf_fisher.adapters import load_classifier
-    from hf_fisher.results import to_jsonable
-    from hf_fisher.runner import (
-        _dtype,
-        _records_from_spectrum,
-        _shard,
-        _spectrum_with_oom_retry,
-        make_state,
-    )
-
-    state = make_state(options["device"])
-    classifier = load_classifier(
-        model,
-        input_space=options["input_space"],
-        device=state.device,
-        dtype=_dtype(options["dtype"]),
-    )
-    estimator = {
-        name: options[name]
-        for name in ("method", "black_box", "top_k", "max_iter", "tol", "num_queries")
-    }
-    estimator.update(num_probes=options["num_probes"], seed=options["seed"])
-    batch_size = options["batch_size"]
-    shard = _shard(list(range(len(inputs))), state.num_processes, state.process_index)
-    records: list[dict] = []
-    for start in range(0, len(shard), batch_size):
-        ids = shard[start : start + batch_size]
-        rows = inputs[ids[0] : ids[-1] + 1]
-        prepared = classifier.prepare(rows)
-        spectrum, _ = _spectrum_with_oom_retry(classifier, prepared, ids, estimator, state)
-        batch_labels = None if labels is None else labels[ids[0] : ids[-1] + 1]
-        records += _records_from_spectrum(spectrum, ids, batch_labels, options["kl_tau"])
-    if state.num_processes > 1:
-        records = gather_object(records)
-    return to_jsonable(sorted(records, key=lambda record: record["index"]))
 
 
 def per_sample_columns(

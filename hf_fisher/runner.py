@@ -20,11 +20,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hf_fisher.adapters import Classifier, load_classifier
 from hf_fisher.companions import CompanionOptions, run_companions
-from hf_fisher.data import decode_rows, detect_columns, load_any_dataset, sample_indices
+from hf_fisher.data import (
+    InMemoryRows,
+    decode_rows,
+    detect_columns,
+    load_any_dataset,
+    sample_indices,
+)
 from hf_fisher.digits import DEFAULT_MODEL_DIR as BUNDLED_MODEL_DIR
 from hf_fisher.errors import DatasetError, InputError, ResultsError
 from hf_fisher.results import RESULTS_FILE, SCHEMA_VERSION, to_jsonable, write_results
@@ -251,6 +258,7 @@ def evaluate_robustness(
     progress: bool = True,
     trust_remote_code: bool = False,
     companions: CompanionOptions | None = None,
+    labels: list[int] | None = None,
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -258,7 +266,8 @@ def evaluate_robustness(
 
     Args:
         model: a Hub id, local directory, ``nn.Module`` or :class:`~hf_fisher.Classifier`.
-        dataset: a Hub name, ``load_dataset`` kwargs, local directory or ``datasets.Dataset``.
+        dataset: a Hub name, ``load_dataset`` kwargs, local directory, ``datasets.Dataset``,
+            or an (N, ...) tensor / array in the model's input space (kept exact).
         split, config: the dataset split (default "test") and configuration.
         num_samples: evaluate a deterministic sample of this many rows (default all).
         batch_size: samples per batch (halved automatically on CUDA out-of-memory).
@@ -274,6 +283,7 @@ def evaluate_robustness(
         resume: continue a killed run in ``out_dir``, computing only missing samples.
         progress: show a progress bar (main process only).
         trust_remote_code: allow Hub models with custom code (off by default).
+        labels: integer labels of a tensor ``dataset`` (None: predicted labels are used).
         companions: companion measurements (attacks, noise curves, KL check, CLEVER,
             frequency view) to run on the first evaluated samples, by the main process.
 
@@ -293,6 +303,13 @@ def evaluate_robustness(
             split = split or "test"
     if dataset is None:
         raise DatasetError("no dataset given; pass --dataset (a Hub name or a local directory)")
+    if isinstance(dataset, (torch.Tensor, np.ndarray)):
+        dataset = InMemoryRows(torch.as_tensor(dataset), labels)
+    elif labels is not None:
+        raise DatasetError(
+            "labels= goes with a tensor dataset; for a datasets.Dataset name its label column "
+            "with label_column="
+        )
     classifier = load_classifier(
         model,
         input_space=input_space,

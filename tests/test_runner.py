@@ -171,3 +171,26 @@ def test_missing_column_names_the_columns() -> None:
         evaluate_robustness(dataset=rows, input_columns=["pixels"], progress=False)
     with pytest.raises(DatasetError, match=r"column 'y' does not exist.*\['image', 'label'\]"):
         evaluate_robustness(dataset=rows, label_column="y", progress=False)
+
+
+def test_tensor_dataset_is_evaluated_exactly(mlp):
+    from hf_fisher import fisher_spectrum
+
+    torch.manual_seed(0)
+    inputs = torch.randn(5, 2, 3, 4, dtype=torch.float64)
+    mlp.double()
+    report = evaluate_robustness(mlp, inputs, labels=[0, 1, 2, 3, 0], dtype="float64",
+                                 batch_size=2, progress=False)
+    direct = fisher_spectrum(mlp, inputs, dtype=torch.float64)
+    assert [r["spectral_norm"] for r in report.per_sample] == pytest.approx(
+        direct.spectral_norm.tolist(), rel=1e-12
+    )
+    assert [r["label"] for r in report.per_sample] == [0, 1, 2, 3, 0]
+    assert report.results["dataset"]["name"] == "in-memory"
+
+
+def test_labels_must_match_a_tensor_dataset(mlp):
+    with pytest.raises(DatasetError, match="got 2 labels for 3 inputs"):
+        evaluate_robustness(mlp, torch.randn(3, 2, 3, 4), labels=[0, 1], progress=False)
+    with pytest.raises(DatasetError, match="labels= goes with a tensor dataset"):
+        evaluate_robustness(mlp, "some/dataset", labels=[0], progress=False)
