@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from sklearn.datasets import load_digits
 
 from hf_fisher.attacks import (
     attack_report,
@@ -20,6 +19,7 @@ from hf_fisher.attacks import (
 from hf_fisher.correlation import partial_rank_correlation, rank_correlation
 from hf_fisher.errors import InputError, NotAClassifierError
 from hf_fisher.operators import dual_spectrum, gradient_rows
+from hf_fisher.testing.models import train_digits_mlp
 
 torch.set_num_threads(1)
 
@@ -27,18 +27,8 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def digits_model():
     """A tanh MLP trained on real sklearn digits (pixels in [0, 1]); ~96% test accuracy."""
-    torch.manual_seed(0)
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(data.target)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(300):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[:1400]), y[:1400]).backward()
-        optimizer.step()
-    model.eval()
-    return model, x[1400:1480], y[1400:1480]
+    model, inputs, labels = train_digits_mlp()
+    return model, inputs[:80], labels[:80]
 
 
 def linear_model(num_classes=5, dim=6, seed=0):

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from sklearn.datasets import load_digits
 
 from hf_fisher.attacks import minimal_epsilon
 from hf_fisher.clever import clever_scores, plot_clever, reverse_weibull_fit
 from hf_fisher.errors import InputError
 from hf_fisher.operators import dual_spectrum, gradient_rows
+from hf_fisher.testing.models import train_digits_mlp
 
 torch.set_num_threads(1)
 
@@ -82,18 +82,8 @@ def test_clever_is_exact_distance_for_linear_model(norm, dual):
 
 
 def test_clever_on_trained_digits_model_vs_spectral_norm_and_pgd(tmp_path):
-    torch.manual_seed(0)
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(data.target)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(300):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[:1400]), y[:1400]).backward()
-        optimizer.step()
-    model.eval()
-    xs = x[1400:1430]
+    model, x, _ = train_digits_mlp()
+    xs = x[:30]
     spectral = dual_spectrum(gradient_rows(model, xs)).eigenvalues[:, 0]
     scores = clever_scores(model, xs, radius=0.5, num_batches=20, batch_points=16,
                            clip=(0.0, 1.0), spectral_norm=spectral, num_bootstrap=200)

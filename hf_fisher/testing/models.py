@@ -240,3 +240,28 @@ def build_mlp(
         torch.manual_seed(seed)
         model = MLP(tuple(input_shape), num_classes, hidden)
     return model.to(dtype)
+
+
+def train_digits_mlp(*, seed: int = 0, steps: int = 300) -> tuple[nn.Module, Tensor, Tensor]:
+    """A tanh MLP trained on scikit-learn's real 8x8 digits, pixels in [0, 1] (~96% accuracy).
+
+    A plain ``nn.Module`` counterpart of the bundled ResNet, for measurements that need a
+    trained model but no Hugging Face machinery. Trains in about a second on a CPU.
+
+    Returns:
+        ``(model, held_out_inputs (397, 64), held_out_labels (397,))``, the model in eval mode.
+    """
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    inputs = torch.tensor(data.data / 16.0, dtype=torch.float32)
+    labels = torch.tensor(data.target)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(inputs[:1400]), labels[:1400]).backward()
+            optimizer.step()
+    return model.eval(), inputs[1400:], labels[1400:]
