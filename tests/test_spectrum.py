@@ -4,19 +4,9 @@ import pytest
 import torch
 
 from hf_fisher import InputError, fisher_spectrum, load_classifier
-from hf_fisher.testing.dense import dense_fisher, dense_spectrum
+from hf_fisher.testing.cases import dense_truth
 
 TEXTS = ["the film was great", "awful", "a long and rather boring story about nothing at all", "ok"]
-
-
-def truth_of(classifier, batch):
-    """Dense float64 Fisher, one sample at a time (text context is per sample)."""
-    batch = batch.to(classifier.device, torch.float64)
-    blocks = []
-    for index in range(len(batch)):
-        one = batch.select([index])
-        blocks.append(dense_fisher(classifier.logit_fn(one), one.inputs, one.space_mask))
-    return dense_spectrum(torch.cat(blocks))
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +15,9 @@ def pixels():
     return torch.rand(3, 3, 16, 16)
 
 
-def test_exact_matches_dense_float64(image_model_dir, pixels):
-    classifier = load_classifier(image_model_dir, dtype=torch.float64)
-    values, trace = truth_of(classifier, classifier.prepare(pixels.double()))
-    result = fisher_spectrum(classifier, pixels.double(), method="exact", top_k=3)
-    assert result.method == "exact"
-    torch.testing.assert_close(result.eigenvalues, values[:, :3], rtol=1e-5, atol=1e-12)
-    torch.testing.assert_close(result.trace, trace, rtol=1e-5, atol=0)
-
-
 def test_float32_methods_against_float64_truth(image_model_dir, pixels):
     reference = load_classifier(image_model_dir, dtype=torch.float64)
-    values, trace = truth_of(reference, reference.prepare(pixels.double()))
+    values, trace = dense_truth(reference, pixels.double())
     top = values[:, 0]
     exact = fisher_spectrum(image_model_dir, pixels, method="auto")
     assert exact.method == "exact" and exact.spectral_norm.dtype == torch.float64
@@ -49,7 +30,7 @@ def test_float32_methods_against_float64_truth(image_model_dir, pixels):
 
 def test_stochastic_trace_estimators_report_honest_errors(resnet_dir, pixels):
     reference = load_classifier(resnet_dir, dtype=torch.float64)
-    _, trace = truth_of(reference, reference.prepare(pixels.double()))
+    _, trace = dense_truth(reference, pixels.double())
     for method in ("hutchinson", "hutchpp"):
         result = fisher_spectrum(resnet_dir, pixels.double(), method=method, num_probes=30,
                                  dtype=torch.float64)
@@ -63,7 +44,7 @@ def test_black_box_sketch_covers_truth(resnet_dir):
     torch.manual_seed(1)
     x = torch.rand(12, 3, 16, 16, dtype=torch.float64)
     reference = load_classifier(resnet_dir, dtype=torch.float64)
-    values, trace = truth_of(reference, reference.prepare(x))
+    values, trace = dense_truth(reference, x)
     result = fisher_spectrum(reference, x, black_box=True, num_queries=301)
     assert result.method == "sketch" and result.num_queries == 301
     low, high = result.spectral_norm_ci.T
@@ -78,7 +59,7 @@ def test_text_padding_is_outside_the_space(bert_dir):
     classifier = load_classifier(bert_dir, dtype=torch.float64)
     batch = classifier.prepare(TEXTS)
     assert batch.space_mask is not None and (batch.space_mask == 0).any()
-    values, trace = truth_of(classifier, batch)
+    values, trace = dense_truth(classifier, TEXTS)
     result = fisher_spectrum(classifier, TEXTS, method="exact")
     torch.testing.assert_close(result.spectral_norm, values[:, 0], rtol=1e-5, atol=1e-12)
     torch.testing.assert_close(result.trace, trace, rtol=1e-5, atol=0)
