@@ -20,10 +20,16 @@ from hf_fisher.testing.dense import dense_fisher, dense_spectrum
 
 def small_cnn(num_classes=5, seed=0):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Flatten(),
-        torch.nn.Linear(4 * 5 * 5, num_classes),
-    ).double().eval()
+    return (
+        torch.nn.Sequential(
+            torch.nn.Conv2d(2, 4, 3, padding=1),
+            torch.nn.Tanh(),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4 * 5 * 5, num_classes),
+        )
+        .double()
+        .eval()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +59,9 @@ def test_exact_dual_matches_dense_spectrum_and_trace(cnn_case):
     torch.testing.assert_close(spectrum.trace, trace, rtol=1e-10, atol=0)
     vectors = input_eigenvectors(factors, spectrum, top_k=2)
     product = torch.einsum("nij,njk->nik", fisher, vectors)
-    torch.testing.assert_close(product, vectors * spectrum.eigenvalues[:, None, :2], atol=1e-12, rtol=1e-8)
+    torch.testing.assert_close(
+        product, vectors * spectrum.eigenvalues[:, None, :2], atol=1e-12, rtol=1e-8
+    )
 
 
 def test_linear_softmax_closed_form():
@@ -63,7 +71,9 @@ def test_linear_softmax_closed_form():
     p = torch.softmax(x @ weight.T, dim=1)
     closed = torch.stack([weight.T @ (torch.diag(q) - torch.outer(q, q)) @ weight for q in p])
     spectrum = dual_spectrum(gradient_rows(lambda inp: inp @ weight.T, x))
-    torch.testing.assert_close(spectrum.eigenvalues[:, 0], torch.linalg.eigvalsh(closed)[:, -1], rtol=1e-10, atol=0)
+    torch.testing.assert_close(
+        spectrum.eigenvalues[:, 0], torch.linalg.eigvalsh(closed)[:, -1], rtol=1e-10, atol=0
+    )
     # rank <= K-1: the K-th dual eigenvalue does not exist and the d-K+1 others are zero
     assert torch.linalg.eigvalsh(closed)[:, : 9 - 5].abs().max() < 1e-12
 
@@ -101,7 +111,9 @@ def test_lanczos_eigenvectors(cnn_case):
     net, x, fisher, values, _ = cnn_case
     est = lanczos(FisherOperator(net, x), top_k=1, tol=1e-10, return_eigenvectors=True)
     v = est.eigenvectors[:, :, 0]
-    torch.testing.assert_close(torch.einsum("nij,nj->ni", fisher, v), values[:, :1] * v, atol=1e-9, rtol=1e-6)
+    torch.testing.assert_close(
+        torch.einsum("nij,nj->ni", fisher, v), values[:, :1] * v, atol=1e-9, rtol=1e-6
+    )
 
 
 def test_power_iteration_matches_top_eigenvalue(cnn_case):
@@ -197,8 +209,10 @@ def test_not_a_classifier_and_nonfinite_logits():
     with pytest.raises(NotAClassifierError, match=r"shape \(3,\)"):
         gradient_rows(lambda inp: inp.sum(1), x)
     with pytest.raises(InputError, match=r"non-finite logits for samples \[1\]"):
-        gradient_rows(lambda inp: torch.stack([inp[:, 0], inp[:, 1] / inp[:, 2]], 1),
-                      torch.tensor([[1.0, 1, 1, 1], [1.0, 1, 0, 1], [1.0, 1, 1, 1]]))
+        gradient_rows(
+            lambda inp: torch.stack([inp[:, 0], inp[:, 1] / inp[:, 2]], 1),
+            torch.tensor([[1.0, 1, 1, 1], [1.0, 1, 0, 1], [1.0, 1, 1, 1]]),
+        )
 
 
 def test_space_mask_restricts_the_fisher():
