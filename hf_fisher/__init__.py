@@ -6,6 +6,7 @@ softmax; per sample, lambda_max(F) is the worst-case local sensitivity (second o
 """
 
 from hf_fisher.adapters import Classifier, PreparedBatch, load_classifier
+from hf_fisher.bounds import bound_report, lipschitz_bound
 from hf_fisher.companions import CompanionOptions
 from hf_fisher.errors import (
     DatasetError,
@@ -44,6 +45,8 @@ __all__ = [
     "evaluate_robustness",
     "RobustnessReport",
     "CompanionOptions",
+    "lipschitz_bound",
+    "bound_report",
     # models
     "load_classifier",
     "Classifier",

@@ -93,6 +93,12 @@ def add_evaluate_parser(subparsers) -> None:
         "--frequency-fill", choices=("zero", "gaussian", "other_image"), default="other_image"
     )
     trust.add_argument("--frequency-pixel-map", choices=("paper", "clip"), default="paper")
+    trust.add_argument(
+        "--bound",
+        action="store_true",
+        help="data-free architecture bound on lambda_max vs the measured values "
+        "(plain nn.Sequential stacks only)",
+    )
     trust.add_argument("--companion-samples", type=int, default=64)
     parser.set_defaults(func=run_evaluate)
 
@@ -125,6 +131,7 @@ def _companions(args: argparse.Namespace):
         frequency_bands=args.frequency_bands,
         frequency_fill=args.frequency_fill,
         frequency_pixel_map=args.frequency_pixel_map,
+        bound=args.bound,
         num_samples=args.companion_samples,
     )
 

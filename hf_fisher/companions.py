@@ -1,7 +1,7 @@
 """Companion measurements that show how far to trust the Fisher number, run after the main pass.
 
 Each one fills a section of results.json ("attacks", "noise_curves", "kl_check", "clever",
-"frequency") on the first ``num_samples`` evaluated samples, in the same input space as the
+"frequency", "bound") on the first ``num_samples`` evaluated samples, in the same input space as the
 Fisher. They are run by the main process only.
 """
 
@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
-from hf_fisher.adapters import Classifier, PreparedBatch
+from hf_fisher.adapters import Classifier, ImageClassifier, PreparedBatch
 from hf_fisher.errors import InputError
 
 DEFAULT_EPSILONS = {"l2": (0.25, 0.5, 1.0, 2.0), "linf": (1 / 255, 2 / 255, 4 / 255, 8 / 255)}
@@ -37,6 +38,8 @@ class CompanionOptions:
         clever: CLEVER scores (untargeted and top-2) with radius ``clever_radius``.
         frequency: I-ASIDE Shapley values and the band-restricted Fisher (images only).
         frequency_bands, frequency_fill, frequency_pixel_map: I-ASIDE knobs.
+        bound: the data-free architecture bound on lambda_max, set against the measured
+            values (plain ``nn.Sequential`` stacks only; see :mod:`hf_fisher.bounds`).
         num_samples: how many of the evaluated samples the companions use.
     """
 
@@ -55,12 +58,14 @@ class CompanionOptions:
     frequency_bands: int = 8
     frequency_fill: str = "other_image"
     frequency_pixel_map: str = "paper"
+    bound: bool = False
     num_samples: int = 64
 
     @property
     def requested(self) -> bool:
         """Whether any measurement is requested."""
-        return bool(self.attacks or self.noise or self.kl_check or self.clever or self.frequency)
+        wanted = (self.attacks, self.noise, self.kl_check, self.clever, self.frequency, self.bound)
+        return any(wanted)
 
     def settings(self) -> dict:
         """The knobs of the requested measurements, for provenance."""
@@ -70,20 +75,13 @@ class CompanionOptions:
         }
 
 
-def run_companions(
-    classifier: Classifier,
-    batch: PreparedBatch,
-    labels: Tensor,  # (N,)
-    spectral_norm: Tensor,  # (N,)
-    options: CompanionOptions,
-    *,
-    seed: int = 0,
-) -> dict[str, dict]:
-    """Run the requested measurements on one prepared batch; return results.json sections.
+def check_companions(classifier: Classifier, options: CompanionOptions) -> None:
+    """Fail fast, before the Fisher pass, when a requested measurement does not apply.
 
     Raises:
-        InputError: a measurement that does not apply to this model (text models support the
-            KL check only; the frequency view needs images).
+        InputError: text models support the KL check only; the frequency view needs images in
+            pixel space; attacks in an unbounded space need ``eps_max``; the architecture bound
+            needs a plain feed-forward stack.
     """
     is_text = classifier.modality == "text"
     unsupported = [
@@ -107,6 +105,41 @@ def run_companions(
             f"the frequency view needs images in pixel space, not {classifier.input_space!r}; "
             "drop --frequency or use --input-space pixels"
         )
+    if options.bound and is_text:
+        raise InputError(
+            "--bound is not available for text models: the architecture bound needs a plain "
+            "feed-forward stack (nn.Sequential) on fixed-shape inputs, and text models use "
+            "attention over per-sample lengths; drop --bound"
+        )
+    if options.attacks and options.attacks not in DEFAULT_EPSILONS:
+        raise InputError(f"attacks={options.attacks!r}; choose 'l2' or 'linf'")
+    if options.attacks and classifier.input_space != "pixels" and options.eps_max is None:
+        raise InputError(
+            f"input space {classifier.input_space!r} has no natural bound: pass --eps-max "
+            "(the largest perturbation the bisection may try)"
+        )
+    if options.bound and classifier.input_shape is not None:  # else: checked when it is known
+        from hf_fisher.bounds import lipschitz_bound
+
+        lipschitz_bound(classifier.model, classifier.input_shape, num_iterations=1)
+
+
+def run_companions(
+    classifier: Classifier,
+    batch: PreparedBatch,
+    labels: Tensor,  # (N,)
+    spectral_norm: Tensor,  # (N,)
+    options: CompanionOptions,
+    *,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Run the requested measurements on one prepared batch; return results.json sections.
+
+    Raises:
+        InputError: a measurement that does not apply to this model (see
+            :func:`check_companions`).
+    """
+    check_companions(classifier, options)
     batch = batch.to(classifier.device, classifier.dtype)
     logit_fn = classifier.logit_fn(batch)
     inputs = batch.inputs
@@ -114,16 +147,19 @@ def run_companions(
     clip = (0.0, 1.0) if classifier.input_space == "pixels" else None
     mask = batch.space_mask
     sections: dict[str, dict] = {}
+    if options.bound:  # data-free and cheap: first, so an unsupported model fails early
+        from hf_fisher.bounds import bound_report
+
+        sections["bound"] = bound_report(
+            classifier.model,
+            classifier.input_shape,
+            spectral_norm,
+            input_scale=_input_scale(classifier),
+            seed=seed,
+        ).to_json()
     if options.attacks:
         from hf_fisher.attacks import attack_report
 
-        if options.attacks not in DEFAULT_EPSILONS:
-            raise InputError(f"attacks={options.attacks!r}; choose 'l2' or 'linf'")
-        if clip is None and options.eps_max is None:
-            raise InputError(
-                f"input space {classifier.input_space!r} has no natural bound: pass --eps-max "
-                "(the largest perturbation the bisection may try)"
-            )
         epsilons = options.attack_epsilons or DEFAULT_EPSILONS[options.attacks]
         sections["attacks"] = attack_report(
             logit_fn,
@@ -184,3 +220,16 @@ def run_companions(
             seed=seed,
         ).to_json()
     return sections
+
+
+def _input_scale(classifier: Classifier) -> Tensor | float:
+    """Per-channel slope of the map from the input space to the model's input (1: none).
+
+    In pixel space an image classifier feeds ``(x * pixel_scale - mean) / std`` to the model;
+    the slope ``pixel_scale / std`` is read off the affine map itself.
+    """
+    if not isinstance(classifier, ImageClassifier) or classifier.input_space != "pixels":
+        return 1.0
+    channels = classifier.input_shape[0]
+    ones = torch.ones((1, channels, 1, 1), dtype=classifier.dtype, device=classifier.device)
+    return (classifier.normalize(ones) - classifier.normalize(torch.zeros_like(ones))).flatten()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from hf_fisher.adapters import Classifier, load_classifier
-from hf_fisher.companions import CompanionOptions, run_companions
+from hf_fisher.companions import CompanionOptions, check_companions, run_companions
 from hf_fisher.data import (
     InMemoryRows,
     decode_rows,
@@ -319,6 +319,8 @@ def evaluate_robustness(
     )
     if str(model) == str(BUNDLED_MODEL_DIR):
         classifier.source["id"] = BUNDLED_MODEL_ID
+    if companions is not None and companions.requested:
+        check_companions(classifier, companions)
     rows, dataset_name, split = load_any_dataset(dataset, split=split or "test", config=config)
     columns, label_col, modality = detect_columns(
         rows, input_columns=input_columns, label_column=label_column

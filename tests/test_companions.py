@@ -94,3 +94,14 @@ def test_compare_frequency_cli(tmp_path, capsys):
     evaluate_robustness(None, dataset, num_samples=2, out_dir=plain, progress=False)
     assert main(["compare-frequency", str(plain / "results.json")]) == 2
     assert "no frequency section" in capsys.readouterr().err
+
+
+def test_inapplicable_companion_fails_before_the_fisher_pass(monkeypatch):
+    import hf_fisher.runner as runner
+
+    def never(*args, **kwargs):
+        raise AssertionError("the Fisher pass ran before the companion check")
+
+    monkeypatch.setattr(runner, "spectrum_of_batch", never)
+    with pytest.raises(InputError, match="not a plain feed-forward stack"):
+        evaluate_robustness(num_samples=4, progress=False, companions=CompanionOptions(bound=True))

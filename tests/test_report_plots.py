@@ -48,6 +48,7 @@ def test_registry_is_read_only_and_names_plotter_and_card_renderer():
         "kl_check",
         "clever",
         "frequency",
+        "bound",
     ]
     for section, entry in plots.REPORT_REGISTRY.items():
         assert isinstance(entry, plots.Companion)

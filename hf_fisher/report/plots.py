@@ -60,6 +60,9 @@ REPORT_REGISTRY: Mapping[str, Companion] = MappingProxyType(
             "hf_fisher.frequency:plot_frequency",
             "hf_fisher.frequency:card_frequency",
         ),
+        "bound": Companion(
+            "Architecture bound", "hf_fisher.bounds:plot_bound", "hf_fisher.bounds:card_bound"
+        ),
     }
 )
 # Views of REPORT_REGISTRY, derived so that they cannot drift from it.

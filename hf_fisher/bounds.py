@@ -1,0 +1,573 @@
+"""Data-free upper bound on lambda_max for plain feed-forward stacks, and how loose it is.
+
+For every input x, ``F(x) = J^T (diag(p) - p p^T) J`` and ``||diag(p) - p p^T||_2 <= 1/2``
+(Gershgorin: row i is bounded by ``2 p_i (1 - p_i) <= 1/2``). For a stack
+``f = f_L o ... o f_1`` applied to ``s * x`` (a pixel normalisation folded into ``s``), the chain
+rule bounds ``||J(x)||_2`` by the product of the layers' Lipschitz constants in L2, so
+
+    lambda_max(F(x)) <= 1/2 ||J(x)||_2^2 <= 1/2 (s * prod_l L_l)^2        for every x.
+
+This is the layer-wise Lipschitz product of Szegedy et al. (2014), "Intriguing properties of
+neural networks", section 4.3. It ignores how consecutive layers align and which ReLUs are
+active, so on trained networks it is usually loose by orders of magnitude: :func:`bound_report`
+measures by how much against the per-sample lambda_max.
+
+How each ``L_l`` is obtained (the ``method`` of a :class:`LayerBound`):
+
+- ``"exact"``: ``nn.Linear`` (largest singular value of the weight, by SVD) and eval-mode
+  ``BatchNorm`` (a per-channel scale ``gamma / sqrt(running_var + eps)``: the largest |scale|).
+- ``"power iteration"``: convolutions and average pools, as linear operators on their actual
+  input shape (bias removed; the adjoint through ``torch.func.vjp``). Block power iteration
+  approaches the norm from below, so these values are estimates; the last relative change of
+  each is reported and is ~1e-7 or smaller once converged.
+- ``"constant"``: activations by their largest slope (ReLU, ReLU6, Hardtanh, Tanh, Softplus 1;
+  LeakyReLU ``max(1, |slope|)``; ELU ``max(1, |alpha|)``; Sigmoid 1/4; GELU ~1.1289 and SiLU
+  ~1.0998 from a 1e-4 grid of their derivative); Identity, Flatten, Unflatten and Dropout 1
+  (the eval-mode function); non-overlapping max-pools 1 (each input lies in at most one window).
+
+The bound is for the eval-mode function (BatchNorm on its running statistics, dropout off), the
+one hf-fisher measures. Nothing is run through the whole model and its mode is not changed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from hf_fisher.correlation import json_float
+from hf_fisher.errors import InputError
+
+SUPPORTED_LAYERS = (
+    "Linear, Conv1d/2d/3d, AvgPool1d/2d/3d, AdaptiveAvgPool1d/2d/3d, BatchNorm1d/2d/3d with "
+    "running statistics, MaxPool1d/2d/3d with kernel_size == stride, ReLU, ReLU6, LeakyReLU, "
+    "ELU, Tanh, Hardtanh, Sigmoid, Softplus, GELU, SiLU, Identity, Flatten, Unflatten, Dropout"
+)
+
+_LINEAR_OPERATORS = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+_ONE_LIPSCHITZ = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+)
+_SMOOTH = (nn.GELU, nn.SiLU)
+_SHAPE_KEEPING = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Identity,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Sigmoid,
+    *_SMOOTH,
+    *_BATCH_NORMS,
+)
+_SLOPE_GRID = (-20.0, 20.0, 400_001)  # step 1e-4: the grid maximum is within ~1e-9 of the sup
+
+
+class LayerBound(NamedTuple):
+    """One layer's Lipschitz constant in L2.
+
+    Attributes:
+        name: dotted path of the layer in the model (``"features.3"``).
+        type: the layer's class name.
+        norm: its L2 Lipschitz constant (spectral norm for linear layers).
+        method: ``"exact"``, ``"power iteration"`` or ``"constant"`` (see the module docstring).
+        relative_change: power iteration only: ``|s_n - s_{n-1}| / s_n`` at the last step.
+    """
+
+    name: str
+    type: str
+    norm: float
+    method: str
+    relative_change: float | None = None
+
+
+@dataclass(frozen=True)
+class ArchitectureBound:
+    """The data-free bound ``lambda_max <= 1/2 (s prod_l L_l)^2`` and its factors.
+
+    Attributes:
+        layer_norms: per-layer constants, in forward order.
+        input_scale: s, the largest per-coordinate scale applied before the first layer.
+        jacobian_bound: ``s * prod_l L_l >= ||J(x)||_2`` for every x.
+        lambda_bound: ``1/2 jacobian_bound^2 >= lambda_max(F(x))`` for every x.
+        num_iterations, num_vectors, seed: power-iteration settings.
+    """
+
+    layer_norms: list[LayerBound]
+    input_scale: float
+    jacobian_bound: float
+    lambda_bound: float
+    num_iterations: int
+    num_vectors: int
+    seed: int
+
+
+def operator_norm(
+    apply: Callable[[Tensor], Tensor],
+    input_shape: tuple[int, ...],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    num_iterations: int = 50,
+    num_vectors: int = 4,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Spectral norm of a linear map by block power iteration (subspace iteration on A^T A).
+
+    Each step applies ``A`` to an orthonormal block V (``num_vectors`` inputs batched), pulls
+    back with ``A^T`` through ``torch.func.vjp`` and re-orthonormalises by QR; the estimate is
+    ``||A V||_2``, the exact maximum of ``||A v||`` over unit v in span(V). It is therefore a lower
+    bound on ``||A||_2`` at every step, and converges at rate ``(sigma_{k+1} / sigma_1)^2`` per
+    step for a block of k vectors.
+
+    Args:
+        apply: a linear map from (B, *input_shape) to (B, *output_shape), samples independent.
+        input_shape: per-sample input shape.
+        dtype, device: of the probe vectors (those of the map's parameters).
+        num_iterations: power steps (>= 1).
+        num_vectors: block size k (>= 1; capped at the input dimension).
+        seed: seed of the random start block.
+
+    Returns:
+        ``(norm, relative_change)``, the latter ``|s_n - s_{n-1}| / s_n`` at the last step.
+
+    Raises:
+        InputError: ``num_iterations`` or ``num_vectors`` below 1.
+
+    >>> matrix = torch.diag(torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64))
+    >>> norm, change = operator_norm(lambda v: v @ matrix.T, (3,), dtype=torch.float64)
+    >>> round(norm, 12), change < 1e-12
+    (3.0, True)
+    """
+    if num_iterations < 1:
+        raise InputError(f"got num_iterations={num_iterations}; pass at least 1 power step")
+    if num_vectors < 1:
+        raise InputError(f"got num_vectors={num_vectors}; pass a block of at least 1 vector")
+    generator = torch.Generator(device=device).manual_seed(seed)
+    size = min(num_vectors, math.prod(input_shape))
+    block = torch.randn((size, *input_shape), generator=generator, device=device, dtype=dtype)
+    block = _orthonormal(block)
+    estimate = previous = 0.0
+    for _ in range(num_iterations):
+        image, pullback = torch.func.vjp(apply, block)
+        flat = image.detach().reshape(size, -1)
+        previous, estimate = estimate, float(torch.linalg.matrix_norm(flat, 2))
+        if estimate == 0.0:
+            return 0.0, 0.0
+        (normal,) = pullback(image)
+        block = _orthonormal(normal.detach())
+    return estimate, abs(estimate - previous) / estimate
+
+
+def _orthonormal(block: Tensor) -> Tensor:  # (k, *shape) -> (k, *shape), orthonormal rows
+    basis, _ = torch.linalg.qr(block.reshape(block.shape[0], -1).T)
+    return basis.T.reshape(block.shape)
+
+
+def _max_slope(activation: nn.Module) -> float:
+    """Largest derivative of a smooth scalar activation, on a fine float64 grid."""
+    low, high, steps = _SLOPE_GRID
+    grid = torch.linspace(low, high, steps, dtype=torch.float64).requires_grad_(True)
+    with torch.enable_grad():
+        (slope,) = torch.autograd.grad(activation(grid).sum(), grid)
+    return float(slope.max())
+
+
+def _is_plain(layer: nn.Module, kinds: tuple[type, ...]) -> bool:
+    """``layer`` is one of ``kinds`` and its class keeps that kind's forward."""
+    return any(isinstance(layer, kind) and type(layer).forward is kind.forward for kind in kinds)
+
+
+def _leaves(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """Leaf layers of nested ``nn.Sequential`` containers, in forward order."""
+    if _is_plain(module, (nn.Sequential,)):
+        for name, child in module.named_children():
+            yield from _leaves(child, f"{prefix}.{name}" if prefix else name)
+    else:
+        yield prefix, module
+
+
+def _unsupported(name: str, layer: nn.Module, why: str = "") -> InputError:
+    kind = type(layer).__name__
+    what = (
+        f"{kind} is not a plain feed-forward stack"
+        if not name
+        else (f"layer {name!r} ({kind}) is not supported")
+    )
+    return InputError(
+        f"{what}{why}; the architecture bound applies to plain feed-forward stacks (an "
+        f"nn.Sequential, possibly nested, run as the plain composition of its layers) of: "
+        f"{SUPPORTED_LAYERS}. Models with residual connections, attention or normalisation "
+        "over features (Hugging Face models among them) have no such bound here: drop --bound "
+        "(bound=False) for this model"
+    )
+
+
+def _probe_kind(model: nn.Module) -> tuple[torch.dtype, torch.device | None]:
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    if tensor is None or not tensor.dtype.is_floating_point:
+        return torch.get_default_dtype(), None
+    return tensor.dtype, tensor.device
+
+
+def _output_shape(name: str, layer: nn.Module, shape: tuple[int, ...], kind) -> tuple[int, ...]:
+    dtype, device = kind
+    try:
+        with torch.no_grad():
+            return tuple(layer(torch.zeros((1, *shape), dtype=dtype, device=device)).shape[1:])
+    except RuntimeError as error:
+        raise InputError(
+            f"layer {name!r} ({type(layer).__name__}) cannot take per-sample inputs of shape "
+            f"{shape} ({error}); pass the input_shape the model expects"
+        ) from error
+
+
+def _layer_bound(
+    name: str,
+    layer: nn.Module,
+    shape: tuple[int, ...],
+    kind: tuple[torch.dtype, torch.device | None],
+    power: dict,
+) -> LayerBound:
+    """The L2 Lipschitz constant of one leaf layer on per-sample inputs of ``shape``."""
+    kind_name = type(layer).__name__
+    label = name or kind_name  # a single supported layer passed as the model has no name
+    if _is_plain(layer, (nn.Linear,)):
+        norm = torch.linalg.matrix_norm(layer.weight.detach().double(), 2)
+        return LayerBound(label, kind_name, float(norm), "exact")
+    if _is_plain(layer, _BATCH_NORMS):
+        if layer.running_var is None:
+            raise _unsupported(
+                name,
+                layer,
+                " without running statistics (it normalises by "
+                "batch statistics, which is not a fixed map)",
+            )
+        scale = (layer.running_var.detach().double() + layer.eps).rsqrt()
+        if layer.weight is not None:
+            scale = scale * layer.weight.detach().double()
+        return LayerBound(label, kind_name, float(scale.abs().max()), "exact")
+    if _is_plain(layer, _LINEAR_OPERATORS):
+        dtype, device = kind
+        with torch.no_grad():
+            offset = layer(torch.zeros((1, *shape), dtype=dtype, device=device))
+        norm, change = operator_norm(
+            lambda block: layer(block) - offset, shape, dtype=dtype, device=device, **power
+        )
+        return LayerBound(label, kind_name, norm, "power iteration", change)
+    if _is_plain(layer, _MAX_POOLS):
+        kernel = _as_tuple(layer.kernel_size, len(shape) - 1)
+        stride = _as_tuple(layer.stride or layer.kernel_size, len(shape) - 1)
+        dilation = _as_tuple(layer.dilation, len(shape) - 1)
+        if kernel != stride or any(d != 1 for d in dilation):
+            raise _unsupported(
+                name,
+                layer,
+                f" with kernel_size={layer.kernel_size}, stride={layer.stride}, "
+                f"dilation={layer.dilation} (overlapping windows: only kernel_size == stride, "
+                "dilation 1 is 1-Lipschitz)",
+            )
+        return LayerBound(label, kind_name, 1.0, "constant")
+    if _is_plain(layer, (nn.LeakyReLU,)):
+        return LayerBound(label, kind_name, max(1.0, abs(layer.negative_slope)), "constant")
+    if _is_plain(layer, (nn.ELU,)):
+        return LayerBound(label, kind_name, max(1.0, abs(layer.alpha)), "constant")
+    if _is_plain(layer, (nn.Sigmoid,)):
+        return LayerBound(label, kind_name, 0.25, "constant")
+    if _is_plain(layer, _SMOOTH):
+        return LayerBound(label, kind_name, _max_slope(layer), "constant")
+    if _is_plain(layer, _ONE_LIPSCHITZ):
+        return LayerBound(label, kind_name, 1.0, "constant")
+    raise _unsupported(name, layer)
+
+
+def _as_tuple(value: int | tuple[int, ...], length: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * length
+
+
+def lipschitz_bound(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    input_scale: float | Tensor = 1.0,
+    num_iterations: int = 50,
+    num_vectors: int = 4,
+    seed: int = 0,
+) -> ArchitectureBound:
+    """Data-free bound ``lambda_max(F(x)) <= 1/2 (s prod_l ||f_l||)^2`` of a plain stack.
+
+    Walks the leaf layers of ``model`` (an ``nn.Sequential``, possibly nested, or a single
+    supported layer), tracking the per-sample shape with a zero input through the layers that
+    change it, and multiplies their L2 Lipschitz constants (see the module docstring).
+
+    Args:
+        model: the stack; its mode and parameters are left untouched.
+        input_shape: per-sample input shape, e.g. (64,) or (1, 8, 8).
+        input_scale: a scale applied to the inputs before the model (e.g. ``pixel_scale / std``
+            of an image normalisation); a tensor of per-channel scales counts by its largest
+            absolute value.
+        num_iterations, num_vectors, seed: power iteration for convolutions and pools.
+
+    Returns:
+        The :class:`ArchitectureBound`.
+
+    Raises:
+        InputError: a layer that is not supported (naming it), a model that is not a plain
+            stack, a bad ``input_shape`` or ``input_scale``.
+
+    >>> weight = torch.tensor([[3.0, 0.0], [0.0, -1.0]])
+    >>> stack = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    >>> with torch.no_grad():
+    ...     _ = stack[0].weight.copy_(weight)
+    >>> bound = lipschitz_bound(stack, (2,))
+    >>> bound.jacobian_bound, bound.lambda_bound
+    (3.0, 4.5)
+    """
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, torch.Size)) else None
+    if not shape or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape
+    ):
+        raise InputError(
+            f"got input_shape={input_shape!r}; pass the per-sample shape as a tuple of "
+            "positive ints, e.g. (64,) or (1, 8, 8)"
+        )
+    if isinstance(input_scale, Tensor):
+        scale = float(input_scale.detach().abs().max()) if input_scale.numel() else math.nan
+    else:
+        scale = abs(float(input_scale))
+    if not (math.isfinite(scale) and scale > 0):
+        raise InputError(
+            f"got input_scale={input_scale!r}; pass a finite scale > 0 (1.0 when the model "
+            "takes the inputs as they are)"
+        )
+    power = {"num_iterations": num_iterations, "num_vectors": num_vectors, "seed": seed}
+    kind = _probe_kind(model)
+    layers = []
+    for name, layer in _leaves(model):
+        layers.append(_layer_bound(name, layer, shape, kind, power))
+        if not _is_plain(layer, _SHAPE_KEEPING):
+            shape = _output_shape(name, layer, shape, kind)
+    jacobian = scale * math.prod(entry.norm for entry in layers)
+    return ArchitectureBound(
+        layers, scale, jacobian, 0.5 * jacobian**2, num_iterations, num_vectors, seed
+    )
+
+
+@dataclass(frozen=True)
+class BoundReport:
+    """The architecture bound next to the measured lambda_max (section ``"bound"``).
+
+    Attributes:
+        bound: the :class:`ArchitectureBound`.
+        spectral_norm: (N,) float64 measured lambda_max of the companion samples.
+    """
+
+    bound: ArchitectureBound
+    spectral_norm: Tensor
+
+    def _finite(self) -> Tensor:
+        values = self.spectral_norm.detach().double().flatten()
+        return values[torch.isfinite(values)]
+
+    def measured_max(self) -> float | None:
+        """Largest finite measured lambda_max (None if there is none)."""
+        values = self._finite()
+        return float(values.max()) if len(values) else None
+
+    def measured_median(self) -> float | None:
+        """Median finite measured lambda_max (lower median; None if there is none)."""
+        values = self._finite()
+        return float(values.median()) if len(values) else None
+
+    def to_json(self) -> dict:
+        """Plain-Python dict: per-layer constants, the bound, measured max/median and ratios."""
+        bound = self.bound
+        largest, median = self.measured_max(), self.measured_median()
+
+        def ratio(value: float | None) -> float | None:
+            return None if not value else json_float(bound.lambda_bound / value)
+
+        return {
+            "layers": [
+                {
+                    "name": entry.name,
+                    "type": entry.type,
+                    "norm": json_float(entry.norm),
+                    "method": entry.method,
+                    "relative_change": None
+                    if entry.relative_change is None
+                    else json_float(entry.relative_change),
+                }
+                for entry in bound.layer_norms
+            ],
+            "input_scale": json_float(bound.input_scale),
+            "jacobian_bound": json_float(bound.jacobian_bound),
+            "lambda_bound": json_float(bound.lambda_bound),
+            "num_iterations": int(bound.num_iterations),
+            "num_vectors": int(bound.num_vectors),
+            "seed": int(bound.seed),
+            "num_samples": int(self.spectral_norm.numel()),
+            "measured_max": largest,
+            "measured_median": median,
+            "ratio_to_max": ratio(largest),
+            "ratio_to_median": ratio(median),
+            "num_above_bound": int((self._finite() > bound.lambda_bound).sum()),
+            "spectral_norm": [json_float(v) for v in self.spectral_norm.double().flatten()],
+        }
+
+
+def bound_report(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    spectral_norm: Tensor,  # (N,)
+    *,
+    input_scale: float | Tensor = 1.0,
+    num_iterations: int = 50,
+    num_vectors: int = 4,
+    seed: int = 0,
+) -> BoundReport:
+    """Compute the architecture bound and set it against measured per-sample lambda_max.
+
+    Why: the bound holds for every input but ignores how layers align; the ratios
+    bound / max and bound / median say how much a worst case built from layer norms alone
+    overstates the model's actual local sensitivity.
+
+    Args:
+        model, input_shape, input_scale, num_iterations, num_vectors, seed: as in
+            :func:`lipschitz_bound`.
+        spectral_norm: measured lambda_max per sample, in the same input space.
+
+    Raises:
+        InputError: as :func:`lipschitz_bound`, or ``spectral_norm`` not 1-D.
+    """
+    if not isinstance(spectral_norm, Tensor) or spectral_norm.ndim != 1:
+        shape = tuple(spectral_norm.shape) if isinstance(spectral_norm, Tensor) else None
+        raise InputError(
+            f"got spectral_norm of shape {shape}; pass the (N,) measured lambda_max per sample"
+        )
+    bound = lipschitz_bound(
+        model,
+        input_shape,
+        input_scale=input_scale,
+        num_iterations=num_iterations,
+        num_vectors=num_vectors,
+        seed=seed,
+    )
+    return BoundReport(bound, spectral_norm.detach().double().cpu())
+
+
+def plot_bound(section: dict, path: str | Path) -> Path:
+    """Draw the measured lambda_max distribution and the architecture bound, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    path = Path(path)
+    figure, axis = plt.subplots(figsize=(5, 4))
+    values = np.array([v for v in section["spectral_norm"] if v is not None and v > 0])
+    bound = section["lambda_bound"]
+    if len(values):
+        low, high = values.min(), max(values.max(), values.min() * 1.01)
+        bins = np.geomspace(low, high, 20)
+        axis.hist(values, bins=bins, color="tab:blue", alpha=0.7, label="measured λ_max")
+    if bound is not None:
+        label = "architecture bound"
+        if section["ratio_to_max"] is not None:
+            label += f" ({section['ratio_to_max']:.3g}× max)"
+        axis.axvline(bound, color="tab:red", linestyle="--", label=label)
+    axis.set_xscale("log")
+    axis.set_xlabel("λ_max of the input Fisher")
+    axis.set_ylabel("samples")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def card_bound(section: dict) -> str:
+    """Markdown card subsection: the data-free bound, its layer factors and its looseness.
+
+    Args:
+        section: the ``bound`` section of results.json (:meth:`BoundReport.to_json`).
+
+    Returns:
+        Markdown without a heading.
+    """
+    from hf_fisher.report.badge import format_sig
+
+    lines = [
+        "A data-free worst case: for every input, λ_max ≤ ½ ‖J‖₂² (the softmax covariance has "
+        "norm at most ½) and ‖J‖₂ ≤ s · ∏ ‖layer‖₂ (input scale s times the layers' L2 "
+        "Lipschitz constants). It ignores how layers align, so it is usually far above the "
+        "measured values; the ratio says by how much.",
+        "",
+        "| layer | type | L2 constant | method |",
+        "|---|---|---|---|",
+    ]
+    for layer in section["layers"]:
+        method = layer["method"]
+        if layer["relative_change"] is not None:
+            method += f" (last change {format_sig(layer['relative_change'], 2)})"
+        lines.append(
+            f"| {layer['name']} | {layer['type']} | {format_sig(layer['norm'])} | {method} |"
+        )
+    lines += [
+        "",
+        f"Input scale {format_sig(section['input_scale'])}; ‖J‖₂ ≤ "
+        f"{format_sig(section['jacobian_bound'])}, so λ_max ≤ "
+        f"**{format_sig(section['lambda_bound'])}**. Measured on {section['num_samples']} "
+        f"samples: max {format_sig(section['measured_max'])}, median "
+        f"{format_sig(section['measured_median'])}; the bound is "
+        f"{format_sig(section['ratio_to_max'])}× the max and "
+        f"{format_sig(section['ratio_to_median'])}× the median.",
+    ]
+    if any(layer["method"] == "power iteration" for layer in section["layers"]):
+        lines += [
+            "",
+            "Convolution and pooling constants come from power iteration, which approaches "
+            "each norm from below; a large last relative change means more iterations are "
+            "needed.",
+        ]
+    if section["num_above_bound"]:
+        lines += [
+            "",
+            f"**Warning:** {section['num_above_bound']} measured value(s) exceed the bound. "
+            "That cannot happen for the function the bound describes: the power iteration "
+            "has not converged, or the measured model is not the eval-mode stack.",
+        ]
+    return "\n".join(lines)
