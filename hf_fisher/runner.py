@@ -459,6 +459,7 @@ def evaluate_robustness(
         "skipped": skipped,
     }
     if companions is not None and companions.requested and state.is_main_process:
+        companions_started = time.perf_counter()
         chosen = per_sample[: companions.num_samples]
         decoded = decode_rows(
             rows, [r["index"] for r in chosen], columns, label_col, modality, label2id
@@ -475,6 +476,7 @@ def evaluate_robustness(
             section["sample_indices"] = decoded.indices  # per-sample lists follow this order
         results.update(sections)
         results["settings"]["companions"] = companions.settings()
+        results["environment"]["companions_wall_time_s"] = time.perf_counter() - companions_started
     results = to_jsonable(results)
     if directory is not None and state.is_main_process:
         write_results(results, directory)
