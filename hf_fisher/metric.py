@@ -76,6 +76,7 @@ RECORD_COLUMNS = {
     "spectral_norm": "float64",
     "trace": "float64",
     "kl_radius": "float64",
+    "has_reference": "bool",
 }
 """Per-sample columns that processes hand to process 0 (the metric's ``features``)."""
 
@@ -273,7 +274,9 @@ def per_sample_columns(
     """
     check_options(options)
     records = per_sample_records(model, inputs, references, **options)
-    return {name: [record[name] for record in records] for name in RECORD_COLUMNS}
+    columns = {name: [record.get(name) for record in records] for name in RECORD_COLUMNS}
+    columns["has_reference"] = [references is not None] * len(records)
+    return columns
 
 
 def _number(value: float | None) -> float:
@@ -287,13 +290,14 @@ def flatten_results(summary: Mapping, per_sample: Sequence[Mapping] | None = Non
     Keys are ``<quantity>_<statistic>`` for quantities spectral_norm, trace, kl_radius and
     statistics mean, median, p05, p95, median_ci_low, median_ci_high, then ``accuracy`` and
     ``num_samples``. Values are plain Python floats (``num_samples`` an int), so
-    ``evaluate.save`` and ``json.dump`` take them; infinite statistics are ``inf``.
+    ``evaluate.save`` and ``json.dump`` take them; infinite statistics are ``inf``, and
+    ``accuracy`` is ``nan`` when no references were given (the labels are the predictions).
     """
     flat: dict[str, Any] = {}
     for quantity in QUANTITIES:
         for statistic in STATISTICS:
             flat[f"{quantity}_{statistic}"] = _number(summary["metrics"][quantity][statistic])
-    flat["accuracy"] = float(summary["accuracy"])
+    flat["accuracy"] = math.nan if summary["accuracy"] is None else float(summary["accuracy"])
     flat["num_samples"] = int(summary["num_samples"])
     if per_sample is not None:
         for key in PER_SAMPLE_KEYS:
@@ -325,6 +329,8 @@ def scores_from_columns(
         raise InputError("no samples to score; pass model= and a non-empty inputs= to compute()")
     records = [{**r, "label": int(r["label"]), "predicted": int(r["predicted"])} for r in records]
     summary = summarize(records, seed=seed)
+    if not all(record["has_reference"] for record in records):
+        summary["accuracy"] = None  # the labels are the predictions: 1.0 by construction
     return flatten_results(summary, records if return_per_sample else None)
 
 

@@ -35,7 +35,7 @@ from hf_fisher.data import (
 from hf_fisher.digits import DEFAULT_MODEL_DIR as BUNDLED_MODEL_DIR
 from hf_fisher.errors import DatasetError, InputError, ResultsError
 from hf_fisher.results import RESULTS_FILE, SCHEMA_VERSION, to_jsonable, write_results
-from hf_fisher.spectrum import FisherSpectrum, spectrum_of_batch
+from hf_fisher.spectrum import FisherSpectrum, spectrum_of_prepared
 from hf_fisher.summary import kl_radius, summarize
 
 logger = logging.getLogger(__name__)
@@ -116,10 +116,11 @@ def make_state(device: str | None = None):
     return PartialState(cpu=use_cpu)
 
 
-def _dtype(name: str | torch.dtype | None) -> torch.dtype:
+def _dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """The compute dtype; None keeps the model's own (float32 for Hub checkpoints)."""
+    options = {None: None, "float32": torch.float32, "float64": torch.float64}
     if isinstance(name, torch.dtype):
-        return name
-    options = {None: torch.float32, "float32": torch.float32, "float64": torch.float64}
+        name = str(name).removeprefix("torch.")
     if name not in options:
         raise InputError(
             f"dtype {name!r} is not supported for Fisher products; use float32 (default) or "
@@ -203,25 +204,15 @@ def _records_from_spectrum(
     return records
 
 
-def _spectrum_with_oom_retry(classifier, batch, ids, options, state) -> tuple[FisherSpectrum, int]:
+def _spectrum_with_oom_retry(classifier, batch, ids, options) -> tuple[FisherSpectrum, int]:
     """Compute a batch; on CUDA out-of-memory, halve it and retry. Returns the size that ran."""
     size = len(batch)
     while True:
         try:
-            parts = []
-            for start in range(0, len(batch), size):
-                chunk = batch.select(slice(start, start + size)).to(state.device, classifier.dtype)
-                parts.append(
-                    spectrum_of_batch(
-                        classifier.logit_fn(chunk),
-                        chunk.inputs,
-                        space_mask=chunk.space_mask,
-                        sample_ids=ids[start : start + size],
-                        num_classes=classifier.num_classes,
-                        **options,
-                    )
-                )
-            return FisherSpectrum.concatenate(parts), size
+            spectrum = spectrum_of_prepared(
+                classifier, batch, batch_size=size, sample_ids=ids, **options
+            )
+            return spectrum, size
         except torch.OutOfMemoryError:
             if size == 1:
                 raise
@@ -317,6 +308,11 @@ def evaluate_robustness(
         dtype=compute_dtype,
         trust_remote_code=trust_remote_code,
     )
+    if classifier.dtype not in (torch.float32, torch.float64):
+        raise InputError(
+            f"the model computes in {classifier.dtype}; pass dtype='float32' (default) or "
+            "'float64': half precision loses the small class probabilities of the Fisher"
+        )
     if str(model) == str(BUNDLED_MODEL_DIR):
         classifier.source["id"] = BUNDLED_MODEL_ID
     if companions is not None and companions.requested:
@@ -337,7 +333,7 @@ def evaluate_robustness(
         "num_probes": num_probes,
         "seed": seed,
         "batch_size": batch_size,
-        "dtype": str(compute_dtype).removeprefix("torch."),
+        "dtype": str(classifier.dtype).removeprefix("torch."),
         "kl_tau": kl_tau,
     }
     dataset_info = {
@@ -400,7 +396,7 @@ def evaluate_robustness(
                 if decoded.indices:
                     prepared = classifier.prepare(decoded.inputs)
                     spectrum, used = _spectrum_with_oom_retry(
-                        classifier, prepared, decoded.indices, options, state
+                        classifier, prepared, decoded.indices, options
                     )
                     used_batch_sizes.add(used)
                     new += _records_from_spectrum(spectrum, decoded.indices, decoded.labels, kl_tau)

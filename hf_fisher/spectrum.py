@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor
 
-from hf_fisher.adapters import PreparedBatch
+from hf_fisher.adapters import Classifier, PreparedBatch
 from hf_fisher.errors import InputError
 from hf_fisher.estimators.blackbox import rayleigh_max, sketch_fisher
 from hf_fisher.estimators.hutchinson import class_space_hutchinson, hutchinson, hutchpp
@@ -85,7 +85,12 @@ class FisherSpectrum:
 
 
 def resolve_method(
-    method: str, black_box: bool, num_classes: int | None, dim: int, batch: int
+    method: str,
+    black_box: bool,
+    num_classes: int | None,
+    dim: int,
+    batch: int,
+    itemsize: int = 4,
 ) -> str:
     """Turn ``method`` (maybe "auto") into a concrete one, checking it fits ``black_box``.
 
@@ -107,7 +112,7 @@ def resolve_method(
         return method
     if num_classes is None:
         raise InputError("method='auto' needs num_classes")
-    row_bytes = batch * (num_classes - 1) * dim * 4
+    row_bytes = batch * (num_classes - 1) * dim * itemsize
     if num_classes <= EXACT_MAX_CLASSES and row_bytes <= EXACT_MAX_ROW_BYTES:
         return "exact"
     return "lanczos"
@@ -156,13 +161,16 @@ def spectrum_of_batch(
     Returns:
         A :class:`FisherSpectrum`.
     """
+    for name, value in (("top_k", top_k), ("num_probes", num_probes), ("max_iter", max_iter)):
+        if value is not None and value < 1:
+            raise InputError(f"got {name}={value}; pass a positive integer")
     num_samples = inputs.shape[0]
     ids = list(range(num_samples)) if sample_ids is None else [int(i) for i in sample_ids]
     dim = inputs[0].numel()
     if num_classes is None and method == "auto":
         with torch.no_grad():
             num_classes = logit_fn(inputs).shape[-1]
-    chosen = resolve_method(method, black_box, num_classes, dim, num_samples)
+    chosen = resolve_method(method, black_box, num_classes, dim, num_samples, inputs.element_size())
     settings = {
         "method": chosen,
         "requested_method": method,
@@ -288,29 +296,65 @@ def fisher_spectrum(
     from hf_fisher.adapters import load_classifier
 
     classifier = load_classifier(model, input_space=input_space, device=device, dtype=dtype)
-    batch = inputs if isinstance(inputs, PreparedBatch) else classifier.prepare(inputs)
+    batch = classifier.prepare(inputs)
     ids = list(range(len(batch))) if sample_ids is None else list(sample_ids)
     if len(ids) != len(batch):
         raise InputError(f"got {len(ids)} sample_ids for {len(batch)} samples; pass one per sample")
+    return spectrum_of_prepared(
+        classifier,
+        batch,
+        batch_size=batch_size,
+        sample_ids=ids,
+        method=method,
+        black_box=black_box,
+        top_k=top_k,
+        max_iter=max_iter,
+        tol=tol,
+        num_queries=num_queries,
+        num_probes=num_probes,
+        seed=seed,
+    )
+
+
+def spectrum_of_prepared(
+    classifier: Classifier,
+    batch: PreparedBatch,
+    *,
+    batch_size: int | None,
+    sample_ids: Sequence[int],
+    method: str = "auto",
+    black_box: bool = False,
+    **options,
+) -> FisherSpectrum:
+    """Chunk a prepared batch through :func:`spectrum_of_batch`, choosing the method once.
+
+    Every chunk uses the same concrete method (``auto`` is resolved from the largest chunk), so
+    a short last chunk cannot switch from Lanczos to exact.
+    """
     size = len(batch) if batch_size is None else batch_size
+    if size < 1:
+        raise InputError(f"got batch_size={batch_size}; pass a positive batch size or None")
+    chosen = resolve_method(
+        method,
+        black_box,
+        classifier.num_classes,
+        batch.inputs[0].numel(),
+        min(size, len(batch)),
+        classifier.dtype.itemsize,
+    )
     parts = []
     for start in range(0, len(batch), size):
         chunk = batch.select(slice(start, start + size)).to(classifier.device, classifier.dtype)
-        parts.append(
-            spectrum_of_batch(
-                classifier.logit_fn(chunk),
-                chunk.inputs,
-                space_mask=chunk.space_mask,
-                method=method,
-                black_box=black_box,
-                top_k=top_k,
-                max_iter=max_iter,
-                tol=tol,
-                num_queries=num_queries,
-                num_probes=num_probes,
-                seed=seed,
-                sample_ids=ids[start : start + size],
-                num_classes=classifier.num_classes,
-            )
+        part = spectrum_of_batch(
+            classifier.logit_fn(chunk),
+            chunk.inputs,
+            space_mask=chunk.space_mask,
+            method=chosen,
+            black_box=black_box,
+            sample_ids=sample_ids[start : start + size],
+            num_classes=classifier.num_classes,
+            **options,
         )
+        part.settings["requested_method"] = method
+        parts.append(part)
     return FisherSpectrum.concatenate(parts)

@@ -141,7 +141,8 @@ def test_dtype_and_to(vit_dir):
         logits64 = classifier(batch.inputs)
     assert logits64.dtype == torch.float64
     single = load_classifier(classifier, dtype=torch.float32)
-    assert single is not classifier and single.dtype == torch.float32
+    assert single is classifier and single.dtype == torch.float32  # moved in place, like .to
+    assert next(single.model.parameters()).dtype == torch.float32
     with torch.no_grad():
         logits32 = single(batch.inputs.float())
     assert logits32.dtype == torch.float32

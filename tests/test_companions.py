@@ -97,11 +97,11 @@ def test_compare_frequency_cli(tmp_path, capsys):
 
 
 def test_inapplicable_companion_fails_before_the_fisher_pass(monkeypatch):
-    import hf_fisher.runner as runner
+    import hf_fisher.spectrum as spectrum_module
 
     def never(*args, **kwargs):
         raise AssertionError("the Fisher pass ran before the companion check")
 
-    monkeypatch.setattr(runner, "spectrum_of_batch", never)
+    monkeypatch.setattr(spectrum_module, "spectrum_of_batch", never)
     with pytest.raises(InputError, match="not a plain feed-forward stack"):
         evaluate_robustness(num_samples=4, progress=False, companions=CompanionOptions(bound=True))

@@ -27,7 +27,7 @@ def assert_close(result: dict, expected: dict, rel: float) -> None:
     """Same keys; floats and lists of floats equal up to ``rel``."""
     assert result.keys() == expected.keys()
     for key, value in expected.items():
-        assert result[key] == pytest.approx(value, rel=rel), key
+        assert result[key] == pytest.approx(value, rel=rel, nan_ok=True), key
 
 
 TEXTS = ["a fine film", "dull and far too long", "the cast is great", "not worth it at all"]
@@ -177,7 +177,7 @@ def test_tensor_inputs_stay_exact_against_dense_float64(fisher, mlp: torch.nn.Mo
     eigenvalues, trace = dense_spectrum(dense_fisher(module, inputs))
     assert result["spectral_norm"] == pytest.approx(eigenvalues[:, 0].tolist(), rel=1e-9)
     assert result["trace"] == pytest.approx(trace.tolist(), rel=1e-9)
-    assert result["accuracy"] == 1.0  # no references: predicted labels are the labels
+    assert math.isnan(result["accuracy"])  # no references: accuracy is not defined
     assert result["predicted"] == module(inputs).argmax(-1).tolist()
 
 
@@ -200,10 +200,15 @@ def test_add_batch_then_compute_equals_one_call(fisher, bert_dir: Path) -> None:
 
 
 def test_evaluate_save_takes_the_result(tmp_path: Path, bert_dir: Path) -> None:
-    result = metric.fisher_robustness_scores(str(bert_dir), TEXTS[:2], return_per_sample=True)
+    result = metric.fisher_robustness_scores(
+        str(bert_dir), TEXTS[:2], references=[0, 1], return_per_sample=True
+    )
     path = evaluate.save(str(tmp_path), **result)
     saved = json.loads(Path(path).read_text())
     assert {k: saved[k] for k in result} == result
+    unlabelled = metric.fisher_robustness_scores(str(bert_dir), TEXTS[:2])
+    saved = json.loads(Path(evaluate.save(str(tmp_path), **unlabelled)).read_text())
+    assert math.isnan(saved["accuracy"]) and saved["num_samples"] == 2
 
 
 def test_evaluator_with_pipeline_equals_python_api(bert_dir: Path) -> None:
@@ -229,6 +234,7 @@ def test_infinite_statistics_are_inf() -> None:
         "spectral_norm": [0.0, 0.0],
         "trace": [0.0, 0.0],
         "kl_radius": [None, None],
+        "has_reference": [True, True],
     }
     result = metric.scores_from_columns(columns, return_per_sample=True)
     assert result["kl_radius_median"] == math.inf and result["kl_radius"] == [math.inf] * 2

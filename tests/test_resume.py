@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import hf_fisher.runner as runner
+import hf_fisher.spectrum as spectrum_module
 from hf_fisher.cli import main
 from hf_fisher.digits import load_digits_dataset
 from hf_fisher.errors import ResultsError
@@ -35,7 +35,7 @@ class CountingSpectrum:
         self.fail_after = fail_after
         self.batches = 0
         self.ids: list[int] = []
-        self.original = runner.spectrum_of_batch
+        self.original = spectrum_module.spectrum_of_batch
 
     def __call__(self, *args, **kwargs):
         if self.fail_after is not None and self.batches == self.fail_after:
@@ -82,7 +82,7 @@ def interrupt(monkeypatch: pytest.MonkeyPatch, out: Path, batches: int, **option
     """Run until ``batches`` batches are done, then fail as a kill would."""
     spectrum = CountingSpectrum(fail_after=batches)
     with monkeypatch.context() as patch:
-        patch.setattr(runner, "spectrum_of_batch", spectrum)
+        patch.setattr(spectrum_module, "spectrum_of_batch", spectrum)
         with pytest.raises(Interrupted):
             evaluate_robustness(out_dir=out, **{**OPTIONS, **options})
     assert not (out / "results.json").exists()
@@ -91,7 +91,7 @@ def interrupt(monkeypatch: pytest.MonkeyPatch, out: Path, batches: int, **option
 def resume(monkeypatch: pytest.MonkeyPatch, out: Path, **options) -> tuple[dict, list[int]]:
     spectrum = CountingSpectrum()
     with monkeypatch.context() as patch:
-        patch.setattr(runner, "spectrum_of_batch", spectrum)
+        patch.setattr(spectrum_module, "spectrum_of_batch", spectrum)
         report = evaluate_robustness(out_dir=out, resume=True, **{**OPTIONS, **options})
     return report.results, spectrum.ids
 
@@ -216,7 +216,7 @@ def test_partial_run_is_refused_without_resume_and_replaced_with_overwrite(
     with pytest.raises(ResultsError, match="already holds a partial run; pass --resume"):
         evaluate_robustness(out_dir=out, **OPTIONS)
     spectrum = CountingSpectrum()
-    monkeypatch.setattr(runner, "spectrum_of_batch", spectrum)
+    monkeypatch.setattr(spectrum_module, "spectrum_of_batch", spectrum)
     results = evaluate_robustness(out_dir=out, overwrite=True, **OPTIONS).results
     assert spectrum.ids == full_run["dataset"]["indices"]
     assert comparable(results) == comparable(full_run)

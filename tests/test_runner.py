@@ -194,3 +194,19 @@ def test_labels_must_match_a_tensor_dataset(mlp):
         evaluate_robustness(mlp, torch.randn(3, 2, 3, 4), labels=[0, 1], progress=False)
     with pytest.raises(DatasetError, match="labels= goes with a tensor dataset"):
         evaluate_robustness(mlp, "some/dataset", labels=[0], progress=False)
+
+
+def test_float64_module_keeps_its_precision_and_stays_usable(mlp):
+    mlp.double()
+    inputs = torch.randn(3, 2, 3, 4, dtype=torch.float64)
+    report = evaluate_robustness(mlp, inputs, progress=False)
+    assert report.results["settings"]["dtype"] == "float64"
+    classifier = load_classifier(mlp)
+    evaluate_robustness(classifier, inputs, dtype="float32", progress=False)
+    assert classifier.dtype == torch.float32 and next(mlp.parameters()).dtype == torch.float32
+    evaluate_robustness(classifier, inputs.float(), progress=False)  # still consistent
+
+
+def test_half_precision_module_is_refused(mlp):
+    with pytest.raises(InputError, match="half precision"):
+        evaluate_robustness(mlp.half(), torch.randn(2, 2, 3, 4).half(), progress=False)

@@ -102,3 +102,48 @@ def test_power_iteration_reports_convergence(mlp):
 def test_bad_input_gives_clear_errors(mlp, inputs, kwargs, pattern):
     with pytest.raises(InputError, match=pattern):
         fisher_spectrum(mlp, inputs, **kwargs)
+
+
+def test_auto_resolves_one_method_for_the_whole_call(mlp, monkeypatch):
+    import hf_fisher.spectrum as spectrum_module
+
+    x = torch.randn(5, 2, 3, 4)
+    row_bytes = (4 - 1) * 24 * 4  # K=4 classes, d=24, float32
+    monkeypatch.setattr(spectrum_module, "EXACT_MAX_ROW_BYTES", 2 * row_bytes)
+    result = fisher_spectrum(mlp, x, batch_size=3)  # chunks of 3 and 2: one method for both
+    assert result.method == "lanczos" and result.converged is not None
+    assert len(result) == 5 and result.converged.shape == (5,)
+    small = fisher_spectrum(mlp, x, batch_size=2)
+    assert small.method == "exact"
+
+
+def test_auto_picks_lanczos_for_many_classes():
+    wide = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 70)).double()
+    result = fisher_spectrum(wide, torch.randn(2, 6, dtype=torch.float64), tol=1e-8)
+    assert result.method == "lanczos" and result.converged.all()
+    exact = fisher_spectrum(wide, torch.randn(2, 6, dtype=torch.float64), method="exact")
+    assert exact.method == "exact"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"num_probes": 0, "method": "lanczos"}, "num_probes=0"),
+        ({"max_iter": 0, "method": "lanczos"}, "max_iter=0"),
+        ({"top_k": 0}, "top_k=0"),
+    ],
+    ids=["batch-size", "probes", "max-iter", "top-k"],
+)
+def test_estimator_settings_are_validated(mlp, kwargs, pattern):
+    with pytest.raises(InputError, match=pattern):
+        fisher_spectrum(mlp, torch.randn(2, 2, 3, 4), **kwargs)
+
+
+def test_prepared_batches_are_validated_too(mlp):
+    from hf_fisher import PreparedBatch
+
+    bad = torch.randn(3, 2, 3, 4)
+    bad[2, 0, 0, 0] = float("inf")
+    with pytest.raises(InputError, match=r"sample.*2"):
+        fisher_spectrum(mlp, PreparedBatch(bad))
