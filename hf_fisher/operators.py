@@ -119,6 +119,19 @@ def _check_logits(logits: Tensor, num_samples: int) -> None:
         )
 
 
+def _input_gradient(logits: Tensor, leaf: Tensor, cotangents: Tensor, **kwargs) -> Tensor:
+    """``J^T w`` by autograd, with a clear error when the logits do not depend on the input."""
+    if logits.requires_grad:
+        (grad,) = torch.autograd.grad(logits, leaf, cotangents, allow_unused=True, **kwargs)
+        if grad is not None:
+            return grad
+    raise NotAClassifierError(
+        "the model's logits do not depend on its input (a torch.no_grad() or .detach() inside "
+        "forward, or a head that ignores the input?); hf-fisher differentiates the logits with "
+        "respect to the input"
+    )
+
+
 def _as_mask(space_mask: Tensor | None, inputs: Tensor) -> Tensor | None:
     if space_mask is None:
         return None
@@ -165,7 +178,7 @@ class FisherOperator:
             self.probs = torch.softmax(self.logits.detach().double(), dim=1)
             self.top_class = self.probs.argmax(dim=1)
             self._probe = torch.zeros_like(self.logits, requires_grad=True)
-            (self._transpose_graph,) = torch.autograd.grad(
+            self._transpose_graph = _input_gradient(
                 self.logits, self._inputs, self._probe, create_graph=True
             )
 
@@ -263,9 +276,7 @@ def gradient_rows(
         selector[sample_index, top_class] = -1.0
         for step in range(num_classes - 1):
             selector[sample_index, classes[:, step]] = 1.0
-            (grad,) = torch.autograd.grad(
-                logits, leaf, selector, retain_graph=step < num_classes - 2
-            )
+            grad = _input_gradient(logits, leaf, selector, retain_graph=step < num_classes - 2)
             selector[sample_index, classes[:, step]] = 0.0
             rows[:, step] = grad.reshape(num_samples, -1)
         if mask is not None:

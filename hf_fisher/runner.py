@@ -395,6 +395,7 @@ def evaluate_robustness(
                 new += [{**skip, "skipped": True} for skip in decoded.skipped]
                 if decoded.indices:
                     prepared = classifier.prepare(decoded.inputs)
+                    _check_label_range(decoded.labels, classifier.num_classes, label_col)
                     spectrum, used = _spectrum_with_oom_retry(
                         classifier, prepared, decoded.indices, options
                     )
@@ -479,6 +480,17 @@ def evaluate_robustness(
         shutil.rmtree(directory / PARTIAL_DIR, ignore_errors=True)
     state.wait_for_everyone()
     return RobustnessReport(results, directory)
+
+
+def _check_label_range(labels: list[int] | None, num_classes: int, column: str | None) -> None:
+    """Labels must be class indices of this model; a -1 test split has no labels at all."""
+    bad = sorted({label for label in labels or () if not 0 <= label < num_classes})
+    if bad:
+        raise DatasetError(
+            f"labels {bad[:10]} in column {column!r} are outside [0, {num_classes}) for this "
+            "model; choose the dataset/split the model was trained for, another "
+            "--label-column, or a split with labels (test splits with -1 have none)"
+        )
 
 
 def _shard(items: list[int], num_processes: int, rank: int) -> list[int]:

@@ -227,3 +227,36 @@ def test_space_mask_restricts_the_fisher():
     torch.testing.assert_close(exact.trace, trace)
     est = lanczos(FisherOperator(fn, x, mask), tol=1e-10)
     torch.testing.assert_close(est.eigenvalues[:, 0], values[:, 0])
+
+
+@pytest.mark.parametrize(
+    "logit_fn",
+    [
+        lambda inp: inp.detach() @ torch.ones(4, 3),
+        lambda inp: torch.zeros(inp.shape[0], 3, requires_grad=True) * 2,
+    ],
+    ids=["detached", "input-free"],
+)
+def test_logits_that_ignore_the_input_get_a_clear_error(logit_fn):
+    x = torch.randn(2, 4)
+    with pytest.raises(NotAClassifierError, match="do not depend on its input"):
+        gradient_rows(logit_fn, x)
+    with pytest.raises(NotAClassifierError, match="do not depend on its input"):
+        FisherOperator(logit_fn, x)
+
+
+@pytest.mark.parametrize("num_classes", [3, 40], ids=["class-space", "direction-space"])
+def test_bootstrap_top_eigenvalue_matches_naive_resampling(num_classes, monkeypatch):
+    import hf_fisher.estimators.blackbox as blackbox
+
+    monkeypatch.setattr(blackbox, "BOOTSTRAP_BYTES", 1)  # one sample per chunk
+    generator = torch.Generator().manual_seed(0)
+    whitened = torch.randn(3, num_classes, 12, generator=generator, dtype=torch.float64)
+    resamples = torch.randint(0, 12, (3, 5, 12), generator=generator)
+    naive = torch.stack(
+        [
+            torch.stack([torch.linalg.eigvalsh(w[:, r] @ w[:, r].T / 12)[-1] for r in picks])
+            for w, picks in zip(whitened, resamples, strict=True)
+        ]
+    )
+    torch.testing.assert_close(blackbox._bootstrap_top_eigenvalue(whitened, resamples), naive)

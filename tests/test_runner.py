@@ -210,3 +210,9 @@ def test_float64_module_keeps_its_precision_and_stays_usable(mlp):
 def test_half_precision_module_is_refused(mlp):
     with pytest.raises(InputError, match="half precision"):
         evaluate_robustness(mlp.half(), torch.randn(2, 2, 3, 4).half(), progress=False)
+
+
+def test_labels_outside_the_model_classes_are_refused(mlp):
+    inputs = torch.randn(3, 2, 3, 4)
+    with pytest.raises(DatasetError, match=r"labels \[-1, 7\] in column 'label' are outside"):
+        evaluate_robustness(mlp, inputs, labels=[0, -1, 7], progress=False)

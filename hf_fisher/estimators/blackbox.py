@@ -87,6 +87,44 @@ def _dual_eigenvalues(factor: Tensor, gram: Tensor) -> Tensor:  # (..., K, K)
     return torch.linalg.eigvalsh(0.5 * (dual + dual.transpose(-1, -2))).flip(-1).clamp_min(0)
 
 
+BOOTSTRAP_BYTES = 256 * 1024**2
+
+
+def _bootstrap_top_eigenvalue(whitened: Tensor, resamples: Tensor) -> Tensor:
+    """Top eigenvalue of ``W_b W_b^T / m`` for each resample b of the columns of W.
+
+    Args:
+        whitened: (N, K, m) columns ``B^T J v_j`` (``B B^T = diag(p) - pp^T``).
+        resamples: (N, B, m) column indices.
+
+    Returns:
+        (N, B) float64. Works in the smaller of class space (K x K) and direction space
+        (m x m, where a resample is an index selection of ``W^T W``), a few samples at a time so
+        that memory stays under ``BOOTSTRAP_BYTES`` whatever K is.
+    """
+    num_samples, num_classes, count = whitened.shape
+    num_bootstrap = resamples.shape[1]
+    side = min(num_classes, count)
+    per_sample = num_bootstrap * side * max(side, count) * 8
+    step = max(1, BOOTSTRAP_BYTES // per_sample)
+    tops = []
+    for start in range(0, num_samples, step):
+        part, picks = whitened[start : start + step], resamples[start : start + step]
+        if num_classes <= count:
+            chosen = torch.gather(
+                part[:, None].expand(-1, num_bootstrap, -1, -1),
+                3,
+                picks[:, :, None, :].expand(-1, -1, num_classes, -1),
+            )  # (n, B, K, m)
+            dual = chosen @ chosen.transpose(2, 3) / count
+        else:
+            small = part.transpose(1, 2) @ part / count  # (n, m, m)
+            rows = torch.arange(len(part), device=part.device)[:, None, None, None]
+            dual = small[rows, picks[:, :, :, None], picks[:, :, None, :]]  # (n, B, m, m)
+        tops.append(torch.linalg.eigvalsh(dual)[..., -1].clamp_min(0))
+    return torch.cat(tops)
+
+
 def sketch_fisher(
     logit_fn: LogitFn,
     inputs: Tensor,
@@ -163,23 +201,19 @@ def sketch_fisher(
     lengths = normals.norm(dim=2, keepdim=True)  # (N, m, 1)
     derivatives = _directional_derivatives(logit_fn, inputs, normals / lengths, step, chunk)
     columns = derivatives * lengths.transpose(1, 2)  # J v for Gaussian v: (N, K, m)
-    gram = columns @ columns.transpose(1, 2) / count
-    values = _dual_eigenvalues(weight_factor, gram)
-    covariance = centered_class_covariance(probs)
-    trace = (covariance * gram).sum(dim=(1, 2))
+    whitened = weight_factor.transpose(1, 2) @ columns  # B^T J V: (N, K, m)
+    values = _dual_eigenvalues(weight_factor, columns @ columns.transpose(1, 2) / count)
+    column_energy = whitened.pow(2).sum(dim=1) / count  # (N, m)
+    trace = column_energy.sum(dim=1)
     resamples = (
         default_streams(seed, num_samples, "bootstrap", sample_ids)
         .integers(count, (num_bootstrap, count))
         .to(inputs.device)
     )  # (N, B, m)
-    boot_columns = torch.gather(
-        columns[:, None].expand(-1, num_bootstrap, -1, -1),
-        3,
-        resamples[:, :, None, :].expand(-1, -1, columns.shape[1], -1),
-    )  # (N, B, K, m)
-    boot_gram = boot_columns @ boot_columns.transpose(2, 3) / count
-    boot_top = _dual_eigenvalues(weight_factor[:, None], boot_gram)[..., 0]
-    boot_trace = (covariance[:, None] * boot_gram).sum(dim=(2, 3))
+    boot_top = _bootstrap_top_eigenvalue(whitened, resamples)
+    boot_trace = torch.gather(
+        column_energy[:, None].expand(-1, num_bootstrap, -1), 2, resamples
+    ).sum(dim=2)
     tail = (1 - confidence) / 2
     quantiles = torch.tensor([tail, 1 - tail], dtype=torch.float64, device=inputs.device)
     return SketchEstimate(
