@@ -15,7 +15,7 @@ examples; masked gradients make every gradient-based number, lambda_max included
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -33,8 +33,8 @@ from hf_fisher.correlation import (
     rank_correlation,
 )
 from hf_fisher.errors import InputError, NotAClassifierError
+from hf_fisher.operators import LogitFn
 
-LogitFn = Callable[[Tensor], Tensor]
 Norm = Literal["l2", "linf"]
 Loss = Literal["ce", "margin"]
 NORMS = ("l2", "linf")
@@ -291,8 +291,9 @@ def pgd(
         mask = None if space_mask is None else space_mask.expand_as(inputs)[todo]
         delta = torch.zeros_like(x)
         if random_start:
-            delta = _clip(x, sample_in_ball(x, eps, norm, space_mask=mask, generator=generator),
-                          clip)
+            delta = _clip(
+                x, sample_in_ball(x, eps, norm, space_mask=mask, generator=generator), clip
+            )
         found = torch.zeros(len(todo), dtype=torch.bool, device=x.device)
         best = x + delta
         for iteration in range(steps + 1):
@@ -339,8 +340,18 @@ def fgsm(
     ``x + eps g / ||g||_2`` (L2), then clipped. Equivalent to one-step PGD without random start.
     """
     return pgd(
-        logit_fn, inputs, labels, epsilon, norm=norm, steps=1, restarts=1, step_size=1.0,
-        random_start=False, loss=loss, clip=clip, space_mask=space_mask,
+        logit_fn,
+        inputs,
+        labels,
+        epsilon,
+        norm=norm,
+        steps=1,
+        restarts=1,
+        step_size=1.0,
+        random_start=False,
+        loss=loss,
+        clip=clip,
+        space_mask=space_mask,
     )
 
 
@@ -444,14 +455,30 @@ def minimal_epsilon(
             "bisection_steps >= 0"
         )
     budget = AttackBudget(
-        norm, steps, restarts, 2.5 / steps if step_size is None else step_size, loss,
-        bisection_steps, float(eps_max), seed, None if clip is None else tuple(clip),
+        norm,
+        steps,
+        restarts,
+        2.5 / steps if step_size is None else step_size,
+        loss,
+        bisection_steps,
+        float(eps_max),
+        seed,
+        None if clip is None else tuple(clip),
     )
 
     def attack(epsilon: Tensor) -> Tensor:
         return pgd(
-            logit_fn, inputs, labels, epsilon, norm=norm, steps=steps, restarts=restarts,
-            step_size=budget.step_size, loss=loss, clip=clip, space_mask=space_mask,
+            logit_fn,
+            inputs,
+            labels,
+            epsilon,
+            norm=norm,
+            steps=steps,
+            restarts=restarts,
+            step_size=budget.step_size,
+            loss=loss,
+            clip=clip,
+            space_mask=space_mask,
             generator=_seeded(seed, inputs.device),
         ).success
 
@@ -664,7 +691,8 @@ class AttackReport:
             "num_not_flipped": int(torch.isinf(self.minimal.epsilon).sum()),
             "median_minimal_epsilon": json_float(
                 self.minimal.epsilon[self.correct].double().median()
-                if bool(self.correct.any()) else float("nan")
+                if bool(self.correct.any())
+                else float("nan")
             ),
             "correlations": {name: c.to_json() for name, c in self.correlations.items()},
             "expected_signs": {"spectral_norm": -1, "confidence": -1, "first_order": 1},
@@ -726,15 +754,30 @@ def attack_report(
     robust: dict[str, list[float]] = {"pgd": [], "fgsm": []}
     for epsilon in epsilons:
         result = pgd(
-            logit_fn, inputs, labels, epsilon, steps=steps, restarts=restarts,
-            step_size=step_size, generator=_seeded(seed, inputs.device), **common,
+            logit_fn,
+            inputs,
+            labels,
+            epsilon,
+            steps=steps,
+            restarts=restarts,
+            step_size=step_size,
+            generator=_seeded(seed, inputs.device),
+            **common,
         )
         robust["pgd"].append(float((~result.success).double().mean()))
         result = fgsm(logit_fn, inputs, labels, epsilon, **common)
         robust["fgsm"].append(float((~result.success).double().mean()))
     minimal = minimal_epsilon(
-        logit_fn, inputs, labels, eps_max=eps_max, bisection_steps=bisection_steps, steps=steps,
-        restarts=restarts, step_size=step_size, seed=seed, **common,
+        logit_fn,
+        inputs,
+        labels,
+        eps_max=eps_max,
+        bisection_steps=bisection_steps,
+        steps=steps,
+        restarts=restarts,
+        step_size=step_size,
+        seed=seed,
+        **common,
     )
     baselines = baseline_scores(logit_fn, inputs, norm=norm, space_mask=space_mask)
     keep = correct.cpu()
@@ -746,7 +789,10 @@ def attack_report(
     }
     correlations = {
         name: rank_correlation(
-            values[keep], target, confidence=confidence_level, num_bootstrap=num_bootstrap,
+            values[keep],
+            target,
+            confidence=confidence_level,
+            num_bootstrap=num_bootstrap,
             seed=seed,
         )
         for name, values in predictors.items()
@@ -793,7 +839,9 @@ def plot_attacks(section: dict, path: str | Path) -> Path:
     pairs = [
         (s, e)
         for s, e, ok in zip(
-            per_sample["spectral_norm"], per_sample["minimal_epsilon"], per_sample["correct"],
+            per_sample["spectral_norm"],
+            per_sample["minimal_epsilon"],
+            per_sample["correct"],
             strict=True,
         )
         if ok and s is not None and e is not None and s > 0
@@ -803,9 +851,7 @@ def plot_attacks(section: dict, path: str | Path) -> Path:
         scatter.set_xscale("log")
     rho = section["correlations"]["spectral_norm"]["spearman"]
     rho_text = "n/a" if rho is None else f"{rho:.2f}"
-    scatter.set_title(
-        f"Spearman {rho_text}; {section['num_not_flipped']} not flipped (not shown)"
-    )
+    scatter.set_title(f"Spearman {rho_text}; {section['num_not_flipped']} not flipped (not shown)")
     scatter.set_xlabel("spectral_norm (lambda_max)")
     scatter.set_ylabel("minimal PGD epsilon")
     figure.tight_layout()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,9 +33,7 @@ from hf_fisher.attacks import (
 )
 from hf_fisher.correlation import RankCorrelation, json_float, json_floats, rank_correlation
 from hf_fisher.errors import InputError, NotAClassifierError
-from hf_fisher.operators import other_classes
-
-LogitFn = Callable[[Tensor], Tensor]
+from hf_fisher.operators import LogitFn, other_classes
 
 
 @dataclass
@@ -85,13 +82,13 @@ def _profile(samples: Tensor, location: Tensor, low: float, high: float) -> tupl
     shape = _weibull_shape(log_y, low, high, iterations=60)
     # log of mean(y^c), stably: c * max(log y) + log mean(exp(c (log y - max)))
     peak = log_y.amax(dim=-1)
-    log_mean_power = shape * peak + torch.logsumexp(
-        shape.unsqueeze(-1) * (log_y - peak.unsqueeze(-1)), dim=-1
-    ) - math.log(count)
-    log_scale = log_mean_power / shape
-    likelihood = (
-        count * (shape.log() - log_mean_power) + (shape - 1) * log_y.sum(dim=-1) - count
+    log_mean_power = (
+        shape * peak
+        + torch.logsumexp(shape.unsqueeze(-1) * (log_y - peak.unsqueeze(-1)), dim=-1)
+        - math.log(count)
     )
+    log_scale = log_mean_power / shape
+    likelihood = count * (shape.log() - log_mean_power) + (shape - 1) * log_y.sum(dim=-1) - count
     return shape, log_scale.exp(), likelihood
 
 
@@ -193,18 +190,18 @@ class CleverScores:
                 "clever_seconds_per_sample": float(self.seconds_per_sample),
                 "convention": "one backward pass counts as two forward passes",
             },
-            "median_untargeted": None if self.untargeted is None else json_float(
-                self.untargeted.median()
-            ),
+            "median_untargeted": None
+            if self.untargeted is None
+            else json_float(self.untargeted.median()),
             "median_top2": json_float(self.top2.median()),
             "correlations": {name: c.to_json() for name, c in self.correlations.items()},
             "expected_sign": -1,
             "per_sample": {
                 "untargeted": None if self.untargeted is None else json_floats(self.untargeted),
                 "top2": json_floats(self.top2),
-                "spectral_norm": None if self.spectral_norm is None else json_floats(
-                    self.spectral_norm
-                ),
+                "spectral_norm": None
+                if self.spectral_norm is None
+                else json_floats(self.spectral_norm),
             },
         }
 
@@ -330,8 +327,14 @@ def clever_scores(
         for first in range(0, inputs.shape[0], chunk):
             part = slice(first, first + chunk)
             maxima[part, :, batch] = _batch_maxima(
-                logit_fn, inputs[part], classes[part], targets[part], norm=norm, radius=radius,
-                batch_points=batch_points, clip=clip,
+                logit_fn,
+                inputs[part],
+                classes[part],
+                targets[part],
+                norm=norm,
+                radius=radius,
+                batch_points=batch_points,
+                clip=clip,
                 space_mask=None if space_mask is None else space_mask.expand_as(inputs)[part],
                 generator=generator,
             )

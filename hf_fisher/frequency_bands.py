@@ -24,7 +24,12 @@ import torch
 from torch import Tensor
 
 from hf_fisher.errors import InputError
-from hf_fisher.operators import GradientRows, dual_spectrum, input_eigenvectors
+from hf_fisher.operators import (
+    GradientRows,
+    dual_eigenvalues,
+    dual_spectrum,
+    input_eigenvectors,
+)
 
 
 def band_sides(size: int, num_bands: int) -> list[int]:
@@ -205,9 +210,7 @@ def band_fisher(
         part = part.reshape(num_samples, num_rows, -1)  # (N, K-1, 2*C*|B|)
         gram = part @ part.transpose(1, 2)
         energy.append((factors.weights * gram).sum(dim=(1, 2)))
-        dual = spectrum.weight_factor.transpose(1, 2) @ gram @ spectrum.weight_factor
-        dual = 0.5 * (dual + dual.transpose(1, 2))
-        lambda_max.append(torch.linalg.eigvalsh(dual)[:, -1].clamp_min(0))
+        lambda_max.append(dual_eigenvalues(spectrum.weight_factor, gram)[:, 0])
     top = input_eigenvectors(factors, spectrum, top_k=1)[:, :, 0]
     return BandFisher(
         energy=torch.stack(energy, dim=1),

@@ -15,7 +15,7 @@ float64 ``logit_fn`` to probe smaller radii.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +25,7 @@ from torch import Tensor
 from hf_fisher.attacks import check_batch
 from hf_fisher.correlation import json_float
 from hf_fisher.errors import InputError
-from hf_fisher.operators import gradient_rows
-
-LogitFn = Callable[[Tensor], Tensor]
+from hf_fisher.operators import LogitFn, gradient_rows
 
 
 def kl_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:  # (N, K), (N, K) -> (N,)
@@ -172,8 +170,12 @@ def plot_kl_check(section: dict, path: str | Path) -> Path:
             axis.plot(*zip(*points, strict=True), marker="o", label=label)
     axis.axhline(section["tolerance"], color="grey", linestyle="--", label="tolerance")
     if section["valid_radius"] is not None:
-        axis.axvline(section["valid_radius"], color="green", linestyle=":",
-                     label=f"valid up to r={section['valid_radius']:.3g}")
+        axis.axvline(
+            section["valid_radius"],
+            color="green",
+            linestyle=":",
+            label=f"valid up to r={section['valid_radius']:.3g}",
+        )
     axis.set_xscale("log")
     axis.set_yscale("log")
     axis.set_xlabel("perturbation radius (L2)")

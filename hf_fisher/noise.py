@@ -21,7 +21,7 @@ Reading it as an error on the data distribution also needs the samples to be an 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,8 +33,8 @@ from torch import Tensor
 from hf_fisher.attacks import check_batch, check_clip
 from hf_fisher.correlation import json_float
 from hf_fisher.errors import InputError, NotAClassifierError
+from hf_fisher.operators import LogitFn
 
-LogitFn = Callable[[Tensor], Tensor]
 NoiseKind = Literal["gaussian", "uniform"]
 BRIER_RANGE = 2.0
 
@@ -278,13 +278,20 @@ def plot_noise_curves(section: dict, path: str | Path) -> Path:
     accuracy.set_title("normalised AUC " + ("n/a" if area is None else f"{area:.3f}"))
     brier.plot(sigmas, section["brier"], marker="o", label="mean Brier error")
     brier.fill_between(
-        sigmas, section["brier"], section["brier_upper"], alpha=0.3,
+        sigmas,
+        section["brier"],
+        section["brier_upper"],
+        alpha=0.3,
         label=f"{section['confidence']:.0%} upper bound",
     )
     brier.axhline(section["tolerance"], color="grey", linestyle="--", label="tolerance")
     if section["crossing_sigma"] is not None:
-        brier.axvline(section["crossing_sigma"], color="red", linestyle=":",
-                      label=f"bound crosses at sigma={section['crossing_sigma']:.3g}")
+        brier.axvline(
+            section["crossing_sigma"],
+            color="red",
+            linestyle=":",
+            label=f"bound crosses at sigma={section['crossing_sigma']:.3g}",
+        )
     brier.set_xlabel(f"sigma ({section['kind']})")
     brier.set_ylabel("Brier error")
     brier.legend()

@@ -331,6 +331,12 @@ def covariance_factor(probs: Tensor) -> Tensor:  # (N, m) -> (N, m, m) float64
     return roots[:, :, None] * inner
 
 
+def dual_eigenvalues(factor: Tensor, gram: Tensor) -> Tensor:  # (..., m, m) -> (..., m)
+    """Descending eigenvalues of ``B^T G B``: the nonzero spectrum of ``R^T (B B^T) R``."""
+    dual = factor.transpose(-1, -2) @ gram @ factor
+    return torch.linalg.eigvalsh(0.5 * (dual + dual.transpose(-1, -2))).flip(-1).clamp_min(0)
+
+
 def dual_spectrum(factors: GradientRows) -> DualSpectrum:
     """Exact nonzero spectrum of ``F = R^T W R`` from the small matrix ``B^T (R R^T) B``.
 

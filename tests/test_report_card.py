@@ -13,7 +13,10 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_fisher.errors import InputError, ResultsError
 from hf_fisher.report import badge, card, cli, plots, push
-from hf_fisher.report.results_io import load_results, validate_results
+from hf_fisher.report.results_io import (
+    load_reportable_results,
+    validate_reportable_results,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_example.json"
 REPO = Path(__file__).resolve().parents[1]
@@ -53,13 +56,13 @@ Details, with a trailing section.
 
 @pytest.fixture(scope="module")
 def results():
-    return load_results(FIXTURE)
+    return load_reportable_results(FIXTURE)
 
 
 @pytest.fixture(scope="module")
 def bundled():
     """The bundled model's real results: 360 test digits and all five companion sections."""
-    return load_results(BUNDLED)
+    return load_reportable_results(BUNDLED)
 
 
 def _ours(card_obj):
@@ -77,7 +80,7 @@ def _write(path, data):
 def test_load_results_wrong_schema_version(tmp_path, results):
     bad = dict(results, schema_version=2)
     with pytest.raises(ResultsError, match=r"schema_version 2 .*reads schema_version 1.*evaluate"):
-        load_results(_write(tmp_path / "r.json", bad))
+        load_reportable_results(_write(tmp_path / "r.json", bad))
 
 
 def test_load_results_names_missing_fields(tmp_path, results):
@@ -86,7 +89,7 @@ def test_load_results_names_missing_fields(tmp_path, results):
     del bad["summary"]["metrics"]["kl_radius"]["median_ci_low"]
     del bad["per_sample"][3]["spectral_norm"]
     with pytest.raises(ResultsError, match="missing required field") as info:
-        load_results(_write(tmp_path / "r.json", bad))
+        load_reportable_results(_write(tmp_path / "r.json", bad))
     message = str(info.value)
     assert "settings.kl_tau" in message
     assert "summary.metrics.kl_radius.median_ci_low" in message
@@ -104,20 +107,20 @@ def test_load_results_rejects_non_objects(tmp_path, content, pattern):
     path = tmp_path / "r.json"
     path.write_text(content)
     with pytest.raises(ResultsError, match=pattern):
-        load_results(path)
+        load_reportable_results(path)
 
 
 def test_load_results_missing_file_and_bad_task(tmp_path, results):
     with pytest.raises(ResultsError, match="does not exist"):
-        load_results(tmp_path / "nope.json")
+        load_reportable_results(tmp_path / "nope.json")
     bad = copy.deepcopy(results)
     bad["model"]["task"] = "token-classification"
     with pytest.raises(ResultsError, match="'token-classification' is not one of"):
-        validate_results(bad)
+        validate_reportable_results(bad)
     bad["model"]["task"] = "image-classification"
     bad["per_sample"] = []
     with pytest.raises(ResultsError, match="per_sample is empty"):
-        validate_results(bad)
+        validate_reportable_results(bad)
 
 
 # badge --------------------------------------------------------------------------------------
@@ -396,14 +399,14 @@ def test_null_statistics_and_missing_labels_render(results):
     data["summary"]["by_class"]["3"]["accuracy"] = None
     data["summary"]["by_class"]["3"]["metrics"]["trace"]["median"] = None
     data["summary"]["metrics"]["trace"]["p95"] = None
-    validate_results(data)
+    validate_reportable_results(data)
     loaded = ModelCard(str(card.merge_card(data, None)))
     assert "accuracy on them: n/a (no labels)" in loaded.text
     assert "| 3 | 4 | n/a (no labels) |" in loaded.text and "| – |" in loaded.text
     assert {r.dataset_split for r in _ours(loaded)} == {None}
     data["summary"]["metrics"]["kl_radius"]["median"] = None
     with pytest.raises(ResultsError, match="kl_radius has no numeric median"):
-        validate_results(data)
+        validate_reportable_results(data)
 
 
 # companion subsections ---------------------------------------------------------------------

@@ -7,14 +7,14 @@ import yaml
 from huggingface_hub import parse_eval_result_entries
 
 from hf_fisher.report import eval_results
-from hf_fisher.report.results_io import load_results
+from hf_fisher.report.results_io import load_reportable_results
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_example.json"
 
 
 @pytest.fixture(scope="module")
 def results():
-    return load_results(FIXTURE)
+    return load_reportable_results(FIXTURE)
 
 
 def test_eval_results_file_round_trips(tmp_path, results):

@@ -15,7 +15,7 @@ import pytest
 
 from hf_fisher.errors import InputError, ResultsError
 from hf_fisher.report import cli, leaderboard
-from hf_fisher.report.results_io import load_results
+from hf_fisher.report.results_io import load_reportable_results
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_example.json"
 CHROMIUM = next(
@@ -43,7 +43,7 @@ ENTRIES = [
 
 @pytest.fixture(scope="module")
 def results():
-    return load_results(FIXTURE)
+    return load_reportable_results(FIXTURE)
 
 
 def _submission(results, name, kl, acc, n):

@@ -8,14 +8,14 @@ from PIL import Image
 
 from hf_fisher.report import plots
 from hf_fisher.report.card import render_section
-from hf_fisher.report.results_io import load_results
+from hf_fisher.report.results_io import load_reportable_results
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_example.json"
 
 
 @pytest.fixture(scope="module")
 def results():
-    return load_results(FIXTURE)
+    return load_reportable_results(FIXTURE)
 
 
 def _png_size(path):

@@ -23,6 +23,7 @@ from hf_fisher.operators import (
     _check_logits,
     centered_class_covariance,
     covariance_factor,
+    dual_eigenvalues,
 )
 
 
@@ -80,11 +81,6 @@ def _directional_derivatives(
             difference = logit_fn(plus).double() - logit_fn(minus).double()
         columns.append((difference / (2 * step)).reshape(num_samples, width, -1))
     return torch.cat(columns, dim=1).transpose(1, 2)
-
-
-def _dual_eigenvalues(factor: Tensor, gram: Tensor) -> Tensor:  # (..., K, K)
-    dual = factor.transpose(-1, -2) @ gram @ factor
-    return torch.linalg.eigvalsh(0.5 * (dual + dual.transpose(-1, -2))).flip(-1).clamp_min(0)
 
 
 BOOTSTRAP_BYTES = 256 * 1024**2
@@ -180,7 +176,7 @@ def sketch_fisher(
             directions = directions * mask.double()[:, :, None]
         derivatives = _directional_derivatives(logit_fn, inputs, directions, step, chunk)
         gram = derivatives @ derivatives.transpose(1, 2)
-        values = _dual_eigenvalues(weight_factor, gram)
+        values = dual_eigenvalues(weight_factor, gram)
         trace = (centered_class_covariance(probs) * gram).sum(dim=(1, 2))
         return SketchEstimate(
             values[:, :top_k],
@@ -202,7 +198,7 @@ def sketch_fisher(
     derivatives = _directional_derivatives(logit_fn, inputs, normals / lengths, step, chunk)
     columns = derivatives * lengths.transpose(1, 2)  # J v for Gaussian v: (N, K, m)
     whitened = weight_factor.transpose(1, 2) @ columns  # B^T J V: (N, K, m)
-    values = _dual_eigenvalues(weight_factor, columns @ columns.transpose(1, 2) / count)
+    values = dual_eigenvalues(weight_factor, columns @ columns.transpose(1, 2) / count)
     column_energy = whitened.pow(2).sum(dim=1) / count  # (N, m)
     trace = column_energy.sum(dim=1)
     resamples = (

@@ -30,12 +30,15 @@ from hf_fisher.report.plots import (
     resolve_plotter,
 )
 from hf_fisher.report.push import push_card
-from hf_fisher.report.results_io import load_results, validate_results
+from hf_fisher.report.results_io import (
+    load_reportable_results,
+    validate_reportable_results,
+)
 
 __all__ = [
     # results
-    "load_results",
-    "validate_results",
+    "load_reportable_results",
+    "validate_reportable_results",
     # model card
     "CardOutputs",
     "merge_card",

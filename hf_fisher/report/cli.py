@@ -13,7 +13,7 @@ from pathlib import Path
 from hf_fisher.report.card import write_card
 from hf_fisher.report.leaderboard import build_leaderboard, make_submission
 from hf_fisher.report.push import push_card
-from hf_fisher.report.results_io import load_results
+from hf_fisher.report.results_io import load_reportable_results
 
 
 def add_card_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -59,7 +59,7 @@ def add_card_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 def run_card(args: argparse.Namespace) -> int:
     """Write the card (and push it when ``--push`` is given)."""
-    results = load_results(args.results)
+    results = load_reportable_results(args.results)
     out = args.out or args.card or Path("README.md")
     outputs = write_card(
         results,
@@ -100,7 +100,7 @@ def add_submit_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 def run_submit(args: argparse.Namespace) -> int:
     """Write one submission JSON."""
     submission = make_submission(
-        load_results(args.results),
+        load_reportable_results(args.results),
         name=args.name,
         link=args.link,
         authors=args.authors,

@@ -68,7 +68,7 @@ def make_submission(
     """Build a leaderboard submission from validated results.
 
     Args:
-        results: Validated results (see :func:`hf_fisher.report.load_results`).
+        results: Validated results (see :func:`hf_fisher.report.load_reportable_results`).
         name: Display name; defaults to the model id.
         link: Paper or model page.
         authors: Authors, as in RobustBench.

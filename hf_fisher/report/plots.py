@@ -224,7 +224,7 @@ def make_plots(
     """Draw every plot the results support and return ``{name: png_path}`` in display order.
 
     Args:
-        results: Validated results (see :func:`hf_fisher.report.load_results`).
+        results: Validated results (see :func:`hf_fisher.report.load_reportable_results`).
         out_dir: Folder for the PNG files; created if missing.
         registry: Section name -> :class:`Companion`, plotter or dotted ``"module:function"``
             name; defaults to :data:`REPORT_REGISTRY`. Sections absent from ``results`` are

@@ -12,7 +12,7 @@ from hf_fisher.results import validate_results as validate_schema
 TASKS = ("image-classification", "text-classification")
 
 
-def validate_results(results: dict[str, Any], source: str = "results") -> dict[str, Any]:
+def validate_reportable_results(results: dict[str, Any], source: str = "results") -> dict[str, Any]:
     """Check a parsed results object against the schema and what reports need; return it.
 
     Reports need at least one sample, a numeric headline median with its CI, and a Hub task.
@@ -45,10 +45,11 @@ def validate_results(results: dict[str, Any], source: str = "results") -> dict[s
     return results
 
 
-def load_results(path: str | Path) -> dict[str, Any]:
+def load_reportable_results(path: str | Path) -> dict[str, Any]:
     """Read a ``results.json`` and check it can be reported on.
 
     Raises:
-        ResultsError: the file is missing, is not JSON, or fails :func:`validate_results`.
+        ResultsError: the file is missing, is not JSON, or fails
+            :func:`validate_reportable_results`.
     """
-    return validate_results(load_valid_results(path), source=str(path))
+    return validate_reportable_results(load_valid_results(path), source=str(path))
