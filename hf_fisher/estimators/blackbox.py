@@ -167,8 +167,7 @@ def sketch_fisher(
     _check_logits(logits, num_samples)
     probs = torch.softmax(logits.double(), dim=1)
     weight_factor = covariance_factor(probs)
-    active = dim if mask is None else int(mask.sum(dim=1).max().item())
-    if 2 * active + 1 <= num_queries:
+    if 2 * dim + 1 <= num_queries:  # every coordinate is queried, masked ones included
         directions = torch.eye(dim, dtype=torch.float64, device=inputs.device).expand(
             num_samples, dim, dim
         )
