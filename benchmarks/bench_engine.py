@@ -26,6 +26,7 @@ from hf_fisher.testing.dense import dense_jacobian
 
 
 def resnet(num_labels: int) -> torch.nn.Module:
+    torch.manual_seed(0)  # the same weights every run, so figures are comparable across runs
     config = ResNetConfig(
         num_channels=3, embedding_size=32, hidden_sizes=[32, 64, 128], depths=[1, 1, 1],
         layer_type="basic", num_labels=num_labels,
@@ -34,6 +35,7 @@ def resnet(num_labels: int) -> torch.nn.Module:
 
 
 def vit(num_labels: int) -> torch.nn.Module:
+    torch.manual_seed(0)
     config = ViTConfig(
         image_size=32, patch_size=4, num_channels=3, hidden_size=96, num_hidden_layers=4,
         num_attention_heads=4, intermediate_size=192, num_labels=num_labels,
