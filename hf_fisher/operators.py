@@ -2,7 +2,15 @@
 
 For a classifier with logits z(x) (K classes) and p = softmax(z), the input-space Fisher is
 
-    F(x) = J^T (diag(p) - p p^T) J,    J = dz/dx  (K x d).
+    F(x) = J^T (diag(p) - p p^T) J,    J = dz/dx  (K x d),
+
+of rank <= K-1 ("categorical" likelihood). A multi-label classifier scores each class with its
+own sigmoid, s = sigmoid(z), and its Fisher is that of a product of K Bernoulli variables,
+
+    F(x) = J^T diag(s (1 - s)) J,
+
+of rank <= K ("bernoulli" likelihood). Every function here takes ``likelihood`` and defaults to
+"categorical".
 
 Every operator here is *batched over samples*: sample i owns its own d x d block F(x_i), and a
 product takes one vector per sample, ``V`` of shape (N, d), to ``F V`` of shape (N, d). Operators
@@ -23,6 +31,7 @@ from torch import Tensor
 from hf_fisher.errors import InputError, NotAClassifierError
 
 LogitFn = Callable[[Tensor], Tensor]
+LIKELIHOODS = ("categorical", "bernoulli")
 
 
 @runtime_checkable
@@ -105,6 +114,28 @@ def apply_class_covariance(probs: Tensor, top_class: Tensor, values: Tensor) -> 
     return probs * (shifted - (probs * shifted).sum(dim=1, keepdim=True))
 
 
+def check_likelihood(likelihood: str) -> None:
+    """Raise InputError unless ``likelihood`` is "categorical" (softmax) or "bernoulli"."""
+    if likelihood not in LIKELIHOODS:
+        raise InputError(
+            f"got likelihood={likelihood!r}; use 'categorical' (softmax, one label per input) "
+            "or 'bernoulli' (independent sigmoids, multi-label)"
+        )
+
+
+def class_probabilities(logits: Tensor, likelihood: str = "categorical") -> Tensor:
+    """Float64 softmax (categorical) or per-class sigmoid (bernoulli) of (N, K) logits."""
+    if likelihood == "bernoulli":
+        return torch.sigmoid(logits.double())
+    return torch.softmax(logits.double(), dim=1)
+
+
+def bernoulli_variances(logits: Tensor) -> Tensor:  # (N, K) -> (N, K) float64
+    """Return ``s (1 - s)`` with s = sigmoid(z), as ``sigmoid(z) sigmoid(-z)`` (no cancellation)."""
+    logits = logits.double()
+    return torch.sigmoid(logits) * torch.sigmoid(-logits)
+
+
 def _check_logits(logits: Tensor, num_samples: int) -> None:
     if logits.ndim != 2 or logits.shape[0] != num_samples or logits.shape[1] < 2:
         raise NotAClassifierError(
@@ -152,6 +183,7 @@ class FisherOperator:
         logit_fn: maps (N, *input_shape) inputs to (N, K) logits; samples must be independent.
         inputs: (N, *input_shape) batch in the input space.
         space_mask: optional (N, *input_shape) 0/1 mask of coordinates that belong to the space.
+        likelihood: "categorical" (softmax) or "bernoulli" (multi-label sigmoids).
 
     >>> weight = torch.randn(3, 5, dtype=torch.float64)
     >>> x = torch.randn(2, 5, dtype=torch.float64)
@@ -164,7 +196,15 @@ class FisherOperator:
 
     """
 
-    def __init__(self, logit_fn: LogitFn, inputs: Tensor, space_mask: Tensor | None = None):
+    def __init__(
+        self,
+        logit_fn: LogitFn,
+        inputs: Tensor,
+        space_mask: Tensor | None = None,
+        likelihood: str = "categorical",
+    ):
+        check_likelihood(likelihood)
+        self.likelihood = likelihood
         self.input_shape = tuple(inputs.shape[1:])
         num_samples = inputs.shape[0]
         self.shape = (num_samples, math.prod(self.input_shape))
@@ -175,8 +215,11 @@ class FisherOperator:
         with torch.enable_grad():
             self.logits = logit_fn(self._inputs)
             _check_logits(self.logits, num_samples)
-            self.probs = torch.softmax(self.logits.detach().double(), dim=1)
+            self.probs = class_probabilities(self.logits.detach(), likelihood)
             self.top_class = self.probs.argmax(dim=1)
+            self._variances = (
+                bernoulli_variances(self.logits.detach()) if likelihood == "bernoulli" else None
+            )
             self._probe = torch.zeros_like(self.logits, requires_grad=True)
             self._transpose_graph = _input_gradient(
                 self.logits, self._inputs, self._probe, create_graph=True
@@ -186,6 +229,11 @@ class FisherOperator:
     def num_classes(self) -> int:
         """K, the number of classes."""
         return self.logits.shape[1]
+
+    @property
+    def rank_bound(self) -> int:
+        """An upper bound on every block's rank: K-1 (categorical) or K (bernoulli)."""
+        return self.num_classes if self.likelihood == "bernoulli" else self.num_classes - 1
 
     def _mask(self, vectors: Tensor) -> Tensor:
         return vectors if self.space_mask is None else vectors * self.space_mask
@@ -203,31 +251,61 @@ class FisherOperator:
         )
         return self._mask(out.detach().reshape(self.shape))
 
+    def class_covariance(self, values: Tensor) -> Tensor:  # (N, K) -> (N, K) float64
+        """Return ``C w`` per sample: ``C = diag(p) - p p^T`` or ``diag(s (1 - s))``."""
+        if self._variances is not None:
+            return self._variances * values.double()
+        return apply_class_covariance(self.probs, self.top_class, values)
+
+    def class_factor(self) -> Tensor:  # (N, K, rank_bound) float64
+        """Return ``B`` with ``B B^T = C`` per sample, in closed form.
+
+        Categorical: the columns are logit-difference cotangents built from
+        :func:`covariance_factor` of the non-top classes (accurate when p_top is near 1).
+        """
+        if self._variances is not None:
+            return torch.diag_embed(self._variances.sqrt())
+        classes = other_classes(self.top_class, self.num_classes)
+        small = covariance_factor(self.probs.gather(1, classes))  # (N, K-1, K-1)
+        factor = small.new_zeros(self.shape[0], self.num_classes, self.num_classes - 1)
+        factor.scatter_(1, classes[:, :, None].expand_as(small), small)
+        factor[torch.arange(self.shape[0], device=factor.device), self.top_class] = -small.sum(1)
+        return factor
+
+    def exact_trace(self) -> Tensor:  # (N,) float64
+        """Return ``tr(F) = ||J^T B||_F^2`` exactly, from ``rank_bound`` backward passes."""
+        factor = self.class_factor()
+        return sum(
+            self.vjp(factor[:, :, column]).double().pow(2).sum(dim=1)
+            for column in range(factor.shape[2])
+        )
+
     def matvec(self, vectors: Tensor) -> Tensor:  # (N, d) -> (N, d)
         """Return ``F_i v_i`` per sample."""
-        weighted = apply_class_covariance(self.probs, self.top_class, self.jvp(vectors))
-        return self.vjp(weighted)
+        return self.vjp(self.class_covariance(self.jvp(vectors)))
 
     def quadratic_form(self, vectors: Tensor) -> Tensor:  # (N, d) -> (N,) float64
         """Return ``v_i^T F_i v_i`` per sample from a single ``J v`` product."""
         jv = self.jvp(vectors).double()
-        return (jv * apply_class_covariance(self.probs, self.top_class, jv)).sum(dim=1)
+        return (jv * self.class_covariance(jv)).sum(dim=1)
 
 
 @dataclass
 class GradientRows:
-    """The K-1 logit-difference gradients per sample, and the class weights that make F.
+    """The gradient rows per sample, and the class weights that make F.
 
-    ``F_i = R_i^T W_i R_i`` with ``R_i`` the rows ``grad_x (z_k - z_top)`` for the K-1 classes
-    k != top and ``W_i = diag(q) - q q^T``, q the probabilities of those classes. This is exact:
-    ``diag(p) - p p^T`` annihilates the ones vector, so subtracting the top row changes nothing.
+    Categorical: ``F_i = R_i^T W_i R_i`` with ``R_i`` the rows ``grad_x (z_k - z_top)`` for the
+    K-1 classes k != top and ``W_i = diag(q) - q q^T``, q the probabilities of those classes.
+    This is exact: ``diag(p) - p p^T`` annihilates the ones vector, so subtracting the top row
+    changes nothing. Bernoulli: the K rows ``grad_x z_k`` and ``W_i = diag(s (1 - s))``.
 
     Attributes:
-        rows: (N, K-1, d) in the input dtype.
-        weights: (N, K-1, K-1) float64.
-        classes: (N, K-1) the class index of each row.
-        probs: (N, K) float64 probabilities; logits: (N, K) detached.
+        rows: (N, K-1, d) (bernoulli: (N, K, d)) in the input dtype.
+        weights: (N, K-1, K-1) (bernoulli: (N, K, K)) float64.
+        classes: (N, K-1) (bernoulli: (N, K)) the class index of each row.
+        probs: (N, K) float64 probabilities (softmax, or sigmoids); logits: (N, K) detached.
         top_class: (N,).
+        likelihood: "categorical" or "bernoulli".
 
     """
 
@@ -237,6 +315,7 @@ class GradientRows:
     probs: Tensor
     logits: Tensor
     top_class: Tensor
+    likelihood: str = "categorical"
 
 
 def other_classes(top_class: Tensor, num_classes: int) -> Tensor:  # (N,) -> (N, K-1)
@@ -247,57 +326,72 @@ def other_classes(top_class: Tensor, num_classes: int) -> Tensor:  # (N,) -> (N,
 
 
 def gradient_rows(
-    logit_fn: LogitFn, inputs: Tensor, space_mask: Tensor | None = None
+    logit_fn: LogitFn,
+    inputs: Tensor,
+    space_mask: Tensor | None = None,
+    likelihood: str = "categorical",
 ) -> GradientRows:
-    """Compute the exact dual factors of F: one forward, then K-1 batched input-gradient passes.
+    """Compute the exact dual factors of F: one forward, then K-1 (bernoulli: K) backward passes.
 
     Args:
         logit_fn: maps (N, *input_shape) to (N, K) logits.
         inputs: (N, *input_shape).
         space_mask: optional (N, *input_shape) 0/1 mask of coordinates in the space.
+        likelihood: "categorical" (softmax) or "bernoulli" (multi-label sigmoids).
 
     Returns:
         The :class:`GradientRows` of the batch.
 
     """
+    check_likelihood(likelihood)
+    bernoulli = likelihood == "bernoulli"
     num_samples = inputs.shape[0]
     leaf = inputs.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = logit_fn(leaf)
         _check_logits(logits, num_samples)
-        probs = torch.softmax(logits.detach().double(), dim=1)
+        probs = class_probabilities(logits.detach(), likelihood)
         top_class = probs.argmax(dim=1)
         num_classes = logits.shape[1]
-        classes = other_classes(top_class, num_classes)
+        if bernoulli:
+            classes = torch.arange(num_classes, device=logits.device).expand(num_samples, -1)
+        else:
+            classes = other_classes(top_class, num_classes)
+        num_rows = classes.shape[1]
         mask = _as_mask(space_mask, inputs)
-        rows = inputs.new_empty(num_samples, num_classes - 1, inputs[0].numel())
+        rows = inputs.new_empty(num_samples, num_rows, inputs[0].numel())
         sample_index = torch.arange(num_samples, device=logits.device)
         selector = torch.zeros_like(logits)
-        selector[sample_index, top_class] = -1.0
-        for step in range(num_classes - 1):
+        if not bernoulli:
+            selector[sample_index, top_class] = -1.0
+        for step in range(num_rows):
             selector[sample_index, classes[:, step]] = 1.0
-            grad = _input_gradient(logits, leaf, selector, retain_graph=step < num_classes - 2)
+            grad = _input_gradient(logits, leaf, selector, retain_graph=step < num_rows - 1)
             selector[sample_index, classes[:, step]] = 0.0
             rows[:, step] = grad.reshape(num_samples, -1)
         if mask is not None:
             rows *= mask[:, None, :]
-    other_probs = probs.gather(1, classes)
+    if bernoulli:
+        weights = torch.diag_embed(bernoulli_variances(logits.detach()))
+    else:
+        weights = centered_class_covariance(probs.gather(1, classes))
     return GradientRows(
         rows=rows,
-        weights=centered_class_covariance(other_probs),
+        weights=weights,
         classes=classes,
         probs=probs,
         logits=logits.detach(),
         top_class=top_class,
+        likelihood=likelihood,
     )
 
 
 @dataclass
 class DualSpectrum:
-    """Eigen-decomposition of F through its (K-1) x (K-1) dual Gram matrix.
+    """Eigen-decomposition of F through its (K-1) x (K-1) (bernoulli: K x K) dual Gram matrix.
 
     Attributes:
-        eigenvalues: (N, K-1) float64, descending.
+        eigenvalues: (N, K-1) (bernoulli: (N, K)) float64, descending.
         trace: (N,) float64, exact.
         class_vectors: (N, K-1, K-1) float64; column j maps to the j-th input-space eigenvector
             by :func:`input_eigenvectors`.
@@ -340,11 +434,15 @@ def dual_eigenvalues(factor: Tensor, gram: Tensor) -> Tensor:  # (..., m, m) -> 
 def dual_spectrum(factors: GradientRows) -> DualSpectrum:
     """Exact nonzero spectrum of ``F = R^T W R`` from the small matrix ``B^T (R R^T) B``.
 
-    ``W = B B^T`` in closed form (:func:`covariance_factor`); the Gram ``R R^T`` is formed in
+    ``W = B B^T`` in closed form (:func:`covariance_factor`, or ``sqrt(W)`` for the diagonal
+    bernoulli weights); the Gram ``R R^T`` is formed in
     the rows' dtype and everything after it in float64.
     """
     gram = (factors.rows @ factors.rows.transpose(1, 2)).double()  # (N, K-1, K-1)
-    factor = covariance_factor(factors.probs.gather(1, factors.classes))
+    if factors.likelihood == "bernoulli":
+        factor = torch.diag_embed(factors.weights.diagonal(dim1=1, dim2=2).sqrt())
+    else:
+        factor = covariance_factor(factors.probs.gather(1, factors.classes))
     dual = factor.transpose(1, 2) @ gram @ factor
     dual = 0.5 * (dual + dual.transpose(1, 2))
     values, vectors = torch.linalg.eigh(dual)

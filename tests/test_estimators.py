@@ -260,3 +260,195 @@ def test_bootstrap_top_eigenvalue_matches_naive_resampling(num_classes, monkeypa
         ]
     )
     torch.testing.assert_close(blackbox._bootstrap_top_eigenvalue(whitened, resamples), naive)
+
+
+# --- convergence flags: what ``converged`` claims, checked against dense eigvalsh --------------
+
+
+def _dense_table(kind: str, count: int = 12, dim: int = 40, seed: int = 0) -> torch.Tensor:
+    """Random symmetric PSD matrices ``Q diag(spectrum) Q^T`` with a named kind of spectrum."""
+    generator = torch.Generator().manual_seed(seed)
+    blocks = []
+    for _ in range(count):
+        basis, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
+        rest = torch.rand(dim, generator=generator, dtype=torch.float64)
+        spectrum = {
+            "flat": 1 + rest,
+            "near-degenerate": torch.cat([torch.tensor([1.0, 0.97]), 0.9 * rest[2:]]),
+            "decaying": 0.8 ** torch.arange(dim, dtype=torch.float64),
+            "rank-1": torch.cat([torch.tensor([2.0]), torch.zeros(dim - 1)]),
+            "rank-5": torch.cat([0.1 + rest[:5], torch.zeros(dim - 5)]),
+        }[kind].double()
+        blocks.append(basis @ torch.diag(spectrum) @ basis.T)
+    return torch.stack(blocks)
+
+
+def _assert_flag_holds(estimate, truth: torch.Tensor, tol: float) -> None:
+    """The residual bounds the distance to the spectrum; converged pairs are within tol.
+
+    ``truth`` holds every sample's eigenvalues, descending (N, d).
+    """
+    count = estimate.eigenvalues.shape[1]
+    theta = estimate.eigenvalues
+    scale = truth[:, :1]
+    nearest = (theta[:, :, None] - truth[:, None, :]).abs().amin(dim=2)
+    assert (nearest <= estimate.residuals + 1e-9 * scale).all()  # |theta - lambda| <= r
+    assert torch.equal(estimate.converged, estimate.residual <= tol)
+    converged = estimate.converged
+    assert (nearest[converged] <= tol * theta[converged] + 1e-9 * scale[converged]).all()
+    assert (theta <= truth[:, :count] + 1e-9 * scale).all()  # Ritz values never overshoot
+
+
+@pytest.mark.parametrize("tol", [1e-2, 1e-3])
+@pytest.mark.parametrize("kind", ["flat", "near-degenerate", "decaying", "rank-1", "rank-5"])
+def test_converged_means_every_pair_is_within_tol_of_an_eigenvalue(kind, tol):
+    matrices = _dense_table(kind)
+    truth = torch.linalg.eigvalsh(matrices).flip(-1)
+    rank = {"rank-1": 1, "rank-5": 5}.get(kind)
+    est = lanczos(matrices, top_k=3, tol=tol, max_iter=40, rank=rank)
+    assert est.converged.any()
+    _assert_flag_holds(est, truth, tol)
+    power = power_iteration(matrices, tol=tol, max_iter=400)
+    assert power.converged.any()
+    _assert_flag_holds(power, truth, tol)
+
+
+def test_lanczos_flag_covers_every_requested_pair():
+    """The old flag looked at the top pair only: pairs 2-3 were off by several tol."""
+    matrices = _dense_table("flat", count=8, dim=120)
+    truth = torch.linalg.eigvalsh(matrices).flip(-1)
+    top_only = lanczos(matrices, top_k=1, tol=1e-3, max_iter=60)
+    est = lanczos(matrices, top_k=3, tol=1e-3, max_iter=top_only.iterations.max().item())
+    relative = est.residuals / est.eigenvalues
+    torch.testing.assert_close(est.residual, relative.amax(dim=1))
+    assert torch.equal(est.converged, (relative <= 1e-3).all(dim=1))
+    assert not est.converged.all()  # the top pair converged first; pairs 2-3 had not
+    _assert_flag_holds(est, truth, 1e-3)
+
+
+@pytest.mark.parametrize("kind", ["flat", "near-degenerate"])
+def test_flags_are_false_when_max_iter_is_too_small(kind):
+    matrices = _dense_table(kind)
+    truth = torch.linalg.eigvalsh(matrices).flip(-1)
+    for est in (
+        lanczos(matrices, top_k=2, tol=1e-6, max_iter=3),
+        power_iteration(matrices, tol=1e-6, max_iter=3),
+    ):
+        assert not est.converged.any() and (est.iterations == 3).all()
+        assert (est.residual > 1e-6).all()
+        relative = (est.eigenvalues[:, 0] - truth[:, 0]).abs() / truth[:, 0]
+        assert (relative > 1e-6).any()
+
+
+def test_power_flag_is_a_residual_bound_not_a_change_heuristic():
+    """lambda_2 / lambda_1 = 0.97: the Rayleigh quotient barely moves long before it is right."""
+    matrices = _dense_table("near-degenerate", count=20)
+    truth = torch.linalg.eigvalsh(matrices).flip(-1)
+    for max_iter in (20, 1000):
+        est = power_iteration(matrices, tol=1e-3, max_iter=max_iter)
+        assert est.residuals.shape == (20, 1)
+        _assert_flag_holds(est, truth, 1e-3)
+
+
+@pytest.mark.parametrize("num_classes", [10, 40])
+def test_flags_on_real_fisher_operators(num_classes):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(30, 32), torch.nn.Tanh(), torch.nn.Linear(32, num_classes)
+    ).double()
+    x = 2 * torch.randn(40, 30, dtype=torch.float64)
+    truth = dense_spectrum(dense_fisher(net, x))[0]
+    for tol in (1e-2, 1e-3):
+        est = lanczos(FisherOperator(net, x), top_k=3, tol=tol, max_iter=num_classes // 2 + 4)
+        assert est.converged.any() and not est.complete.any()
+        _assert_flag_holds(est, truth, tol)
+        _assert_flag_holds(power_iteration(FisherOperator(net, x), tol=tol), truth, tol)
+
+
+def test_lanczos_is_exact_once_the_krylov_space_spans_the_range(cnn_case):
+    """Rank <= K-1 = 4: five products span the range; Ritz values are the whole spectrum."""
+    net, x, _, values, trace = cnn_case
+    op = FisherOperator(net, x)
+    assert op.rank_bound == 4
+    est = lanczos(op, top_k=6, tol=1e-14, max_iter=50)
+    assert est.complete.all() and est.converged.all() and (est.iterations <= 5).all()
+    torch.testing.assert_close(est.eigenvalues, values[:, :6], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(est.ritz_sum, trace, rtol=1e-10, atol=0)
+    partial = lanczos(op, top_k=1, tol=1e-14, max_iter=3, rank=4)
+    assert not partial.complete.any()
+    assert (partial.ritz_sum <= trace * (1 + 1e-12)).all()  # a compression's trace: a lower bound
+
+
+# --- multi-label (bernoulli) Fisher ------------------------------------------------------------
+
+
+def test_dense_bernoulli_fisher_matches_the_linear_closed_form():
+    torch.manual_seed(0)
+    weight = torch.randn(5, 7, dtype=torch.float64)
+    x = torch.randn(3, 7, dtype=torch.float64)
+    s = torch.sigmoid(x @ weight.T)
+    closed = torch.stack([weight.T @ torch.diag(q * (1 - q)) @ weight for q in s])
+    dense = dense_fisher(lambda inp: inp @ weight.T, x, likelihood="bernoulli")
+    torch.testing.assert_close(dense, closed, rtol=1e-12, atol=1e-14)
+
+
+@pytest.fixture(scope="module")
+def bernoulli_case():
+    net = small_cnn(num_classes=4, seed=2)
+    torch.manual_seed(3)
+    x = torch.randn(5, 2, 5, 5, dtype=torch.float64)
+    fisher = dense_fisher(net, x, likelihood="bernoulli")
+    values, trace = dense_spectrum(fisher)
+    return net, x, fisher, values, trace
+
+
+def test_bernoulli_operator_and_dual_match_dense(bernoulli_case):
+    net, x, fisher, values, trace = bernoulli_case
+    op = FisherOperator(net, x, likelihood="bernoulli")
+    assert op.rank_bound == 4
+    v = torch.randn(5, 50, dtype=torch.float64)
+    torch.testing.assert_close(
+        op.matvec(v), torch.einsum("nij,nj->ni", fisher, v), rtol=1e-10, atol=1e-12
+    )
+    torch.testing.assert_close(op.exact_trace(), trace, rtol=1e-10, atol=0)
+    factors = gradient_rows(net, x, likelihood="bernoulli")
+    assert factors.rows.shape == (5, 4, 50)
+    exact = dual_spectrum(factors)
+    torch.testing.assert_close(exact.eigenvalues, values[:, :4], rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(exact.trace, trace, rtol=1e-10, atol=0)
+    vectors = input_eigenvectors(factors, exact, top_k=1)
+    torch.testing.assert_close(
+        torch.einsum("nij,njk->nik", fisher, vectors),
+        vectors * values[:, None, :1],
+        rtol=1e-8,
+        atol=1e-12,
+    )
+    est = lanczos(op, top_k=2, tol=1e-12, max_iter=50)
+    assert est.complete.all() and (est.iterations <= 5).all()
+    torch.testing.assert_close(est.eigenvalues, values[:, :2], rtol=1e-9, atol=1e-12)
+    hutch = class_space_hutchinson(op, num_probes=3000)
+    assert ((hutch.trace - trace) / hutch.standard_error).abs().max() < 4
+    # the softmax Fisher of the same logits is a different matrix
+    softmax = dense_fisher(net, x)
+    assert ((softmax - fisher).norm(dim=(1, 2)) / fisher.norm(dim=(1, 2))).min() > 0.05
+
+
+def test_categorical_products_are_bitwise_the_softmax_formula(cnn_case):
+    from hf_fisher.operators import apply_class_covariance
+
+    net, x, *_ = cnn_case
+    op = FisherOperator(net, x)
+    v = torch.randn(4, 50, dtype=torch.float64)
+    assert torch.equal(
+        op.matvec(v), op.vjp(apply_class_covariance(op.probs, op.top_class, op.jvp(v)))
+    )
+    assert torch.equal(op.probs, torch.softmax(op.logits.detach().double(), dim=1))
+    default, explicit = gradient_rows(net, x), gradient_rows(net, x, likelihood="categorical")
+    assert torch.equal(default.rows, explicit.rows) and torch.equal(
+        default.weights, explicit.weights
+    )
+
+
+def test_unknown_likelihood_is_refused():
+    with pytest.raises(InputError, match="likelihood='poisson'.*'categorical'.*'bernoulli'"):
+        FisherOperator(lambda inp: inp @ torch.ones(3, 2), torch.randn(2, 3), likelihood="poisson")

@@ -134,16 +134,20 @@ def class_space_hutchinson(
     With ``s = sqrt(p)`` and ``z ~ N(0, I_K)``, ``u = s * z - p (s . z)`` has covariance
     ``diag(p) - p p^T`` exactly, so ``E ||J^T u||^2 = tr(J^T (diag(p) - pp^T) J) = tr(F)``. It
     costs one vector-Jacobian product per probe (no double backward) and its variance is
-    governed by the K class directions rather than the d input directions.
+    governed by the K class directions rather than the d input directions. For a multi-label
+    (bernoulli) operator ``u = sqrt(s (1 - s)) * z`` has covariance ``diag(s (1 - s))``.
     """
     streams = default_streams(seed, operator.shape[0], "probe", sample_ids)
     normals = streams.normal(
         (num_probes, operator.num_classes), dtype=torch.float64, device=operator.device
     )
-    sqrt_probs = operator.probs.sqrt()[:, None, :]
-    probes = sqrt_probs * normals - operator.probs[:, None, :] * (sqrt_probs * normals).sum(
-        dim=2, keepdim=True
-    )  # (N, m, K)
+    if operator.likelihood == "bernoulli":
+        probes = operator.class_factor().diagonal(dim1=1, dim2=2)[:, None, :] * normals
+    else:
+        sqrt_probs = operator.probs.sqrt()[:, None, :]
+        probes = sqrt_probs * normals - operator.probs[:, None, :] * (sqrt_probs * normals).sum(
+            dim=2, keepdim=True
+        )  # (N, m, K)
     norms = torch.stack(
         [operator.vjp(probes[:, j]).double().pow(2).sum(dim=1) for j in range(num_probes)], dim=1
     )

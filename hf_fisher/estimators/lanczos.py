@@ -10,17 +10,36 @@ from torch import Tensor
 from hf_fisher._random import SampleStreams, default_streams
 from hf_fisher.operators import BatchedOperator, as_operator
 
+BREAKDOWN_RTOL = 1e-10
+
 
 @dataclass
 class EigenEstimate:
-    """Top eigenvalues per sample from an iterative method.
+    """Top eigenvalues per sample from an iterative method, with what ``converged`` guarantees.
+
+    For a symmetric operator F, a unit vector y and ``theta = y^T F y``, the residual
+    ``r = ||F y - theta y||`` bounds the distance from theta to the spectrum: some eigenvalue
+    lambda of F has ``|theta - lambda| <= r``. ``converged`` is True exactly when every requested
+    pair has ``r_j <= tol * theta_j`` (so its relative error is at most ``tol``), or when the
+    values are exact up to rounding (see :func:`lanczos`). Ritz values never exceed the
+    eigenvalue of the same rank (``theta_j <= lambda_j``, Cauchy interlacing), so the eigenvalue
+    within ``r_j`` is lambda_j unless the random start vector is (nearly) orthogonal to an
+    eigenvector above it, an event of probability about ``tol`` for a Gaussian start; a
+    single start vector also sees one copy of a repeated eigenvalue only.
 
     Attributes:
-        eigenvalues: (N, top_k) float64, descending.
-        converged: (N,) bool; True when the residual bound met ``tol`` or the Krylov space was
-            exhausted (then the values are exact up to rounding).
+        eigenvalues: (N, top_k) float64, descending (zero past the Krylov space when it holds the
+            whole range, else zero-padded and not converged).
+        converged: (N,) bool, ``residual <= tol``.
         iterations: (N,) number of operator products each sample needed.
-        residual: (N,) relative residual bound ``|beta_m s_m| / theta`` of the top Ritz pair.
+        residual: (N,) float64 ``max_j r_j / theta_j`` over the requested pairs (0 where the
+            values are exact, inf where a requested pair was never formed).
+        residuals: (N, top_k) float64 residual norms ``r_j = ||F y_j - theta_j y_j||``.
+        ritz_sum: (N,) float64 sum of all (non-negative) Ritz values: a lower bound on trace(F)
+            for PSD F (the trace of a compression ``Q^T F Q`` is at most the trace), and equal
+            to it where ``complete``.
+        complete: (N,) bool; the Krylov space holds the operator's whole range, so the Ritz
+            values are all its nonzero eigenvalues and ``ritz_sum`` is its trace.
         eigenvectors: (N, d, top_k) float64 unit Ritz vectors, when requested.
 
     """
@@ -29,6 +48,9 @@ class EigenEstimate:
     converged: Tensor
     iterations: Tensor
     residual: Tensor
+    residuals: Tensor
+    ritz_sum: Tensor
+    complete: Tensor
     eigenvectors: Tensor | None = None
 
 
@@ -48,21 +70,32 @@ def lanczos(
     seed: int = 0,
     sample_ids: list[int] | None = None,
     return_eigenvectors: bool = False,
+    rank: int | None = None,
 ) -> EigenEstimate:
     """Top-k eigenvalues of every block by Lanczos with full reorthogonalisation.
 
-    Each sample stops (its estimate is frozen) as soon as the residual bound of its top Ritz
-    pair satisfies ``|beta_m s_m| <= tol * theta``, or when its Krylov space is exhausted (an
-    input Fisher has rank <= K-1, so this happens after at most K-1 products).
+    After m products the Ritz pair ``(theta_j, y_j = Q s_j)`` has the residual norm
+    ``r_j = ||F y_j - theta_j y_j|| = |beta_m s_{m,j}|`` (Paige 1971), free to compute. A sample
+    stops (its estimate is frozen) as soon as every requested pair has ``r_j <= tol * theta_j``,
+    which bounds each relative eigenvalue error by ``tol`` (see :class:`EigenEstimate`). It
+    also stops, with exact values, when
+
+    - the Krylov space holds the whole range: m >= rank + 1 products (every product lies in
+      the range, so m - 1 of the m basis vectors span a rank-dimensional range), or m = d;
+    - the Krylov space becomes invariant (``beta_m <= 1e-10 theta_1``): the Ritz values it
+      holds are eigenvalues, but requested pairs past its dimension stay unconverged (a single
+      start vector cannot see repeated eigenvalues), unless the space is also complete.
 
     Args:
         operator: a :class:`~hf_fisher.operators.BatchedOperator` or dense (N, d, d) tensor.
         top_k: how many eigenvalues to return.
         max_iter: maximum number of products per sample.
-        tol: relative residual tolerance.
+        tol: relative tolerance on every requested eigenvalue.
         seed: seed of the per-sample start vectors.
         sample_ids: stable ids for the per-sample random streams (default ``0..N-1``).
         return_eigenvectors: also return the Ritz vectors.
+        rank: an upper bound on every block's rank (an input Fisher: K-1, or K for a
+            multi-label one); default the operator's ``rank_bound`` attribute, if any.
 
     Returns:
         An :class:`EigenEstimate`.
@@ -75,17 +108,23 @@ def lanczos(
     """
     op = as_operator(operator)
     num_samples, dim = op.shape
+    rank = getattr(op, "rank_bound", None) if rank is None else rank
+    limit = min(max_iter, dim) if rank is None else min(max_iter, dim, rank + 1)
     streams = default_streams(seed, num_samples, "start", sample_ids)
     basis = [_start_vectors(op, streams)]
     alphas: list[Tensor] = []
     betas: list[Tensor] = []
-    done = torch.zeros(num_samples, dtype=torch.bool, device=op.device)
-    values = torch.zeros(num_samples, top_k, dtype=torch.float64, device=op.device)
+    device = op.device
+    done = torch.zeros(num_samples, dtype=torch.bool, device=device)
+    values = torch.zeros(num_samples, top_k, dtype=torch.float64, device=device)
+    residuals = torch.full_like(values, float("inf"))
+    residual = torch.full((num_samples,), float("inf"), dtype=torch.float64, device=device)
+    ritz_sum = torch.zeros(num_samples, dtype=torch.float64, device=device)
+    complete = torch.zeros(num_samples, dtype=torch.bool, device=device)
     ritz_coefficients: list[Tensor | None] = [None] * num_samples
-    iterations = torch.zeros(num_samples, dtype=torch.long, device=op.device)
-    residual = torch.full((num_samples,), float("inf"), dtype=torch.float64, device=op.device)
-    tiny = torch.finfo(torch.float64).eps
-    for step in range(min(max_iter, dim)):
+    iterations = torch.zeros(num_samples, dtype=torch.long, device=device)
+    tiny = torch.finfo(torch.float64).tiny
+    for step in range(limit):
         current = basis[-1]
         product = op.matvec(current.to(op.dtype)).double()
         alpha = (product * current).sum(dim=1)
@@ -103,33 +142,50 @@ def lanczos(
             tridiagonal = tridiagonal + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
         theta, coefficients = torch.linalg.eigh(tridiagonal)
         theta, coefficients = theta.flip(-1), coefficients.flip(-1)
-        scale = theta[:, :1].abs().clamp_min(tiny)
-        bound = beta * coefficients[:, -1, 0].abs() / scale[:, 0]
-        exhausted = beta <= 1e-10 * scale[:, 0]
-        newly_done = ~done & ((bound <= tol) | exhausted | (step == min(max_iter, dim) - 1))
+        count = min(top_k, size)
+        pair_residuals = beta[:, None] * coefficients[:, -1, :count].abs()  # (N, count)
+        relative = pair_residuals / theta[:, :count].clamp_min(tiny)
+        relative = torch.where(theta[:, :count] > 0, relative, torch.inf).amax(dim=1)
+        spans_range = (rank is not None and size >= rank + 1) or size == dim
+        invariant = beta <= BREAKDOWN_RTOL * theta[:, 0].abs().clamp_min(tiny)
+        exact = torch.full_like(invariant, spans_range) | (invariant & (count == top_k))
+        if count < top_k and not spans_range:
+            relative = torch.full_like(relative, float("inf"))
+        relative = torch.where(exact, torch.zeros_like(relative), relative)
+        newly_done = ~done & ((relative <= tol) | invariant | (step == limit - 1))
         if newly_done.any():
-            count = min(top_k, size)
             values[newly_done, :count] = theta[newly_done, :count].clamp_min(0)
+            residuals[newly_done, :count] = pair_residuals[newly_done]
+            if spans_range:
+                residuals[newly_done, count:] = 0.0
+            residual[newly_done] = relative[newly_done]
+            ritz_sum[newly_done] = theta[newly_done].clamp_min(0).sum(dim=1)
+            complete[newly_done] = spans_range
             iterations[newly_done] = size
-            residual[newly_done] = torch.where(exhausted, torch.zeros_like(bound), bound)[
-                newly_done
-            ]
             if return_eigenvectors:
                 for index in newly_done.nonzero().flatten().tolist():
                     ritz_coefficients[index] = coefficients[index, :, :count].clone()
             done |= newly_done
         if done.all():
             break
-        safe_beta = torch.where(exhausted, torch.ones_like(beta), beta)
+        safe_beta = torch.where(invariant, torch.ones_like(beta), beta)
         following = product / safe_beta[:, None]
-        following[exhausted] = 0.0
+        following[invariant] = 0.0
         basis.append(following)
-    converged = residual <= tol
     eigenvectors = None
     if return_eigenvectors:
-        eigenvectors = torch.zeros(num_samples, dim, top_k, dtype=torch.float64, device=op.device)
+        eigenvectors = torch.zeros(num_samples, dim, top_k, dtype=torch.float64, device=device)
         stacked = torch.stack(basis, dim=1)
         for index, coefficients in enumerate(ritz_coefficients):
             size, count = coefficients.shape
             eigenvectors[index, :, :count] = stacked[index, :size].T @ coefficients
-    return EigenEstimate(values, converged, iterations, residual, eigenvectors)
+    return EigenEstimate(
+        eigenvalues=values,
+        converged=residual <= tol,
+        iterations=iterations,
+        residual=residual,
+        residuals=residuals,
+        ritz_sum=ritz_sum,
+        complete=complete,
+        eigenvectors=eigenvectors,
+    )

@@ -19,9 +19,13 @@ def power_iteration(
 ) -> EigenEstimate:
     """Largest eigenvalue of every block by power iteration, stopping each sample at ``tol``.
 
-    A sample converges when its Rayleigh quotient changes by at most ``tol`` relative between
-    iterations. Power iteration needs ~log(1/tol) / log(lambda_1 / lambda_2) products and never
-    converges when the top two eigenvalues are (nearly) equal: prefer :func:`lanczos`.
+    Each product ``F v`` of a unit vector v gives the Rayleigh quotient ``rho = v^T F v`` and the
+    residual ``r = ||F v - rho v||`` at no extra cost. A sample converges when
+    ``r <= tol * rho``: then some eigenvalue lies within ``tol * rho`` of rho, and since
+    ``rho <= lambda_max`` that eigenvalue is lambda_max unless the random start is (nearly)
+    orthogonal to the top eigenvector (see :class:`~hf_fisher.estimators.lanczos.EigenEstimate`).
+    Power iteration needs ~log(1/tol) / log(lambda_1 / lambda_2) products and never converges
+    when the top two eigenvalues are (nearly) equal: prefer :func:`lanczos`.
 
     >>> a = torch.diag(torch.tensor([4.0, 1.0, 0.5], dtype=torch.float64))
     >>> round(power_iteration(a, tol=1e-12, max_iter=200).eigenvalues.item(), 6)
@@ -31,7 +35,8 @@ def power_iteration(
     num_samples = op.shape[0]
     vectors = _start_vectors(op, default_streams(seed, num_samples, "start", sample_ids))
     estimate = torch.zeros(num_samples, dtype=torch.float64, device=op.device)
-    change = torch.full_like(estimate, float("inf"))
+    residual = torch.full_like(estimate, float("inf"))
+    relative = torch.full_like(estimate, float("inf"))
     done = torch.zeros(num_samples, dtype=torch.bool, device=op.device)
     iterations = torch.zeros(num_samples, dtype=torch.long, device=op.device)
     tiny = torch.finfo(torch.float64).tiny
@@ -40,15 +45,25 @@ def power_iteration(
         rayleigh = (product * vectors).sum(dim=1)
         norm = product.norm(dim=1)
         active = ~done
-        change = torch.where(
-            active, (rayleigh - estimate).abs() / rayleigh.abs().clamp_min(tiny), change
+        step_residual = (product - rayleigh[:, None] * vectors).norm(dim=1)
+        step_relative = torch.where(
+            norm <= tiny, torch.zeros_like(norm), step_residual / rayleigh.clamp_min(tiny)
         )
+        residual = torch.where(active, step_residual, residual)
+        relative = torch.where(active, step_relative, relative)
         estimate = torch.where(active, rayleigh, estimate)
         iterations = torch.where(active, torch.full_like(iterations, step + 1), iterations)
-        done |= (change <= tol) | (norm <= tiny)
+        done |= relative <= tol
         if done.all():
             break
-        vectors = torch.where(
-            (active & (norm > tiny))[:, None], product / norm.clamp_min(tiny)[:, None], vectors
-        )
-    return EigenEstimate(estimate.clamp_min(0)[:, None], change <= tol, iterations, change, None)
+        vectors = torch.where(active[:, None], product / norm.clamp_min(tiny)[:, None], vectors)
+    estimate = estimate.clamp_min(0)
+    return EigenEstimate(
+        eigenvalues=estimate[:, None],
+        converged=relative <= tol,
+        iterations=iterations,
+        residual=relative,
+        residuals=residual[:, None],
+        ritz_sum=estimate,
+        complete=torch.zeros_like(done),
+    )

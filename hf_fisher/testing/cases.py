@@ -32,7 +32,10 @@ def dense_truth(classifier: Classifier, raw_inputs: Any) -> tuple[torch.Tensor, 
     blocks = []
     for index in range(len(batch)):
         one = batch.select([index])
-        blocks.append(dense_fisher(classifier.logit_fn(one), one.inputs, one.space_mask))
+        fisher = dense_fisher(
+            classifier.logit_fn(one), one.inputs, one.space_mask, classifier.likelihood
+        )
+        blocks.append(fisher)
     return dense_spectrum(torch.cat(blocks))
 
 

@@ -17,16 +17,28 @@ def dense_jacobian(logit_fn: LogitFn, inputs: Tensor) -> Tensor:  # (N, *shape) 
     return torch.stack(rows)
 
 
-def dense_fisher(logit_fn: LogitFn, inputs: Tensor, space_mask: Tensor | None = None) -> Tensor:
-    """Return ``F_i = J_i^T (diag(p_i) - p_i p_i^T) J_i`` as an (N, d, d) float64 tensor.
+def dense_fisher(
+    logit_fn: LogitFn,
+    inputs: Tensor,
+    space_mask: Tensor | None = None,
+    likelihood: str = "categorical",
+) -> Tensor:
+    """Return the (N, d, d) float64 input Fisher ``F_i = J_i^T C_i J_i`` from dense Jacobians.
 
+    ``C_i = diag(p_i) - p_i p_i^T`` with p the softmax ("categorical"), or
+    ``C_i = diag(s_i (1 - s_i))`` with s the per-class sigmoid ("bernoulli", multi-label).
     ``space_mask`` (broadcastable to the inputs) restricts F to the masked coordinates,
     ``F <- M F M`` with ``M = diag(mask)``.
     """
     jacobian = dense_jacobian(logit_fn, inputs).double()
     with torch.no_grad():
-        probs = torch.softmax(logit_fn(inputs).double(), dim=1)
-    covariance = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
+        logits = logit_fn(inputs).double()
+    if likelihood == "bernoulli":
+        sigmoids = 1 / (1 + torch.exp(-logits))
+        covariance = torch.diag_embed(sigmoids * (1 - sigmoids))
+    else:
+        probs = torch.softmax(logits, dim=1)
+        covariance = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]
     fisher = jacobian.transpose(1, 2) @ covariance @ jacobian
     if space_mask is not None:
         mask = space_mask.expand_as(inputs).reshape(inputs.shape[0], -1).double()
