@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from hf_fisher.errors import InputError, ModelLoadError, NotAClassifierError
+from hf_fisher.operators import LIKELIHOODS
 
 IMAGE_SPACES = ("pixels", "normalized")
 TEXT_SPACES = ("embeddings",)
@@ -187,6 +188,9 @@ class Classifier:
         id2label: class index -> name.
         source: provenance: ``id``, ``revision``, ``commit_hash``, ``architecture``, ``task``.
         device, dtype: where and in which precision inputs and the model live.
+        likelihood: how the logits score labels, which fixes the Fisher: "categorical" (a
+            softmax over K exclusive classes) or "bernoulli" (multi-label: an independent
+            sigmoid per class, as Hugging Face's ``problem_type="multi_label_classification"``).
     """
 
     modality: str = ""
@@ -201,8 +205,10 @@ class Classifier:
         source: dict,
         device: torch.device,
         dtype: torch.dtype,
+        likelihood: str = "categorical",
     ) -> None:
         self.model = model
+        self.likelihood = likelihood
         self.input_space = input_space
         self.input_shape = input_shape
         self.id2label = id2label
@@ -622,6 +628,7 @@ def load_classifier(
     revision: str | None = None,
     trust_remote_code: bool = False,
     input_shape: tuple[int, ...] | None = None,
+    likelihood: str | None = None,
 ) -> Classifier:
     """Wrap a Hub id, local directory, ``nn.Module`` or :class:`Classifier` as a Classifier.
 
@@ -643,6 +650,10 @@ def load_classifier(
         trust_remote_code: allow custom modelling code from the Hub (only if you trust it).
         input_shape: per-sample shape for a plain module (otherwise inferred from the first
             batch).
+        likelihood: "categorical" (softmax classes) or "bernoulli" (multi-label sigmoids).
+            Default: "bernoulli" when the model's config has
+            ``problem_type="multi_label_classification"``, else "categorical". Given for a
+            Classifier, it is set on that Classifier in place.
 
     Returns:
         A :class:`Classifier` (an image, text or module classifier).
@@ -650,7 +661,8 @@ def load_classifier(
     Raises:
         ModelLoadError: the id or directory cannot be loaded, a bad ``input_space``, or a
             non-deterministic forward pass.
-        NotAClassifierError: the model has no classification head or returns no (N, K) logits.
+        NotAClassifierError: the model has no classification head or returns no (N, K) logits,
+            or its config declares ``problem_type="regression"``.
 
     >>> classifier = load_classifier(torch.nn.Linear(4, 3), input_shape=(4,))
     >>> classifier.modality, classifier.input_space, classifier.num_classes
@@ -660,18 +672,30 @@ def load_classifier(
     """
     if dtype is not None and not dtype.is_floating_point:
         raise ModelLoadError(f"got dtype={dtype}; pass a floating dtype such as torch.float32")
+    if likelihood is not None and likelihood not in LIKELIHOODS:
+        raise ModelLoadError(
+            f"got likelihood={likelihood!r}; use 'categorical' (softmax, one label per input) or "
+            "'bernoulli' (independent sigmoids, multi-label)"
+        )
     if isinstance(model, Classifier):
+        if likelihood is not None:
+            model.likelihood = likelihood
         if device is None and dtype is None:
             return model
         return model.to(device, dtype)
     if isinstance(model, nn.Module):
-        return _wrap_module(model, input_space, device, dtype, input_shape)
-    if isinstance(model, (str, Path)):
-        return _load_pretrained(str(model), input_space, device, dtype, revision, trust_remote_code)
-    raise ModelLoadError(
-        f"got a model of type {type(model).__name__}; pass a Hub id, a directory saved with "
-        "save_pretrained, an nn.Module that returns logits, or a Classifier"
-    )
+        classifier = _wrap_module(model, input_space, device, dtype, input_shape)
+    elif isinstance(model, (str, Path)):
+        classifier = _load_pretrained(
+            str(model), input_space, device, dtype, revision, trust_remote_code
+        )
+    else:
+        raise ModelLoadError(
+            f"got a model of type {type(model).__name__}; pass a Hub id, a directory saved with "
+            "save_pretrained, an nn.Module that returns logits, or a Classifier"
+        )
+    classifier.likelihood = likelihood or _likelihood_of(getattr(classifier.model, "config", None))
+    return classifier
 
 
 def _check_space(input_space: str | None, allowed: tuple[str, ...], what: str) -> str:
@@ -723,6 +747,12 @@ def _wrap_module(
     return classifier
 
 
+def _likelihood_of(config: Any) -> str:
+    """Return "bernoulli" for a multi-label config (``problem_type``), else "categorical"."""
+    problem_type = getattr(config, "problem_type", None)
+    return "bernoulli" if problem_type == "multi_label_classification" else "categorical"
+
+
 def _task_of(config: Any, name: str) -> str:
     """Return "image-classification" or "text-classification" from the checkpoint's config."""
     from transformers.models.auto.modeling_auto import (
@@ -730,6 +760,12 @@ def _task_of(config: Any, name: str) -> str:
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
+    if getattr(config, "problem_type", None) == "regression":
+        raise NotAClassifierError(
+            f"{name!r} is a regression model (problem_type 'regression'): its outputs are not "
+            "class scores, so it has no Fisher information over labels; hf-fisher needs a "
+            "single- or multi-label classifier"
+        )
     architectures = getattr(config, "architectures", None) or []
     for architecture in architectures:
         if "ForImageClassification" in architecture:

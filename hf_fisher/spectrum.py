@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
@@ -11,10 +12,22 @@ from torch import Tensor
 from hf_fisher.adapters import Classifier, PreparedBatch
 from hf_fisher.errors import InputError
 from hf_fisher.estimators.blackbox import rayleigh_max, sketch_fisher
-from hf_fisher.estimators.hutchinson import class_space_hutchinson, hutchinson, hutchpp
-from hf_fisher.estimators.lanczos import lanczos
+from hf_fisher.estimators.hutchinson import (
+    TraceEstimate,
+    class_space_hutchinson,
+    hutchinson,
+    hutchpp,
+)
+from hf_fisher.estimators.lanczos import EigenEstimate, lanczos
 from hf_fisher.estimators.power import power_iteration
-from hf_fisher.operators import FisherOperator, LogitFn, dual_spectrum, gradient_rows
+from hf_fisher.operators import (
+    FisherOperator,
+    LogitFn,
+    check_likelihood,
+    class_probabilities,
+    dual_spectrum,
+    gradient_rows,
+)
 
 WHITE_BOX_METHODS = ("exact", "lanczos", "power", "hutchinson", "hutchpp")
 BLACK_BOX_METHODS = ("sketch", "rayleigh-max")
@@ -22,6 +35,7 @@ METHODS = ("auto", *WHITE_BOX_METHODS, *BLACK_BOX_METHODS)
 
 EXACT_MAX_CLASSES = 64
 EXACT_MAX_ROW_BYTES = 2 * 1024**3
+COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
 @dataclass
@@ -30,17 +44,21 @@ class FisherSpectrum:
 
     Attributes:
         spectral_norm: (N,) float64, lambda_max(F).
-        trace: (N,) float64, trace(F).
+        trace: (N,) float64, trace(F); ``trace >= spectral_norm`` for every white-box method.
         eigenvalues: (N, top_k) float64, descending (zero-padded past the rank K-1).
         logits: (N, K) float64 logits at the clean inputs.
         method: the method actually used.
-        converged: (N,) bool for iterative methods, else None.
+        converged: (N,) bool for iterative methods, else None. True means every reported
+            eigenvalue is within ``tol`` (relative) of an eigenvalue of F, by residual norms
+            (see :class:`~hf_fisher.estimators.lanczos.EigenEstimate`).
         iterations: (N,) products per sample for iterative methods, else None.
         trace_standard_error: (N,) for stochastic trace estimates (0 where exact), else None.
         spectral_norm_ci: (N, 2) interval for black-box sketches, else None.
         trace_ci: (N, 2) interval for black-box sketches, else None.
         num_queries: forward queries per sample (black-box only), else None.
         settings: the estimator knobs used (for provenance).
+        likelihood: "categorical" (softmax) or "bernoulli" (multi-label sigmoids): which Fisher
+            was measured and how :attr:`probabilities` are formed.
     """
 
     spectral_norm: Tensor
@@ -55,18 +73,27 @@ class FisherSpectrum:
     trace_ci: Tensor | None = None
     num_queries: int | None = None
     settings: dict = field(default_factory=dict)
+    likelihood: str = "categorical"
 
     def __len__(self) -> int:
         return self.spectral_norm.shape[0]
 
     @property
     def probabilities(self) -> Tensor:  # (N, K) float64
-        """Softmax of the clean logits."""
-        return torch.softmax(self.logits, dim=1)
+        """Class probabilities at the clean inputs.
+
+        The softmax of the logits; for a multi-label (bernoulli) model, each class's own
+        sigmoid (they need not sum to 1).
+        """
+        return class_probabilities(self.logits, self.likelihood)
 
     @property
     def predicted(self) -> Tensor:  # (N,)
-        """The predicted class of each sample."""
+        """The predicted class of each sample: the largest logit.
+
+        For a multi-label model this is the most probable label, and its probability is the
+        sigmoid of that logit.
+        """
         return self.logits.argmax(dim=1)
 
     @staticmethod
@@ -84,6 +111,25 @@ class FisherSpectrum:
         return FisherSpectrum(**joined)
 
 
+def check_compute_dtype(dtype: torch.dtype, what: str) -> None:
+    """Refuse half precision: it loses the small class probabilities that weight the Fisher."""
+    if dtype not in COMPUTE_DTYPES:
+        raise InputError(
+            f"{what} is {dtype}; Fisher spectra need float32 (default) or float64: half "
+            "precision loses the small class probabilities of the Fisher (1-35% errors). Pass "
+            "dtype=torch.float32 or dtype=torch.float64"
+        )
+
+
+def _check_black_box_likelihood(likelihood: str, method: str, black_box: bool) -> None:
+    if likelihood == "bernoulli" and (black_box or method in BLACK_BOX_METHODS):
+        raise InputError(
+            "black-box estimates (sketch, rayleigh-max) support only softmax classifiers, and "
+            "this model is multi-label (bernoulli likelihood); use a white-box method "
+            "(black_box=False, method 'auto', 'exact' or 'lanczos')"
+        )
+
+
 def resolve_method(
     method: str,
     black_box: bool,
@@ -91,11 +137,13 @@ def resolve_method(
     dim: int,
     batch: int,
     itemsize: int = 4,
+    likelihood: str = "categorical",
 ) -> str:
     """Turn ``method`` (maybe "auto") into a concrete one, checking it fits ``black_box``.
 
-    ``auto`` picks ``exact`` (K-1 backward passes) for K <= 64 when the (N, K-1, d) gradient
-    rows fit in 2 GiB, ``lanczos`` otherwise; black-box ``auto`` is ``sketch``.
+    ``auto`` picks ``exact`` (K-1 backward passes, K for multi-label) for K <= 64 when the
+    (batch, K-1 or K, dim) gradient rows fit in 2 GiB, ``lanczos`` otherwise; black-box
+    ``auto`` is ``sketch``.
     """
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -112,10 +160,77 @@ def resolve_method(
         return method
     if num_classes is None:
         raise InputError("method='auto' needs num_classes")
-    row_bytes = batch * (num_classes - 1) * dim * itemsize
+    num_rows = num_classes if likelihood == "bernoulli" else num_classes - 1
+    row_bytes = batch * num_rows * dim * itemsize
     if num_classes <= EXACT_MAX_CLASSES and row_bytes <= EXACT_MAX_ROW_BYTES:
         return "exact"
     return "lanczos"
+
+
+def _max_input_dim(classifier: Classifier) -> int:
+    """Per-sample input size: from ``input_shape``, or the longest text the model takes."""
+    if classifier.input_shape is not None:
+        return math.prod(classifier.input_shape)
+    if classifier.modality == "text":
+        limits = [
+            getattr(classifier.tokenizer, "model_max_length", None),
+            getattr(getattr(classifier.model, "config", None), "max_position_embeddings", None),
+        ]
+        lengths = [limit for limit in limits if isinstance(limit, int) and 0 < limit < 10**6]
+        if lengths:
+            return min(lengths) * classifier.embeddings.embedding_dim
+    raise InputError(
+        f"cannot tell the per-sample input size of {classifier!r} to choose method='auto' for "
+        "the whole run; pass input_dim= (the number of input coordinates of one sample) or a "
+        "concrete method"
+    )
+
+
+def resolve_run_method(
+    classifier: Classifier,
+    method: str,
+    black_box: bool,
+    batch_size: int,
+    input_dim: int | None = None,
+) -> str:
+    """Resolve ``method`` once for a whole run, so every batch uses the same estimator.
+
+    ``auto`` is decided from the configured ``batch_size`` and the largest per-sample input
+    (``input_dim``; default the classifier's input shape, or for text the model's maximum
+    length times its hidden size), never from the size of one chunk: a short last batch or a
+    short text batch cannot switch a run from Lanczos to exact.
+
+    Args:
+        classifier: the loaded classifier (its ``num_classes``, ``dtype`` and ``likelihood``).
+        method: a method name or "auto".
+        black_box: forward queries only.
+        batch_size: samples per batch, as configured.
+        input_dim: input coordinates per sample, if known.
+
+    Returns:
+        A concrete method name.
+
+    Raises:
+        InputError: an unknown method, a gradient method with ``black_box``, a black-box
+            method for a multi-label model, half precision, or a bad ``batch_size``.
+
+    """
+    check_compute_dtype(classifier.dtype, "the classifier's dtype")
+    if batch_size < 1:
+        raise InputError(f"got batch_size={batch_size}; pass a positive batch size")
+    _check_black_box_likelihood(classifier.likelihood, method, black_box)
+    if method != "auto" or black_box:
+        return resolve_method(method, black_box, None, 0, batch_size)
+    dim = _max_input_dim(classifier) if input_dim is None else input_dim
+    return resolve_method(
+        method,
+        black_box,
+        classifier.num_classes,
+        dim,
+        batch_size,
+        classifier.dtype.itemsize,
+        likelihood=classifier.likelihood,
+    )
 
 
 def _pad(values: Tensor, top_k: int) -> Tensor:  # (N, m) -> (N, top_k)
@@ -139,8 +254,17 @@ def spectrum_of_batch(
     seed: int = 0,
     sample_ids: Sequence[int] | None = None,
     num_classes: int | None = None,
+    likelihood: str = "categorical",
 ) -> FisherSpectrum:
     """Fisher spectrum of one batch given a plain ``logit_fn`` (no Hugging Face involved).
+
+    Traces of the Lanczos and power methods are exact (standard error 0) when the exact dual
+    is no dearer than the probes (``K - 1 <= num_probes``, K for multi-label: that many backward
+    passes against ``num_probes``) or when Lanczos's Krylov space spans the Fisher's whole range
+    (then the trace is the sum of the Ritz values); otherwise class-space Hutchinson estimates
+    it. A stochastic trace is raised to the sum of the Ritz values found when it falls below
+    it: that sum is a lower bound on trace(F), so the raise only shrinks the error, and every
+    white-box record has ``trace >= spectral_norm``.
 
     Args:
         logit_fn: maps (N, *shape) inputs to (N, K) logits; samples must be independent.
@@ -150,13 +274,14 @@ def spectrum_of_batch(
         black_box: forward queries only.
         top_k: eigenvalues to report.
         max_iter: products per sample for lanczos (default 100) and power (default 100).
-        tol: relative tolerance of the iterative methods.
+        tol: relative tolerance of the iterative methods on every reported eigenvalue.
         num_queries: black-box queries per sample (default 201).
         num_probes: probes of the stochastic trace estimators.
         seed: seed of every random draw; draws are per sample (see ``sample_ids``).
         sample_ids: stable ids of the samples (default ``0..N-1``), so results do not depend
             on batching or sharding.
         num_classes: K, if known (saves a forward pass when ``method="auto"``).
+        likelihood: "categorical" (softmax) or "bernoulli" (multi-label sigmoids).
 
     Returns:
         A :class:`FisherSpectrum`.
@@ -164,13 +289,18 @@ def spectrum_of_batch(
     for name, value in (("top_k", top_k), ("num_probes", num_probes), ("max_iter", max_iter)):
         if value is not None and value < 1:
             raise InputError(f"got {name}={value}; pass a positive integer")
+    check_compute_dtype(inputs.dtype, "the input dtype")
+    check_likelihood(likelihood)
+    _check_black_box_likelihood(likelihood, method, black_box)
     num_samples = inputs.shape[0]
     ids = list(range(num_samples)) if sample_ids is None else [int(i) for i in sample_ids]
     dim = inputs[0].numel()
     if num_classes is None and method == "auto":
         with torch.no_grad():
             num_classes = logit_fn(inputs).shape[-1]
-    chosen = resolve_method(method, black_box, num_classes, dim, num_samples, inputs.element_size())
+    chosen = resolve_method(
+        method, black_box, num_classes, dim, num_samples, inputs.element_size(), likelihood
+    )
     settings = {
         "method": chosen,
         "requested_method": method,
@@ -179,6 +309,8 @@ def spectrum_of_batch(
         "tol": tol,
         "seed": seed,
     }
+    if likelihood != "categorical":
+        settings["likelihood"] = likelihood
     if chosen in BLACK_BOX_METHODS:
         queries = 201 if num_queries is None else num_queries
         estimator = sketch_fisher if chosen == "sketch" else rayleigh_max
@@ -205,17 +337,18 @@ def spectrum_of_batch(
             settings=settings,
         )
     if chosen == "exact":
-        factors = gradient_rows(logit_fn, inputs, space_mask)
+        factors = gradient_rows(logit_fn, inputs, space_mask, likelihood)
         exact = dual_spectrum(factors)
         return FisherSpectrum(
             spectral_norm=exact.eigenvalues[:, 0],
-            trace=exact.trace,
+            trace=torch.maximum(exact.trace, exact.eigenvalues[:, 0]),  # equal up to rounding
             eigenvalues=_pad(exact.eigenvalues, top_k),
             logits=factors.logits.double(),
             method="exact",
             settings=settings,
+            likelihood=likelihood,
         )
-    operator = FisherOperator(logit_fn, inputs, space_mask)
+    operator = FisherOperator(logit_fn, inputs, space_mask, likelihood)
     iterations_cap = 100 if max_iter is None else max_iter
     settings["max_iter"] = iterations_cap
     if chosen == "power":
@@ -229,19 +362,37 @@ def spectrum_of_batch(
         trace = hutchinson(operator, num_matvecs=num_probes, seed=seed, sample_ids=ids)
     elif chosen == "hutchpp":
         trace = hutchpp(operator, num_matvecs=num_probes, seed=seed, sample_ids=ids)
+    elif operator.rank_bound <= num_probes:
+        exact_trace = operator.exact_trace()
+        trace = TraceEstimate(exact_trace, torch.zeros_like(exact_trace), operator.rank_bound)
     else:
         trace = class_space_hutchinson(operator, num_probes=num_probes, seed=seed, sample_ids=ids)
+    trace_value, trace_error = _trace_with_ritz_bounds(trace, top)
     return FisherSpectrum(
         spectral_norm=top.eigenvalues[:, 0],
-        trace=trace.trace,
+        trace=trace_value,
         eigenvalues=_pad(top.eigenvalues, top_k),
         logits=operator.logits.detach().double(),
         method=chosen,
         converged=top.converged,
         iterations=top.iterations,
-        trace_standard_error=trace.standard_error,
+        trace_standard_error=trace_error,
         settings=settings,
+        likelihood=likelihood,
     )
+
+
+def _trace_with_ritz_bounds(trace: TraceEstimate, top: EigenEstimate) -> tuple[Tensor, Tensor]:
+    """Exact trace where the Krylov space spans the range, else ``max(estimate, Ritz sum)``.
+
+    The sum of the Ritz values is the trace of a compression of the PSD Fisher, so it never
+    exceeds trace(F): raising an estimate to it only moves it toward the truth, and the standard
+    error of the estimate stays a valid (conservative) error bar.
+    """
+    bounded = torch.maximum(trace.trace, top.ritz_sum)
+    value = torch.where(top.complete, top.ritz_sum, bounded)
+    error = torch.where(top.complete, torch.zeros_like(trace.standard_error), trace.standard_error)
+    return value, error
 
 
 def fisher_spectrum(
@@ -261,11 +412,14 @@ def fisher_spectrum(
     device: torch.device | str | None = None,
     input_space: str | None = None,
     sample_ids: Sequence[int] | None = None,
+    likelihood: str | None = None,
 ) -> FisherSpectrum:
     """Per-sample lambda_max and trace of the input-space Fisher of a classifier.
 
     ``F(x) = J^T (diag(p) - p p^T) J`` with J the logits Jacobian w.r.t. the input and p the
-    softmax (Measuring Model Robustness via Fisher Information, arXiv 2606.04767).
+    softmax (Measuring Model Robustness via Fisher Information, arXiv 2606.04767). For a
+    multi-label model (bernoulli likelihood) ``F(x) = J^T diag(s (1 - s)) J`` with s the
+    per-class sigmoids: the Fisher of its K independent yes/no outputs.
 
     Args:
         model: a Hub id, local directory, ``nn.Module`` or :class:`~hf_fisher.Classifier`.
@@ -274,19 +428,27 @@ def fisher_spectrum(
         method: "auto", "exact" (K-1 backward passes, exact), "lanczos", "power" (the paper's
             method), "hutchinson" / "hutchpp" (stochastic trace, lambda_max by Lanczos),
             "sketch" (black-box) or "rayleigh-max" (the paper's black-box estimator).
-        black_box: use forward queries only.
+        black_box: use forward queries only (softmax classifiers only).
         top_k: eigenvalues to report.
-        max_iter, tol: iterative-method budget and relative tolerance.
+        max_iter, tol: iterative-method budget and relative tolerance; ``converged`` means
+            every reported eigenvalue is within ``tol`` of an eigenvalue of F.
         num_queries: black-box queries per sample (default 201).
         num_probes: probes of the stochastic trace estimators.
         seed: seed of all random draws.
         batch_size: samples per batch (None: all at once).
-        dtype, device: where to compute (default float32, CUDA if available).
+        dtype, device: where to compute (default float32, CUDA if available); half precision
+            (float16, bfloat16) is refused, as is a module whose parameters are half.
         input_space: "pixels" (default for images), "normalized", "embeddings" (text).
         sample_ids: stable per-sample ids for the random streams.
+        likelihood: "categorical" or "bernoulli"; default from the model's config
+            (``problem_type="multi_label_classification"`` is bernoulli), else categorical.
 
     Returns:
         A :class:`FisherSpectrum` on the CPU.
+
+    Raises:
+        InputError: half precision, bad settings or inputs, or a black-box method for a
+            multi-label model (all before any Fisher computation).
 
     >>> net = torch.nn.Linear(4, 3).double()
     >>> result = fisher_spectrum(net, torch.randn(5, 4, dtype=torch.float64), dtype=torch.float64)
@@ -295,7 +457,16 @@ def fisher_spectrum(
     """
     from hf_fisher.adapters import load_classifier
 
-    classifier = load_classifier(model, input_space=input_space, device=device, dtype=dtype)
+    _check_requested_dtype(model, dtype)
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"got batch_size={batch_size}; pass a positive batch size or None")
+    if method != "auto":
+        resolve_method(method, black_box, None, 0, 1)  # unknown names fail before loading
+    classifier = load_classifier(
+        model, input_space=input_space, device=device, dtype=dtype, likelihood=likelihood
+    )
+    check_compute_dtype(classifier.dtype, "the classifier's dtype")
+    _check_black_box_likelihood(classifier.likelihood, method, black_box)
     batch = classifier.prepare(inputs)
     ids = list(range(len(batch))) if sample_ids is None else list(sample_ids)
     if len(ids) != len(batch):
@@ -316,6 +487,19 @@ def fisher_spectrum(
     )
 
 
+def _check_requested_dtype(model: object, dtype: torch.dtype | None) -> None:
+    """Refuse half precision before the model is loaded: asked for, or a module already half."""
+    if dtype is not None:
+        check_compute_dtype(dtype, "the requested dtype")
+        return
+    if isinstance(model, Classifier):
+        check_compute_dtype(model.dtype, "the classifier's dtype")
+    elif isinstance(model, torch.nn.Module):
+        parameter = next(iter(model.parameters()), None)
+        if parameter is not None and parameter.dtype.is_floating_point:
+            check_compute_dtype(parameter.dtype, f"{type(model).__name__}'s parameter dtype")
+
+
 def spectrum_of_prepared(
     classifier: Classifier,
     batch: PreparedBatch,
@@ -328,19 +512,16 @@ def spectrum_of_prepared(
 ) -> FisherSpectrum:
     """Chunk a prepared batch through :func:`spectrum_of_batch`, choosing the method once.
 
-    Every chunk uses the same concrete method (``auto`` is resolved from the largest chunk), so
-    a short last chunk cannot switch from Lanczos to exact.
+    Every chunk uses the same concrete method, from :func:`resolve_run_method` with the largest
+    chunk (``min(batch_size, len(batch))``) and this batch's per-sample size, so a short last
+    chunk cannot switch from Lanczos to exact. A run over many batches should resolve ``auto``
+    itself with :func:`resolve_run_method` and pass the concrete method here.
     """
     size = len(batch) if batch_size is None else batch_size
     if size < 1:
         raise InputError(f"got batch_size={batch_size}; pass a positive batch size or None")
-    chosen = resolve_method(
-        method,
-        black_box,
-        classifier.num_classes,
-        batch.inputs[0].numel(),
-        min(size, len(batch)),
-        classifier.dtype.itemsize,
+    chosen = resolve_run_method(
+        classifier, method, black_box, min(size, len(batch)), batch.inputs[0].numel()
     )
     parts = []
     for start in range(0, len(batch), size):
@@ -353,6 +534,7 @@ def spectrum_of_prepared(
             black_box=black_box,
             sample_ids=sample_ids[start : start + size],
             num_classes=classifier.num_classes,
+            likelihood=classifier.likelihood,
             **options,
         )
         part.settings["requested_method"] = method
