@@ -156,9 +156,9 @@ def check_label_mapping(mapping: Any) -> dict[str, Any] | None:
 def _model_index(id2label: Mapping[int, str]) -> tuple[dict[str, int], dict[str, int], bool]:
     """Exact and normalised name -> id lookups (ambiguous names left out), and genericity.
 
-    A model is generic when every name is ``LABEL_<id>`` / ``class_<id>`` (any case or
-    separator): its names carry no meaning beyond the ids, so a dataset's integer-named classes
-    (``"0"``, ``"10"``) match them by number.
+    A model is generic when it has no names (a plain module) or every name is ``LABEL_<id>`` /
+    ``class_<id>`` (any case or separator): its names carry no meaning beyond the ids, so a
+    dataset's integer-named classes (``"0"``, ``"10"``) match them by number.
     """
     exact: dict[str, int] = {}
     normal: dict[str, int] = {}
@@ -169,7 +169,7 @@ def _model_index(id2label: Mapping[int, str]) -> tuple[dict[str, int], dict[str,
             exact[name] = int(model_id)
         if seen_normal[normalize_label(name)] == 1:
             normal[normalize_label(name)] = int(model_id)
-    generic = bool(id2label) and all(
+    generic = all(
         (match := _GENERIC.fullmatch(normalize_label(name))) is not None
         and int(match.group(1)) == int(model_id)
         for model_id, name in id2label.items()
@@ -237,10 +237,10 @@ def align_labels(
             to_model[value] = model_id
     if unmatched and not label_mapping and generic and names is not None:
         logger.warning(
-            "the model's labels are generic (%s, ...), so the dataset's label names %s cannot "
-            "be matched to them: taking the dataset's ClassLabel ids as the model's class ids. "
+            "the model's labels are generic (%s), so the dataset's label names %s cannot be "
+            "matched to them: taking the dataset's ClassLabel ids as the model's class ids. "
             "Pass --label-mapping if that is not the model's order",
-            model_names[0],
+            f"{model_names[0]}, ..." if model_names else "it has no id2label",
             _listed(names),
         )
         recorded = {str(name): position for position, name in enumerate(names)}
@@ -251,6 +251,9 @@ def align_labels(
             f"{_listed(model_names)} (compared exactly, then ignoring case and punctuation); "
             "pass --label-mapping / label_mapping= as a JSON object from the model's label "
             f'to the dataset\'s label, e.g. {{"{model_names[0]}": "{unmatched[0]}"}}'
+            if model_names
+            else f"dataset labels {_listed(unmatched)} are names, but the model has no label "
+            "names (id2label) to match them to; use integer labels in the model's order"
         )
     _check_one_to_one(to_model, domain, id2label)
     recorded = {domain.get(value, str(value)): model_id for value, model_id in to_model.items()}

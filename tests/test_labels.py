@@ -90,6 +90,12 @@ def test_generic_model_names_match_integer_folder_names_by_number() -> None:
     assert all(alignment.to_model[position] == int(name) for position, name in enumerate(folders))
 
 
+def test_a_model_without_names_takes_class_label_ids_and_refuses_strings() -> None:
+    assert align_labels({}, names=["cat", "dog"]).recorded == {"cat": 0, "dog": 1}
+    with pytest.raises(DatasetError, match="the model has no label names .id2label. to match"):
+        align_labels({}, values=["cat", "dog"])
+
+
 def test_generic_model_names_do_not_match_string_columns() -> None:
     with pytest.raises(DatasetError, match="match none of the model's labels"):
         align_labels({0: "LABEL_0", 1: "LABEL_1"}, values=["cat", "dog"])
