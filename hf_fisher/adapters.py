@@ -16,6 +16,7 @@ Input spaces (the space in which the Fisher information is measured):
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from torch import Tensor, nn
 
 from hf_fisher.errors import InputError, ModelLoadError, NotAClassifierError
 from hf_fisher.operators import LIKELIHOODS
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SPACES = ("pixels", "normalized")
 TEXT_SPACES = ("embeddings",)
@@ -330,7 +333,8 @@ class ImageClassifier(Classifier):
 
         Images go through the model's image processor (resize, crop, rescale); channels are
         converted to the model's ``num_channels`` first (greyscale <-> RGB, alpha dropped).
-        uint8 arrays and PIL images are 0..255, float arrays 0..1; float arrays already at the
+        uint8 arrays are 0..255, float arrays 0..1, PIL images scaled by their bit depth (16-bit
+        PNGs by 65535; see ``docs/data.md``); float arrays (and 16-bit images) already at the
         model's resolution are used as they are, without resampling, so they keep full
         precision. In pixel space the result is in [0, 1]; in normalised space the processor's
         normalisation is applied.
@@ -399,6 +403,61 @@ class ImageClassifier(Classifier):
         return pixels.float()
 
 
+def _pil_array(image: Any, num_channels: int, index: int) -> np.ndarray:
+    """A PIL image as an (H, W) or (H, W, C) array: uint8 0..255, or float in [0, 1].
+
+    Mode handling (PIL's modes):
+
+    - 8-bit modes go through PIL's own conversion to ``L`` (greyscale models) or ``RGB``:
+      ``1`` (0/255), ``L``, ``P`` (palette lookup), ``LA``/``RGBA``/``PA`` (alpha dropped, not
+      composited), ``CMYK`` (R = 255 (1 - C/255)(1 - K/255), ...), ``YCbCr``; RGB -> L uses
+      ITU-R 601 luma. PIL itself reads 16-bit RGB(A) and LA PNGs as 8-bit (rounded high byte).
+    - ``I;16`` (and ``I;16B``/``L``/``N``): 16-bit greyscale, divided by 65535 (``convert("L")``
+      would clip it to 0 or 255).
+    - ``I``: 32-bit integers; from a PNG it is 16-bit greyscale (/65535), from a TIFF it is
+      scaled by its BitsPerSample; of unknown depth it is refused.
+    - ``F``: 32-bit float, used as is; like float arrays it must lie in [0, 1].
+    """
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return np.asarray(image).astype(np.float64) / 65535.0
+    if mode == "I":
+        bits = _integer_bit_depth(image)
+        if bits is None:
+            raise InputError(
+                f"image {index} is a {image.format or 'PIL'} image of mode 'I' (32-bit integers) "
+                "with no known bit depth, so its white level is unknown; save it as an 8- or "
+                "16-bit PNG, or pass a float array in [0, 1]"
+            )
+        array = np.asarray(image).astype(np.float64)
+        if array.min() < 0 or array.max() > 2**bits - 1:
+            raise InputError(
+                f"image {index} has values in [{array.min():.0f}, {array.max():.0f}] outside "
+                f"its {bits}-bit range; pass a float array in [0, 1]"
+            )
+        return array / (2**bits - 1)
+    if mode == "F":
+        return np.asarray(image).astype(np.float64)
+    try:
+        return np.asarray(image.convert("L" if num_channels == 1 else "RGB"))
+    except (ValueError, OSError) as error:
+        raise InputError(
+            f"image {index} has PIL mode {mode!r}, which PIL cannot convert "
+            f"({error}); convert it to RGB or L first"
+        ) from error
+
+
+def _integer_bit_depth(image: Any) -> int | None:
+    """The bit depth behind a mode-``I`` image: PNG greyscale integers are 16-bit."""
+    if image.format == "PNG":
+        return 16
+    tags = getattr(image, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None  # TIFF BitsPerSample
+    if isinstance(bits, tuple):
+        bits = bits[0]
+    return int(bits) if bits else None
+
+
 def _image_array(image: Any, num_channels: int, index: int) -> np.ndarray:
     """Return an (H, W, C) uint8 or float array with ``num_channels`` channels."""
     from PIL import Image
@@ -408,7 +467,7 @@ def _image_array(image: Any, num_channels: int, index: int) -> np.ndarray:
             raise InputError(
                 f"cannot convert PIL image {index} to {num_channels} channels; pass a tensor"
             )
-        array = np.asarray(image.convert("L" if num_channels == 1 else "RGB"))
+        array = _pil_array(image, num_channels, index)
     elif isinstance(image, (np.ndarray, Tensor)):
         array = image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
     else:
@@ -442,6 +501,24 @@ def _image_array(image: Any, num_channels: int, index: int) -> np.ndarray:
     raise InputError(f"image {index} has {channels} channels; the model expects {num_channels}")
 
 
+def _max_text_length(model: nn.Module, tokenizer: Any) -> int | None:
+    """The most tokens the model takes, so long texts are truncated rather than crash it.
+
+    The tokenizer's ``model_max_length`` (often an unset 1e30 sentinel), capped by the position
+    embeddings, less RoBERTa-style ``padding_idx + 1`` position offsets.
+    """
+    limits = []
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and declared > 0:
+        limits.append(declared)
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
+        padding = getattr(getattr(embeddings, "position_embeddings", None), "padding_idx", None)
+        limits.append(positions - (padding + 1 if padding is not None else 0))
+    return min(limits) if limits else None
+
+
 class TextClassifier(Classifier):
     """A text classifier measured in the space of its input token embeddings.
 
@@ -458,6 +535,7 @@ class TextClassifier(Classifier):
         self._context_names = tuple(
             name for name in ("attention_mask", "token_type_ids") if name in accepted
         )
+        self.max_length = _max_text_length(model, tokenizer)
 
     @property
     def embeddings(self) -> nn.Module:
@@ -499,6 +577,12 @@ class TextClassifier(Classifier):
         if input_ids.ndim == 1:
             input_ids = input_ids[None]
         _check_batch_shape(input_ids, None)
+        if self.max_length is not None and input_ids.shape[1] > self.max_length:
+            raise InputError(
+                f"got input_ids of length {input_ids.shape[1]}; the model takes at most "
+                f"{self.max_length} tokens: tokenize with truncation=True, "
+                f"max_length={self.max_length}"
+            )
         vocab = self.embeddings.num_embeddings
         if input_ids.min() < 0 or input_ids.max() >= vocab:
             raise InputError(
@@ -557,8 +641,24 @@ class TextClassifier(Classifier):
             raise InputError(
                 "mix of single texts and (text, text_pair) tuples; pass one kind per batch"
             )
+        if self.max_length is not None:
+            lengths = self.tokenizer(first, second or None, truncation=False)["input_ids"]
+            truncated = sum(len(ids) > self.max_length for ids in lengths)
+            if truncated:
+                logger.warning(
+                    "truncated %d of %d texts to the model's limit of %d tokens (the smaller of "
+                    "the tokenizer's model_max_length and the model's position embeddings)",
+                    truncated,
+                    len(first),
+                    self.max_length,
+                )
         return self.tokenizer(
-            first, second or None, padding=True, truncation=True, return_tensors="pt"
+            first,
+            second or None,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
         )
 
     def _validated_embeddings(self, batch: PreparedBatch) -> PreparedBatch:

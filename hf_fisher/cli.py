@@ -49,6 +49,13 @@ def add_evaluate_parser(subparsers) -> None:
         help="input column (repeat for text pairs); default: detected",
     )
     parser.add_argument("--label-column", help="label column; default: detected")
+    parser.add_argument(
+        "--label-mapping",
+        metavar="JSON",
+        help="model label -> dataset label (id or name), as a JSON object or a .json file, "
+        'e.g. \'{"Ankle boot": "boots"}\'; default: dataset label names matched to the '
+        "model's by name, integer labels taken as the model's ids",
+    )
     parser.add_argument("--input-space", choices=("pixels", "normalized", "embeddings"))
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
@@ -138,8 +145,10 @@ def _companions(args: argparse.Namespace):
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run ``hf-fisher evaluate`` and print the summary table."""
+    from hf_fisher.labels import read_label_mapping
     from hf_fisher.runner import evaluate_robustness
 
+    label_mapping = None if args.label_mapping is None else read_label_mapping(args.label_mapping)
     report = evaluate_robustness(
         args.model,
         args.dataset,
@@ -158,6 +167,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         kl_tau=args.kl_tau,
         input_columns=args.input_columns,
         label_column=args.label_column,
+        label_mapping=label_mapping,
         input_space=args.input_space,
         device=args.device,
         dtype=args.dtype,

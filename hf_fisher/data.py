@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from hf_fisher.errors import DatasetError
+from hf_fisher.labels import LabelAlignment
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ TEXT_PAIR_COLUMN_NAMES = (
     ("text", "text_pair"),
 )
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "target", "class")
+DEFAULT_SPLIT = "test"
 
 
 @dataclass
@@ -66,13 +69,16 @@ class InMemoryRows:
     Attributes:
         inputs: an (N, ...) tensor in the model's input space (kept exact), or a list of
             images / arrays / texts.
-        labels: one integer label per row, or None.
+        labels: one label per row (the model's class id, or a dataset label that
+            ``label_mapping`` maps), or None.
     """
 
     inputs: Any
     labels: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
+        if self.labels is not None:  # tensor / numpy entries become plain Python scalars
+            self.labels = [v.item() if hasattr(v, "item") else v for v in self.labels]
         if self.labels is not None and len(self.labels) != len(self.inputs):
             raise DatasetError(
                 f"got {len(self.labels)} labels for {len(self.inputs)} inputs; pass one label "
@@ -84,27 +90,36 @@ class InMemoryRows:
 
 
 def load_any_dataset(
-    dataset: Any, *, split: str | None = "test", config: str | None = None
+    dataset: Any, *, split: str | None = None, config: str | None = None
 ) -> tuple[Any, str, str | None]:
     """Load a Hub name, ``load_dataset`` kwargs, local directory or ``datasets.Dataset``.
 
+    Args:
+        dataset: what to load.
+        split: the split to evaluate; None means "test", except for a ``datasets.Dataset``,
+            which is its own split (recorded as ``dataset.split``).
+        config: the dataset configuration.
+
     Returns:
-        ``(dataset, name, split)`` where ``dataset`` is a ``datasets.Dataset``.
+        ``(dataset, name, split)`` where ``dataset`` is a ``datasets.Dataset`` and ``split``
+        the split it really is.
 
     Raises:
-        DatasetError: if it cannot be loaded (offline Hub name, missing split, unknown type).
+        DatasetError: if it cannot be loaded (offline Hub name, missing split, unknown type),
+            or a ``datasets.Dataset`` of one split is passed with another ``split``.
     """
     import datasets
 
     if isinstance(dataset, InMemoryRows):
         return dataset, "in-memory", None
     if isinstance(dataset, datasets.Dataset):
-        return dataset, dataset.info.dataset_name or "in-memory", split
+        return dataset, dataset.info.dataset_name or "in-memory", _own_split(dataset, split)
     if isinstance(dataset, datasets.DatasetDict):
-        return _pick_split(dataset, split, "in-memory"), "in-memory", split
+        picked, split = _pick_split(dataset, split, "in-memory")
+        return picked, "in-memory", split
     if isinstance(dataset, Mapping):
         kwargs = dict(dataset)
-        kwargs.setdefault("split", split)
+        kwargs.setdefault("split", split or DEFAULT_SPLIT)
         name = str(kwargs.get("path", "load_dataset"))
         try:
             return datasets.load_dataset(**kwargs), name, kwargs["split"]
@@ -137,15 +152,26 @@ def load_any_dataset(
         )
         raise DatasetError(f"could not load dataset {name!r}: {hint} ({error})") from error
     if isinstance(loaded, datasets.DatasetDict):
-        loaded = _pick_split(loaded, split, name)
-    return loaded, name, split
+        loaded, split = _pick_split(loaded, split, name)
+        return loaded, name, split
+    return loaded, name, _own_split(loaded, split)
+
+
+def _own_split(dataset, split: str | None) -> str | None:
+    """The split a ``datasets.Dataset`` is; refuse another one asked for by name."""
+    own = str(dataset.split) if dataset.split is not None else None
+    if split is not None and own is not None and split != own:
+        raise DatasetError(
+            f"the dataset passed is the {own!r} split, but split {split!r} was asked for; pass "
+            f"the {split!r} split itself, or leave the split out"
+        )
+    return own or split
 
 
 def _pick_split(dataset_dict, split: str | None, name: str):
+    split = split or DEFAULT_SPLIT
     if split in dataset_dict:
-        return dataset_dict[split]
-    if split is None and len(dataset_dict) == 1:
-        return next(iter(dataset_dict.values()))
+        return dataset_dict[split], split
     raise DatasetError(
         f"dataset {name!r} has no split {split!r}; available splits: "
         f"{', '.join(dataset_dict.keys())} (choose one with --split)"
@@ -194,11 +220,15 @@ def detect_columns(
             raise DatasetError(
                 f"found no image or text column among {names}; name it with --input-column"
             )
-    modality = (
-        "image"
-        if isinstance(features[chosen[0]], datasets.Image) or (chosen[0] in IMAGE_COLUMN_NAMES)
-        else "text"
-    )
+    is_image = [
+        isinstance(features[name], datasets.Image) or name in IMAGE_COLUMN_NAMES for name in chosen
+    ]
+    if len(chosen) > 2 or (len(chosen) == 2 and any(is_image)):
+        raise DatasetError(
+            f"got input columns {chosen}; hf-fisher takes one image column, one text column, or "
+            "two text columns (a text pair): pass --input-column once, or twice for a text pair"
+        )
+    modality = "image" if is_image[0] else "text"
     if label_column is not None:
         label = check(label_column)
     else:
@@ -249,60 +279,111 @@ def _decode_image(value: Any):
     raise ValueError(f"unsupported image value of type {type(value).__name__}")
 
 
+def label_domain(dataset, column: str | None) -> tuple[list[str] | None, list | None]:
+    """What the label column can hold, for :func:`~hf_fisher.labels.align_labels`.
+
+    Returns:
+        ``(names, None)`` for a ``ClassLabel`` column (rows hold positions in ``names``),
+        ``(None, values)`` with the distinct values of any other column, ``(None, None)``
+        without a label column.
+    """
+    import datasets
+
+    if column is None:
+        return None, None
+    if isinstance(dataset, InMemoryRows):
+        return None, sorted(set(dataset.labels), key=str)
+    feature = dataset.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names), None
+    if isinstance(feature, datasets.Value):
+        return None, sorted((v for v in dataset.unique(column) if v is not None), key=str)
+    return None, None
+
+
+def is_missing_text(value: Any) -> bool:
+    r"""True for None, NaN (a CSV's empty cell) and empty or whitespace-only strings.
+
+    >>> [is_missing_text(v) for v in (None, float("nan"), "", "  \t", "None", 0)]
+    [True, True, True, True, False, False]
+    """
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and not value.strip()
+
+
+def _missing_in_memory(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return any(is_missing_text(part) for part in value)
+    return is_missing_text(value)
+
+
 def decode_rows(
     dataset,
     indices: Sequence[int],
     input_columns: Sequence[str],
     label_column: str | None,
     modality: str,
-    label2id: Mapping[str, int] | None = None,
+    alignment: LabelAlignment | None = None,
 ) -> DecodedRows:
-    """Read ``indices`` from the dataset; unreadable images are skipped and listed, not fatal."""
+    """Read ``indices`` from the dataset; unreadable or empty inputs are skipped and listed.
+
+    Labels become the model's class ids through ``alignment`` (integers are taken as ids
+    without one).
+    """
     import datasets
 
+    alignment = alignment or LabelAlignment(None, None, "ids")
     if isinstance(dataset, InMemoryRows):
         values = dataset.inputs
-        chosen = values[list(indices)] if hasattr(values, "shape") else [values[i] for i in indices]
-        labels = None if dataset.labels is None else [int(dataset.labels[i]) for i in indices]
-        return DecodedRows([int(i) for i in indices], chosen, labels)
+        if hasattr(values, "shape"):
+            chosen = values[list(indices)]
+            kept = [int(i) for i in indices]
+            skipped = []
+        else:
+            kept = [int(i) for i in indices if not _missing_in_memory(values[i])]
+            chosen = [values[i] for i in kept]
+            skipped = [
+                {"index": int(i), "reason": "missing input (None, NaN or empty text)"}
+                for i in indices
+                if _missing_in_memory(values[i])
+            ]
+        labels = (
+            None
+            if dataset.labels is None
+            else [alignment.model_id(dataset.labels[i], label_column) for i in kept]
+        )
+        return DecodedRows(kept, chosen, labels, skipped)
     subset = dataset.select(indices)
     if modality == "image" and isinstance(subset.features[input_columns[0]], datasets.Image):
         subset = subset.cast_column(input_columns[0], datasets.Image(decode=False))
     kept, inputs, labels, skipped = [], [], [], []
-    label_feature = subset.features[label_column] if label_column else None
     for position, row in zip(indices, subset, strict=True):
         try:
             if modality == "image":
                 value = _decode_image(row[input_columns[0]])
-            elif len(input_columns) == 2:
-                value = (str(row[input_columns[0]]), str(row[input_columns[1]]))
             else:
-                value = str(row[input_columns[0]])
+                texts = [row[column] for column in input_columns]
+                empty = [c for c, t in zip(input_columns, texts, strict=True) if is_missing_text(t)]
+                if empty:
+                    skipped.append(
+                        {"index": int(position), "reason": f"missing text in column(s) {empty}"}
+                    )
+                    continue
+                value = tuple(str(t) for t in texts) if len(texts) == 2 else str(texts[0])
         except Exception as error:  # PIL raises many types for corrupt files
             skipped.append({"index": int(position), "reason": f"unreadable input: {error}"})
             continue
         if label_column is not None:
-            labels.append(_label_id(row[label_column], label_feature, label2id, label_column))
+            labels.append(alignment.model_id(row[label_column], label_column))
         kept.append(int(position))
         inputs.append(value)
     if skipped:
         logger.warning(
-            "skipped %d unreadable rows: %s", len(skipped), [s["index"] for s in skipped][:20]
+            "skipped %d rows (unreadable or missing input): %s",
+            len(skipped),
+            [s["index"] for s in skipped][:20],
         )
     return DecodedRows(kept, inputs, labels if label_column is not None else None, skipped)
-
-
-def _label_id(value, feature, label2id, column) -> int:
-    import datasets
-
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str):
-        if isinstance(feature, datasets.ClassLabel):
-            return feature.str2int(value)
-        if label2id and value in label2id:
-            return int(label2id[value])
-    raise DatasetError(
-        f"label {value!r} in column {column!r} is not a class index or a known class name; "
-        "pass --label-column with integer labels or labels matching the model's id2label"
-    )

@@ -63,6 +63,7 @@ ESTIMATOR_OPTIONS = (
     "input_space",
     "device",
     "dtype",
+    "label_mapping",
 )
 """Keyword options that ``compute`` forwards to :func:`~hf_fisher.runner.evaluate_robustness`."""
 
@@ -218,6 +219,7 @@ def per_sample_records(
     input_space: str | None = None,
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
+    label_mapping: Mapping[str, int | str] | None = None,
 ) -> list[dict]:
     """Per-sample records, exactly as :func:`~hf_fisher.runner.evaluate_robustness` writes them.
 
@@ -225,9 +227,11 @@ def per_sample_records(
         model: a Hub id, local directory, ``nn.Module`` or :class:`~hf_fisher.Classifier`.
         inputs: a list of PIL images, strings or (text, text_pair) tuples, a list of arrays,
             or an (N, ...) tensor/array in the model's input space (kept exact).
-        references: integer labels, one per input; None uses the predicted labels.
+        references: integer labels, one per input: the model's class ids, or the dataset ids
+            of ``label_mapping``; None uses the predicted labels.
         batch_size, method, black_box, top_k, max_iter, tol, num_queries, num_probes, seed,
-            kl_tau, input_space, device, dtype: as in ``evaluate_robustness``.
+            kl_tau, input_space, device, dtype, label_mapping: as in ``evaluate_robustness``
+            (``label_mapping``: model label name -> reference value, as in ``evaluate``).
 
     Returns:
         One record per input, in input order.
@@ -252,6 +256,7 @@ def per_sample_records(
         "input_space": input_space,
         "device": device,
         "dtype": dtype,
+        "label_mapping": label_mapping,
     }
     from hf_fisher.data import InMemoryRows
     from hf_fisher.runner import evaluate_robustness
@@ -478,7 +483,9 @@ class FisherRobustnessEvaluator:
             input_column, label_column: column names (default: detected; a list for pairs).
             num_samples: a deterministic sample of this many rows.
             return_per_sample: add per-sample lists.
-            **options: the :data:`ESTIMATOR_OPTIONS`.
+            **options: the :data:`ESTIMATOR_OPTIONS`, ``label_mapping`` included (model label
+                name -> dataset label, as in ``evaluate``'s evaluators; without it, the
+                dataset's label names are matched to the model's by name).
 
         Returns:
             The same flat dict as the metric.

@@ -29,11 +29,13 @@ from hf_fisher.data import (
     InMemoryRows,
     decode_rows,
     detect_columns,
+    label_domain,
     load_any_dataset,
     sample_indices,
 )
 from hf_fisher.digits import DEFAULT_MODEL_DIR as BUNDLED_MODEL_DIR
 from hf_fisher.errors import DatasetError, InputError, ResultsError
+from hf_fisher.labels import align_labels, check_label_mapping
 from hf_fisher.results import RESULTS_FILE, SCHEMA_VERSION, to_jsonable, write_results
 from hf_fisher.spectrum import FisherSpectrum, spectrum_of_prepared
 from hf_fisher.summary import kl_radius, summarize
@@ -250,6 +252,7 @@ def evaluate_robustness(
     trust_remote_code: bool = False,
     companions: CompanionOptions | None = None,
     labels: list[int] | None = None,
+    label_mapping: dict[str, int | str] | None = None,
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -275,6 +278,10 @@ def evaluate_robustness(
         progress: show a progress bar (main process only).
         trust_remote_code: allow Hub models with custom code (off by default).
         labels: integer labels of a tensor ``dataset`` (None: predicted labels are used).
+        label_mapping: the model's label name -> the dataset's label (its id or name), as in
+            ``evaluate``'s evaluators. Without it, named dataset labels (``ClassLabel`` or
+            strings) are matched to the model's ``id2label`` by name (refused if any does not
+            match) and integer labels are the model's ids; see :mod:`hf_fisher.labels`.
         companions: companion measurements (attacks, noise curves, KL check, CLEVER,
             frequency view) to run on the first evaluated samples, by the main process.
 
@@ -284,14 +291,14 @@ def evaluate_robustness(
     started = time.perf_counter()
     state = make_state(device)
     compute_dtype = _dtype(dtype)
+    label_mapping = check_label_mapping(label_mapping)
     if model is None:
         from hf_fisher.digits import load_digits_dataset
 
         model = str(BUNDLED_MODEL_DIR)
         if dataset is None:
-            dataset = load_digits_dataset("test")
+            dataset = load_digits_dataset(split or "test")  # refuses splits it does not have
             dataset.info.dataset_name = "sklearn-digits"
-            split = split or "test"
     if dataset is None:
         raise DatasetError("no dataset given; pass --dataset (a Hub name or a local directory)")
     if isinstance(dataset, (torch.Tensor, np.ndarray)):
@@ -317,10 +324,18 @@ def evaluate_robustness(
         classifier.source["id"] = BUNDLED_MODEL_ID
     if companions is not None and companions.requested:
         check_companions(classifier, companions)
-    rows, dataset_name, split = load_any_dataset(dataset, split=split or "test", config=config)
+    rows, dataset_name, split = load_any_dataset(dataset, split=split, config=config)
     columns, label_col, modality = detect_columns(
         rows, input_columns=input_columns, label_column=label_column
     )
+    alignment = None
+    if label_col is not None:
+        names, values = label_domain(rows, label_col)
+        alignment = align_labels(
+            classifier.id2label, names=names, values=values, label_mapping=label_mapping
+        )
+    elif label_mapping is not None:
+        raise DatasetError("label_mapping was given, but the dataset has no label column")
     indices = sample_indices(len(rows), num_samples, seed)
     settings = {
         "requested_method": method,
@@ -345,6 +360,8 @@ def evaluate_robustness(
         "input_columns": columns,
         "label_column": label_col,
         "labels_from": "dataset" if label_col else "predictions",
+        "label_mapping": None if alignment is None else alignment.recorded,
+        "label_mapping_source": None if alignment is None else alignment.source,
     }
     if label_col is None:
         logger.warning("dataset has no label column: predicted labels are used as labels")
@@ -375,7 +392,6 @@ def evaluate_robustness(
         "num_probes": num_probes,
         "seed": seed,
     }
-    label2id = {name: i for i, name in classifier.id2label.items()}
     records: list[dict] = []
     used_batch_sizes: set[int] = set()
     record_file = None
@@ -391,7 +407,7 @@ def evaluate_robustness(
             batch_indices = shard[step * batch_size : (step + 1) * batch_size]
             new: list[dict] = []
             if batch_indices:
-                decoded = decode_rows(rows, batch_indices, columns, label_col, modality, label2id)
+                decoded = decode_rows(rows, batch_indices, columns, label_col, modality, alignment)
                 new += [{**skip, "skipped": True} for skip in decoded.skipped]
                 if decoded.indices:
                     prepared = classifier.prepare(decoded.inputs)
@@ -459,7 +475,7 @@ def evaluate_robustness(
         companions_started = time.perf_counter()
         chosen = per_sample[: companions.num_samples]
         decoded = decode_rows(
-            rows, [r["index"] for r in chosen], columns, label_col, modality, label2id
+            rows, [r["index"] for r in chosen], columns, label_col, modality, alignment
         )
         sections = run_companions(
             classifier,

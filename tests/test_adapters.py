@@ -123,6 +123,84 @@ def test_channel_conversion_matches_pil(default_model_dir, vit_dir):
     torch.testing.assert_close(batch.inputs[0, 0], torch.from_numpy(grey).float() / 255)
 
 
+def _pil_modes(size: int) -> dict[str, tuple]:
+    """PIL images of each mode with the [0, 1] pixels expected for a greyscale and an RGB model,
+    computed from the arrays, not by PIL (None: not checked for that model)."""
+    rng = np.random.default_rng(11)
+    grey = rng.integers(0, 256, (size, size), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (size, size), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    deep = rng.integers(0, 65536, (size, size), dtype=np.uint16)
+    bits = rng.random((size, size)) < 0.5
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    indices = rng.integers(0, 256, (size, size), dtype=np.uint8)
+    paletted = Image.fromarray(indices, mode="L").convert("P")
+    paletted.putpalette(palette.flatten().tolist())
+    paletted.putdata(indices.flatten().tolist())
+    cmyk = rng.integers(0, 256, (size, size, 4), dtype=np.uint8)
+    ink = 1 - cmyk.astype(np.float64) / 255
+    repeat = lambda a: np.repeat(a[..., None], 3, axis=2)  # noqa: E731
+    return {
+        "1": (Image.fromarray(bits), bits * 1.0, repeat(bits * 1.0)),
+        "L": (Image.fromarray(grey), grey / 255, repeat(grey / 255)),
+        "LA": (
+            Image.fromarray(np.dstack([grey, alpha]), mode="LA"),
+            grey / 255,
+            repeat(grey / 255),
+        ),
+        "P": (paletted, None, palette[indices] / 255),
+        "RGBA": (Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA"), None, rgb / 255),
+        "CMYK": (Image.fromarray(cmyk, mode="CMYK"), None, ink[..., :3] * ink[..., 3:]),
+        "I;16": (Image.fromarray(deep), deep / 65535, repeat(deep / 65535)),
+        "I;16B": (Image.fromarray(deep.astype(">u2")), deep / 65535, None),
+        "F": (Image.fromarray((grey / 255).astype(np.float32)), grey / 255, None),
+    }
+
+
+@pytest.mark.parametrize("mode", list(_pil_modes(2)))
+def test_pil_modes_give_the_expected_pixels(mode, default_model_dir, vit_dir):
+    """Each PIL mode at its true scale: 16-bit is /65535 (convert("L") would clip it)."""
+    for model_dir, size, slot in ((default_model_dir, 32, 1), (vit_dir, 16, 2)):
+        image, *expected = _pil_modes(size)[mode]
+        assert image.mode == mode
+        if expected[slot - 1] is None:
+            continue
+        classifier = load_classifier(model_dir, device="cpu", dtype=torch.float64)
+        pixels = classifier.prepare([image]).inputs[0].permute(1, 2, 0)
+        want = torch.from_numpy(np.asarray(expected[slot - 1], dtype=np.float64))
+        want = want.reshape(pixels.shape)
+        tolerance = 0.5 / 255 + 1e-9 if mode == "CMYK" else 1e-7  # PIL rounds CMYK to uint8
+        torch.testing.assert_close(pixels, want, rtol=0, atol=tolerance)
+
+
+def test_integer_images_scale_by_their_bit_depth(default_model_dir, tmp_path):
+    classifier = load_classifier(default_model_dir, device="cpu", dtype=torch.float64)
+    deep = np.random.default_rng(12).integers(0, 2**20, (32, 32), dtype=np.int32)
+    Image.fromarray(deep).save(tmp_path / "deep.tif")  # TIFF mode I, BitsPerSample 32
+    reloaded = Image.open(tmp_path / "deep.tif")
+    assert reloaded.mode == "I"
+    pixels = classifier.prepare([reloaded]).inputs[0, 0]
+    expected = torch.from_numpy(deep / (2.0**32 - 1))  # images are prepared in float32
+    torch.testing.assert_close(pixels, expected, rtol=1e-7, atol=0)
+    with pytest.raises(InputError, match="mode 'I' .32-bit integers. with no known bit depth"):
+        classifier.prepare([Image.fromarray(deep)])
+    with pytest.raises(InputError, match=r"float array with values in \[2, 2\]; float images"):
+        classifier.prepare([Image.fromarray(np.full((32, 32), 2.0, dtype=np.float32))])
+
+
+def test_sixteen_bit_png_round_trip_matches_eight_bit(default_model_dir, tmp_path):
+    """A 16-bit PNG of the same picture gives the same pixels, at and off the model's size."""
+    classifier = load_classifier(default_model_dir, device="cpu")
+    for size in (32, 40):
+        grey = np.random.default_rng(size).integers(0, 256, (size, size), dtype=np.uint8)
+        Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+        deep = Image.open(tmp_path / "deep.png")
+        assert deep.mode == "I;16"
+        torch.testing.assert_close(
+            classifier.prepare([deep]).inputs, classifier.prepare([Image.fromarray(grey)]).inputs
+        )
+
+
 def test_prepare_accepts_datasets_column_and_prepared_batch(default_model_dir):
     classifier = load_classifier(default_model_dir, device="cpu")
     dataset = load_digits_dataset("test").select(range(3))
@@ -175,6 +253,27 @@ def test_fisher_operator_through_adapter_matches_dense_jacobian(request, name, t
 
 
 # --------------------------------------------------------------------------------------- text
+
+
+def test_text_length_limit_is_the_models_position_limit(bert_dir):
+    """The test BERT's tokenizer has no model_max_length (a 1e30 sentinel); 64 positions."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from hf_fisher.adapters import _max_text_length
+
+    classifier = load_classifier(bert_dir, device="cpu")
+    assert classifier.tokenizer.model_max_length > 1e20 and classifier.max_length == 64
+    with pytest.raises(InputError, match="got input_ids of length 70; the model takes at most 64"):
+        classifier.prepare({"input_ids": torch.ones(1, 70, dtype=torch.long)})
+    config = RobertaConfig(
+        vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=8, max_position_embeddings=20, pad_token_id=1,
+    )  # fmt: skip
+    roberta = RobertaForSequenceClassification(config).eval()
+    assert _max_text_length(roberta, classifier.tokenizer) == 18  # positions start at pad + 1
+    roberta(input_ids=torch.full((1, 18), 5))
+    with pytest.raises((IndexError, RuntimeError), match="out of"):  # one more position crashes
+        roberta(input_ids=torch.full((1, 19), 5))
 
 
 def test_text_round_trip_matches_raw_model(bert_dir):
@@ -252,7 +351,11 @@ def test_module_round_trip_and_eval_mode(mlp):
     assert classifier.id2label == {0: "0", 1: "1", 2: "2", 3: "3"}
     torch.testing.assert_close(classifier(batch.inputs), mlp(inputs))
     assert classifier.source == {
-        "id": "MLP", "revision": None, "commit_hash": None, "architecture": "MLP", "task": None,
+        "id": "MLP",
+        "revision": None,
+        "commit_hash": None,
+        "architecture": "MLP",
+        "task": None,
     }
 
 

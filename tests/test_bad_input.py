@@ -8,12 +8,31 @@ keeps growing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import csv
+import json
+import logging
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+import numpy as np
 import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageClassification, AutoTokenizer
+
+from hf_fisher.adapters import load_classifier
+from hf_fisher.cli import main
+from hf_fisher.digits import DEFAULT_MODEL_DIR, load_digits_dataset
+from hf_fisher.errors import DatasetError
+from hf_fisher.results import load_results
+from hf_fisher.runner import evaluate_robustness
+from hf_fisher.testing.dense import dense_fisher, dense_spectrum
+from hf_fisher.testing.models import TEXT_CORPUS, build_bert
 
 from hf_fisher.errors import InputError
 
@@ -32,7 +51,325 @@ class Case:
 
 # --- data: labels, images, text, columns --------------------------------------------------
 
-DATA_CASES: list[Case] = []
+FASHION_NAMES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+"""Fashion-MNIST's class names, given to the bundled digits model: sorted, they are not in
+id order, so an imagefolder named by them numbers its classes differently from the model."""
+NUM_IMAGES = 30
+
+
+def _cli(*args: Any) -> dict:
+    """Run ``hf-fisher evaluate`` in-process into ``--out`` (the last argument) and load it."""
+    assert main(["evaluate", "--no-progress", *map(str, args)]) == 0
+    return load_results(args[-1])
+
+
+def _digits_model(directory: Path, names: list[str]) -> Path:
+    """A copy of the bundled digits ResNet whose classes carry ``names`` (weights unchanged)."""
+    model = directory / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    config = json.loads((model / "config.json").read_text())
+    config["id2label"] = {str(i): name for i, name in enumerate(names)}
+    config["label2id"] = {name: i for i, name in enumerate(names)}
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+def _imagefolder(root: Path, folder_of: Callable[[int], str], bits: int = 8) -> Path:
+    """Real digit scans as PNGs in one folder per class, the way users build an imagefolder.
+
+    The file name keeps the digit (the true model id) so the truth never depends on how the
+    dataset loader numbers the folders.
+    """
+    rows = load_digits_dataset("test").select(range(NUM_IMAGES))
+    for position, (image, digit) in enumerate(zip(rows["image"], rows["label"], strict=True)):
+        folder = root / folder_of(digit)
+        folder.mkdir(parents=True, exist_ok=True)
+        if bits == 16:
+            image = Image.fromarray(np.asarray(image).astype(np.uint16) * 257)  # v/255 exactly
+        image.save(folder / f"{position:03d}-digit{digit}.png")
+    return root
+
+
+def _truth(model_dir: Path, folder: Path, bits: int = 8) -> tuple[list[int], list[int]]:
+    """True ids (from the file names) and a direct forward pass of the checkpoint, both in the
+    dataset's row order: pixels / 255, the processor's mean/std by hand, argmax of the logits."""
+    rows = datasets.load_dataset(str(folder), split="train")
+    paths = [e["path"] for e in rows.cast_column("image", datasets.Image(decode=False))["image"]]
+    processor = json.loads((model_dir / "preprocessor_config.json").read_text())
+    model = AutoModelForImageClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    pixels = np.stack([np.asarray(Image.open(path), dtype=np.float64) for path in paths])
+    pixels = pixels / (2.0**bits - 1)
+    inputs = (pixels - processor["image_mean"][0]) / processor["image_std"][0]
+    with torch.no_grad():
+        logits = model(pixel_values=torch.tensor(inputs[:, None], dtype=torch.float32)).logits
+    labels = [int(Path(path).stem.split("digit")[1]) for path in paths]
+    return labels, logits.argmax(1).tolist()
+
+
+def _check_against_truth(results: dict, truth: tuple[list[int], list[int]]) -> None:
+    labels, predicted = truth
+    records = results["per_sample"]
+    assert [r["label"] for r in records] == labels
+    assert [r["predicted"] for r in records] == predicted
+    correct = [p == y for p, y in zip(predicted, labels, strict=True)]
+    assert [r["correct"] for r in records] == correct
+    accuracy = np.mean(correct)
+    assert results["summary"]["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    assert accuracy > 0.9  # the real model on real digits: a misalignment drops it to ~0.3
+
+
+def _folder_name(name: str) -> str:
+    return name.replace("/", "_").replace(" ", "_")
+
+
+def _run_named_imagefolder(tmp_path: Path) -> tuple[dict, tuple]:
+    model = _digits_model(tmp_path, FASHION_NAMES)
+    folder = _imagefolder(tmp_path / "folder", lambda d: _folder_name(FASHION_NAMES[d]))
+    results = _cli(model, "--dataset", folder, "--split", "train", "--out", tmp_path / "out")
+    return results, _truth(model, folder)
+
+
+def _check_named_imagefolder(outcome: tuple[dict, tuple]) -> None:
+    results, truth = outcome
+    _check_against_truth(results, truth)
+    expected = {_folder_name(name): model_id for model_id, name in enumerate(FASHION_NAMES)}
+    assert results["dataset"]["label_mapping"] == expected
+    assert results["dataset"]["label_mapping_source"] == "by-name"
+
+
+def _run_unmatched_names(tmp_path: Path) -> None:
+    model = _digits_model(tmp_path, FASHION_NAMES)
+    names = [*FASHION_NAMES[:9], "Boot"]
+    folder = _imagefolder(tmp_path / "folder", lambda d: _folder_name(names[d]))
+    evaluate_robustness(str(model), str(folder), split="train", progress=False)
+
+
+def _run_given_mapping(tmp_path: Path) -> tuple[dict, tuple]:
+    model = _digits_model(tmp_path, FASHION_NAMES)
+    names = [*FASHION_NAMES[:9], "Boot"]
+    folder = _imagefolder(tmp_path / "folder", lambda d: _folder_name(names[d]))
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps({"Ankle boot": "Boot"}))
+    out = tmp_path / "out"
+    args = ("--dataset", folder, "--split", "train", "--label-mapping", mapping, "--out", out)
+    results = _cli(model, *args)
+    return results, _truth(model, folder)
+
+
+def _check_given_mapping(outcome: tuple[dict, tuple]) -> None:
+    results, truth = outcome
+    _check_against_truth(results, truth)
+    assert results["dataset"]["label_mapping"]["Boot"] == 9
+    assert results["dataset"]["label_mapping"]["T-shirt_top"] == 0
+    assert results["dataset"]["label_mapping_source"] == "given"
+
+
+@contextmanager
+def _log_messages(name: str) -> Iterator[list[str]]:
+    """Collect the messages logged by the logger ``name`` while the block runs."""
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger(name).addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logging.getLogger(name).removeHandler(handler)
+
+
+def _run_generic_model_names(tmp_path: Path) -> tuple[dict, list[str]]:
+    """A model with LABEL_0.. names and a dataset whose ClassLabel names cannot match them."""
+    model = _digits_model(tmp_path, [f"LABEL_{i}" for i in range(10)])
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    rows = load_digits_dataset("test").select(range(NUM_IMAGES))
+    rows = rows.cast_column("label", datasets.ClassLabel(names=words))
+    with _log_messages("hf_fisher.labels") as messages:
+        report = evaluate_robustness(str(model), rows, progress=False)
+    return report.results, messages
+
+
+def _check_generic_model_names(outcome: tuple[dict, list[str]]) -> None:
+    results, messages = outcome
+    assert results["dataset"]["label_mapping_source"] == "ids"
+    assert results["dataset"]["label_mapping"]["three"] == 3
+    assert [r["label"] for r in results["per_sample"]] == load_digits_dataset("test")["label"][
+        :NUM_IMAGES
+    ]
+    warning = "taking the dataset's ClassLabel ids as the model's class ids"
+    assert any(warning in message for message in messages)
+
+
+def _run_sixteen_bit_pngs(tmp_path: Path) -> tuple[dict, dict, tuple]:
+    runs = {}
+    for bits in (8, 16):
+        folder = _imagefolder(tmp_path / f"png{bits}", str, bits=bits)
+        out = tmp_path / f"out{bits}"
+        runs[bits] = _cli(DEFAULT_MODEL_DIR, "--dataset", folder, "--split", "train", "--out", out)
+    return runs[8], runs[16], _truth(DEFAULT_MODEL_DIR, tmp_path / "png16", bits=16)
+
+
+def _check_sixteen_bit_pngs(outcome: tuple[dict, dict, tuple]) -> None:
+    eight, sixteen, truth = outcome
+    _check_against_truth(sixteen, truth)
+    assert sixteen["summary"]["accuracy"] == eight["summary"]["accuracy"]
+    for key in ("spectral_norm", "trace", "probability"):
+        values = [r[key] for r in sixteen["per_sample"]]
+        assert values == pytest.approx([r[key] for r in eight["per_sample"]], rel=1e-5, abs=1e-9)
+
+
+def _run_bundled_train_split(tmp_path: Path) -> dict:
+    return _cli("--split", "train", "--num-samples", 5, "--out", tmp_path / "out")
+
+
+def _check_bundled_train_split(results: dict) -> None:
+    train = load_digits_dataset("train")
+    dataset = results["dataset"]
+    assert dataset["split"] == "train"
+    assert dataset["num_rows"] == len(train) == 1437
+    assert [r["index"] for r in results["per_sample"]] == dataset["indices"]
+    assert [r["label"] for r in results["per_sample"]] == train.select(dataset["indices"])["label"]
+
+
+def _run_other_split_of_a_dataset(tmp_path: Path) -> None:
+    evaluate_robustness(dataset=load_digits_dataset("test"), split="train", progress=False)
+
+
+def _text_csv(tmp_path: Path, rows: list[tuple[str, str]]) -> Path:
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    with open(folder / "test.csv", "w", newline="", encoding="utf-8") as stream:
+        csv.writer(stream).writerows([("text", "label"), *rows])
+    return folder
+
+
+MISSING_TEXT_ROWS = [
+    ("the movie was wonderful", "0"),
+    ("", "1"),  # an empty cell
+    ("   ", "2"),  # whitespace only
+    ("a dull film with a terrible plot", "1"),
+    ("nan", "0"),  # pandas reads it as a missing value
+    ("great music and a great cast", "2"),
+]
+
+
+def _run_missing_text(tmp_path: Path) -> tuple[dict, list[float]]:
+    bert = build_bert(tmp_path / "bert")
+    folder = _text_csv(tmp_path, MISSING_TEXT_ROWS)
+    results = _cli(bert, "--dataset", folder, "--out", tmp_path / "out")
+    kept = [0, 3, 5]
+    texts = [MISSING_TEXT_ROWS[i][0] for i in kept]
+    reference = evaluate_robustness(
+        str(bert), datasets.Dataset.from_dict({"text": texts}), progress=False
+    )
+    return results, [r["spectral_norm"] for r in reference.per_sample]
+
+
+def _check_missing_text(outcome: tuple[dict, list[float]]) -> None:
+    results, reference = outcome
+    assert [s["index"] for s in results["skipped"]] == [1, 2, 4]
+    assert all("missing text in column(s) ['text']" in s["reason"] for s in results["skipped"])
+    assert [r["index"] for r in results["per_sample"]] == [0, 3, 5]
+    assert [r["label"] for r in results["per_sample"]] == [0, 1, 2]
+    assert [r["spectral_norm"] for r in results["per_sample"]] == pytest.approx(reference, rel=1e-5)
+
+
+def _run_three_text_columns(tmp_path: Path) -> None:
+    rows = datasets.Dataset.from_dict({"a": ["x"], "b": ["y"], "c": ["z"], "label": [0]})
+    bert = build_bert(tmp_path / "bert")
+    evaluate_robustness(str(bert), rows, input_columns=["a", "b", "c"], progress=False)
+
+
+def _run_two_columns_on_images(tmp_path: Path) -> None:
+    rows = load_digits_dataset("test").select(range(2))
+    rows = rows.add_column("caption", ["a", "b"])
+    evaluate_robustness(dataset=rows, input_columns=["image", "caption"], progress=False)
+
+
+def _run_long_text(tmp_path: Path) -> tuple[dict, list[float], list[str]]:
+    """A text 3x longer than BERT's 64 positions, through a tokenizer with no model_max_length."""
+    bert = build_bert(tmp_path / "bert")
+    tokenizer = AutoTokenizer.from_pretrained(bert)
+    assert tokenizer.model_max_length > 1e20  # transformers' "unset" sentinel
+    long = " ".join(TEXT_CORPUS * 3)
+    assert len(tokenizer(long)["input_ids"]) > 150
+    rows = datasets.Dataset.from_dict({"text": [long, TEXT_CORPUS[0]], "label": [0, 1]})
+    with _log_messages("hf_fisher.adapters") as messages:
+        report = evaluate_robustness(str(bert), rows, progress=False)
+    classifier = load_classifier(bert, device="cpu", dtype=torch.float64)
+    truth = []
+    for text in (long, TEXT_CORPUS[0]):
+        encoding = tokenizer([text], truncation=True, max_length=64, return_tensors="pt")
+        batch = classifier.prepare(dict(encoding))
+        fisher = dense_fisher(classifier.logit_fn(batch), batch.inputs, batch.space_mask)
+        truth.append(float(dense_spectrum(fisher)[0][0, 0]))
+    return report.results, truth, messages
+
+
+def _check_long_text(outcome: tuple[dict, list[float], list[str]]) -> None:
+    results, truth, messages = outcome
+    assert [r["spectral_norm"] for r in results["per_sample"]] == pytest.approx(truth, rel=1e-3)
+    assert any("truncated 1 of 2 texts to the model's limit of 64 tokens" in m for m in messages)
+
+
+DATA_CASES: list[Case] = [
+    # 1. labels are matched to the model's id2label by name, not by the dataset's own order
+    Case(
+        "imagefolder-class-names-aligned-to-model-ids",
+        _run_named_imagefolder,
+        check=_check_named_imagefolder,
+    ),
+    Case(
+        "unmatched-label-names-refused",
+        _run_unmatched_names,
+        error=DatasetError,
+        match=r"dataset labels \['Boot'\] match none of the model's labels \['T-shirt/top'",
+    ),
+    Case("label-mapping-json-file", _run_given_mapping, check=_check_given_mapping),
+    Case(
+        "generic-model-labels-take-classlabel-ids",
+        _run_generic_model_names,
+        check=_check_generic_model_names,
+    ),
+    # 6. 16-bit PNGs are scaled by their bit depth, not clipped by convert("L")
+    Case(
+        "sixteen-bit-png-imagefolder-equals-eight-bit",
+        _run_sixteen_bit_pngs,
+        check=_check_sixteen_bit_pngs,
+    ),
+    # 8. the bundled digits honour --split; a Dataset of one split is not recorded as another
+    Case("bundled-digits-train-split", _run_bundled_train_split, check=_check_bundled_train_split),
+    Case(
+        "bundled-digits-unknown-split-refused",
+        lambda tmp_path: evaluate_robustness(split="validation", progress=False),
+        error=DatasetError,
+        match=r"got split 'validation'; the digits dataset has splits \['train', 'test'\]",
+    ),
+    Case(
+        "dataset-of-another-split-refused",
+        _run_other_split_of_a_dataset,
+        error=DatasetError,
+        match="the dataset passed is the 'test' split, but split 'train' was asked for",
+    ),
+    # 9. missing text is skipped and listed, not scored as the word "None"
+    Case("missing-text-cells-skipped", _run_missing_text, check=_check_missing_text),
+    # 12. input columns: what is accepted; text longer than the model's positions is truncated
+    Case(
+        "three-text-input-columns-refused",
+        _run_three_text_columns,
+        error=DatasetError,
+        match=r"got input columns \['a', 'b', 'c'\]; hf-fisher takes one image column, one text",
+    ),
+    Case(
+        "two-input-columns-on-an-image-model-refused",
+        _run_two_columns_on_images,
+        error=DatasetError,
+        match=r"got input columns \['image', 'caption'\]",
+    ),
+    Case("long-text-truncated-to-position-limit", _run_long_text, check=_check_long_text),
+]
 
 # --- estimators: methods, traces, convergence, intervals, dtypes, multi-label --------------
 

@@ -44,6 +44,9 @@ Args:
         (int, default 16), seed (int, default 0), kl_tau (float, default 0.01), input_space
         ("pixels", "normalized" or "embeddings"), device (str), dtype ("float32" or
         "float64"): estimator options of hf_fisher.evaluate_robustness. Unknown names raise.
+    label_mapping (dict, optional): the model's label name -> the reference value it stands for,
+        as in evaluate's evaluators (e.g. {"NEGATIVE": 0, "POSITIVE": 1}); without it,
+        integer references are the model's class ids.
 Returns:
     spectral_norm_{mean, median, p05, p95, median_ci_low, median_ci_high}: lambda_max(F) >= 0.
     trace_{...}: trace(F) >= spectral_norm, same statistics.
