@@ -1,18 +1,27 @@
 import argparse
 import copy
+import difflib
 import json
 import logging
+import textwrap
 import warnings
 from pathlib import Path
 from unittest import mock
 
+import httpx2
 import numpy as np
 import pytest
+import requests
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
+from markdown_it import MarkdownIt
 
+from hf_fisher import cli as hf_cli
 from hf_fisher.errors import InputError, ResultsError
 from hf_fisher.report import badge, card, cli, plots, push
+from hf_fisher.report import eval_results as card_eval
 from hf_fisher.report.results_io import (
     load_reportable_results,
     validate_reportable_results,
@@ -201,9 +210,13 @@ def test_round_trip_through_model_card_load(tmp_path, results):
         assert result.metric_args["ci95_low"] == expected[key]["median_ci_low"]
         assert result.task_type == "image-classification"
         assert result.dataset_split == "test"
-        # joined the existing group, so took its shared fields and will not change on reload
-        assert result.dataset_name == "Digits (sklearn)"
-        assert result.source_url == "https://example.org/paper"
+        # a group of our own: our dataset name and source, not those of the existing group
+        assert result.dataset_name == "sklearn-digits"
+        assert (result.source_name, result.source_url) == ("hf-fisher", card_eval.SOURCE_URL)
+    theirs = [r for r in loaded.data.eval_results if r.metric_type == "accuracy"]
+    assert [(r.source_name, r.source_url) for r in theirs] == [
+        ("Paper", "https://example.org/paper")
+    ]
     assert ModelCard.load(path).content == loaded.content
     assert loaded.data.model_name == "my-model"
 
@@ -513,3 +526,340 @@ def test_bundled_card_round_trips_and_rerun_is_byte_identical(tmp_path, bundled)
         assert loaded.text.count(f"### {title}") == 1
     card.write_card(bundled, out=path, card=path)
     assert path.read_bytes() == first
+
+
+# byte preservation, escaping, push errors (issue 11) ---------------------------------------
+
+# Comments, unknown keys at every level, odd spacing, a group with the same task and dataset as
+# ours under its own source, a flow-style group and a second model-index entry.
+HAND_WRITTEN = """---
+# Card metadata, edited by hand.\t(tab in a comment)
+license: apache-2.0    # SPDX id
+language:
+    - en        # four-space indented list
+custom_key: {nested: [1, 2], "quoted": 'x'}
+model-index:
+- name: my-model
+  extra_entry_key: kept   # unknown model-index key
+  results:
+  # accuracy from the paper
+  - task:
+      type: image-classification
+    dataset:
+      name: Digits (sklearn)
+      type: sklearn-digits
+      split: test
+    metrics:
+    - type: accuracy
+      value: 0.97
+      unknown_metric_key: [a, b]
+    source:
+      url: https://example.org/paper
+      name: Paper
+    extra_result_key: 1
+
+  - task: {type: image-classification}
+    dataset: {name: Digits, type: sklearn-digits, split: test}
+    metrics:
+      - {type: f1, value: 0.96}
+    source: {name: Leaderboard, url: "https://example.org/lb"}
+  # trailing comment of the results list
+- name: second-entry
+  results:
+  - task:
+      type: image-classification
+    dataset: {name: other, type: other}
+    metrics:
+    - type: accuracy
+      value: 0.5
+thumbnail: "x.png"
+---
+
+#  Title with  odd   spacing\t
+
+Intro.
+"""
+
+
+def _insertions(original: str, merged: str) -> list[str]:
+    """The chunks inserted into ``original`` to give ``merged``; fails if any byte changed."""
+    old, new = original.splitlines(keepends=True), merged.splitlines(keepends=True)
+    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+    ops = [op for op in matcher.get_opcodes() if op[0] != "equal"]
+    assert all(op[0] == "insert" for op in ops), ops
+    return ["".join(new[j1:j2]) for _, _, _, j1, j2 in ops]
+
+
+def _front(text: str) -> dict:
+    return yaml.safe_load(REGEX_YAML_BLOCK.search(text).group(2))
+
+
+def _expected_group(results):
+    """Our group as the Hub layout wants it, written out here independently of the code."""
+    stats = results["summary"]["metrics"]
+    return {
+        "source": {"url": "https://pypi.org/project/hf-fisher/", "name": "hf-fisher"},
+        "dataset": results["dataset"]["name"],
+        "values": {k: stats[k]["median"] for k in ("kl_radius", "spectral_norm", "trace")},
+    }
+
+
+def _summary_of(group):
+    return {
+        "source": group["source"],
+        "dataset": group["dataset"]["name"],
+        "values": {m["config"]: m["value"] for m in group["metrics"]},
+    }
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_merge_keeps_every_byte_outside_our_entries(results, newline):
+    original = HAND_WRITTEN.replace("\n", newline)
+    merged = str(card.merge_card(results, original))
+    front_chunk, section_chunk = _insertions(original, merged)
+    assert card.START_MARKER in section_chunk and "model-index" not in section_chunk
+    # our group: one item of the first entry's results, after the last existing item
+    group = yaml.safe_load(textwrap.dedent(front_chunk))
+    assert len(group) == 1 and _summary_of(group[0]) == _expected_group(results)
+    assert merged.index(front_chunk) < merged.index("  # trailing comment of the results list")
+    assert "\n" not in merged.replace("\r\n", "") if newline == "\r\n" else "\r" not in merged
+    # the Hub reads each group with its own source
+    loaded = ModelCard(merged)
+    sources = {(r.metric_type, r.source_name) for r in loaded.data.eval_results}
+    assert sources == {
+        ("accuracy", "Paper"),
+        ("f1", "Leaderboard"),
+        ("accuracy", None),
+        ("fisher_robustness", "hf-fisher"),
+    }
+    assert str(card.merge_card(results, merged)) == merged  # idempotent, byte for byte
+
+
+def test_rerun_replaces_our_group_in_place_and_keeps_comments_around_it(results):
+    first = str(card.merge_card(results, HAND_WRITTEN))
+    trailing = "  # trailing comment of the results list"
+    commented = first.replace(trailing, f"  # added after our group\n{trailing}")
+    newer = copy.deepcopy(results)
+    newer["summary"]["metrics"]["kl_radius"]["median"] = 0.6
+    again = str(card.merge_card(newer, commented))
+    old_group = _insertions(HAND_WRITTEN, first)[0]
+    new_group = _insertions(HAND_WRITTEN, str(card.merge_card(newer, HAND_WRITTEN)))[0]
+    assert old_group != new_group
+    sections = card.render_section(results), card.render_section(newer)
+    # our group replaced where it was, the comment after it and everything else kept
+    assert again == commented.replace(old_group, new_group).replace(*sections)
+    values = {r.metric_config: r.metric_value for r in _ours(ModelCard(again))}
+    assert values["kl_radius"] == 0.6 and len(values) == 3
+
+
+@pytest.mark.parametrize("at_end", [False, True], ids=["before-source", "end-of-front-matter"])
+def test_entries_of_older_versions_inside_another_group_are_moved_out(results, at_end):
+    # hf-fisher <= 0.1 appended its metrics to an existing group with the same task and dataset
+    legacy_metric = (
+        "    - type: fisher_robustness\n      value: 0.05\n      name: median KL radius\n"
+        "      config: kl_radius\n      args:\n        statistic: median\n"
+    )
+    existing = EXISTING
+    if at_end:  # as in model_cards/digits-resnet.md: no source, the last lines of the YAML
+        existing = EXISTING.replace(
+            "    source:\n      url: https://example.org/paper\n      name: Paper\n", ""
+        )
+    legacy = existing.replace("      value: 0.97\n", "      value: 0.97\n" + legacy_metric)
+    merged = str(card.merge_card(results, legacy))
+    assert merged == str(card.merge_card(results, existing))  # as if they had never been there
+    _insertions(existing, merged)
+    groups = _front(merged)["model-index"][0]["results"]
+    assert groups[0]["metrics"] == [{"type": "accuracy", "value": 0.97}]
+    if not at_end:
+        assert groups[0]["source"] == {"url": "https://example.org/paper", "name": "Paper"}
+    assert _summary_of(groups[1]) == _expected_group(results)
+
+
+@pytest.mark.parametrize(
+    ("front", "match"),
+    [
+        ("model-index: [{name: m, results: []}]", "flow-style"),
+        ("model-index:\n- name: m\n  results: []", "no block results"),
+        ("- a list", "not a mapping"),
+        ("key: [unclosed", "does not parse"),
+    ],
+)
+def test_front_matter_that_cannot_be_edited_in_place_is_left_alone(tmp_path, results, front, match):
+    path = tmp_path / "README.md"
+    path.write_text(f"---\n{front}\n---\nbody\n")
+    before = path.read_bytes()
+    with pytest.raises(InputError, match=match):
+        card.write_card(results, out=path)
+    assert path.read_bytes() == before
+
+
+def test_card_without_card_or_out_merges_into_existing_readme(tmp_path, monkeypatch):
+    (tmp_path / "README.md").write_bytes(b"\xef\xbb\xbf" + HAND_WRITTEN.encode())
+    monkeypatch.chdir(tmp_path)
+    args = _parse(["card", str(FIXTURE)])
+    assert args.func(args) == 0
+    written = (tmp_path / "README.md").read_bytes()
+    assert written.startswith(b"\xef\xbb\xbf")  # the byte-order mark is kept too
+    _insertions(HAND_WRITTEN, written.decode("utf-8-sig"))
+    args.func(args)
+    assert (tmp_path / "README.md").read_bytes() == written
+
+
+MALICIOUS = {
+    ("model", "id"): "org/m</a><script>alert(1)</script>\n---\nlicense: mit\n# x: y",
+    ("dataset", "name"): "data|set\n# Heading\n<img src=x onerror=alert(1)> [l](javascript:x)",
+    ("dataset", "split"): "te`st</code><b>bold</b>",
+    ("dataset", "config"): "cfg: {a: 1} # not a comment\r\n- item",
+    ("settings", "method"): "exact``<script>`",
+    ("settings", "input_space"): "<script>alert('space')</script>\n---\nfoo: bar\n| a | b |",
+    ("hf_fisher_version",): "0.1.0<!-- hf-fisher:end -->",
+    ("created",): "*now* & &lt;then&gt; $x$",
+}
+
+
+def _malicious(results):
+    data = copy.deepcopy(results)
+    for path, value in MALICIOUS.items():
+        target = data
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    data["model"]["id2label"]["3"] = "three|col\n---\n<script>x</script>\n## fake heading"
+    return data
+
+
+def _structure(markdown: str) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Block tokens with the non-text inline tokens they hold, and the raw HTML in the card."""
+    tokens = MarkdownIt("commonmark").enable("table").parse(markdown)
+    blocks, html = [], []
+    for token in tokens:
+        if token.type == "html_block":
+            html.append(token.content.strip())
+        kinds = [c.type for c in token.children or [] if c.type not in ("text", "softbreak")]
+        html += [c.content for c in token.children or [] if c.type == "html_inline"]
+        blocks.append((token.type, token.tag, *kinds))
+    return blocks, html
+
+
+def test_values_from_results_cannot_inject_html_markdown_or_yaml(results):
+    harmless = copy.deepcopy(results)
+    harmless["dataset"]["config"] = "default"
+    clean = str(card.merge_card(harmless, None))
+    evil_results = _malicious(results)
+    evil = str(card.merge_card(evil_results, None))
+    body = evil[REGEX_YAML_BLOCK.search(evil).end() :]
+    front_lines = REGEX_YAML_BLOCK.search(evil).group(2).splitlines()
+    assert not any(line.startswith(("---", "...")) for line in front_lines)  # one line each
+    # the same blocks, tables, links and code spans as a card with harmless values, and no
+    # raw HTML other than the template's own <sub> and markers
+    blocks, html = _structure(body)
+    clean_blocks, clean_html = _structure(clean[REGEX_YAML_BLOCK.search(clean).end() :])
+    assert blocks == clean_blocks
+    assert html == clean_html == [card.START_MARKER, "<sub>", "</sub>", card.END_MARKER]
+    rendered = MarkdownIt("commonmark").enable("table").render(body)
+    assert "<script" not in rendered and "&lt;script&gt;" in rendered
+    assert rendered.count("<img") == 1  # the badge
+    # the front matter parses to exactly the intended values
+    front = _front(evil)
+    assert set(front) == {"pipeline_tag", "tags", "model-index"}
+    entry = front["model-index"][0]
+    assert entry["name"] == MALICIOUS[("model", "id")]
+    (group,) = entry["results"]
+    assert group["dataset"] == {
+        "name": MALICIOUS[("dataset", "name")],
+        "type": MALICIOUS[("dataset", "name")],
+        "config": MALICIOUS[("dataset", "config")],
+        "split": MALICIOUS[("dataset", "split")],
+    }
+    space = MALICIOUS[("settings", "input_space")]
+    assert {m["args"]["input_space"] for m in group["metrics"]} == {space}
+    assert {m["args"]["estimator"] for m in group["metrics"]} == {"exact``<script>`"}
+    assert group["metrics"][0]["name"] == f"median KL radius ({space}, tau=0.01)"
+    assert ModelCard(evil).data.model_name == MALICIOUS[("model", "id")]
+    # and merging again into the malicious card is still byte-identical
+    assert str(card.merge_card(evil_results, evil)) == evil
+
+
+def test_md_code_shows_any_text_literally():
+    for text in ("exact", "a`b", "``x``", " lead", "trail`", "<b>|x</b>"):
+        (token,) = MarkdownIt("commonmark").parseInline(card.md_code(text))[0].children
+        assert (token.type, token.content) == ("code_inline", text)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OfflineModeIsEnabled("Cannot reach https://huggingface.co: offline mode is enabled."),
+        httpx2.ConnectError("[Errno -2] Name or service not known"),
+        requests.ConnectionError("Max retries exceeded, header token=hf_SECRETtoken1234567890"),
+        HfHubHTTPError(
+            "401 Unauthorized: Bearer hf_SECRETtoken1234567890 is invalid",
+            response=httpx2.Response(
+                401, request=httpx2.Request("POST", "https://huggingface.co/api/models/u/m")
+            ),
+        ),
+        LocalTokenNotFoundError("Token is required; pass hf_SECRETtoken1234567890"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_push_network_and_hub_errors_are_one_line_without_token(
+    tmp_path, monkeypatch, capsys, error
+):
+    secret = "hf_SECRETtoken1234567890"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    out = tmp_path / "card" / "README.md"
+    api = mock.Mock()
+    api.create_commit.side_effect = error
+    with mock.patch.object(push, "HfApi", return_value=api):
+        code = hf_cli.main(["card", str(FIXTURE), "--out", str(out), "--push", "u/m"])
+    assert code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hf-fisher: error: could not open a pull ")
+    assert type(error).__name__ in err and str(out) in err
+    assert secret not in err and "Traceback" not in err
+    assert out.is_file()  # the card itself was written before the push
+
+
+def test_merged_card_saves_its_text_unless_data_is_edited(tmp_path, results):
+    merged = card.merge_card(results, HAND_WRITTEN)
+    text = str(merged)
+    assert "# Card metadata, edited by hand." in text
+    merged.save(tmp_path / "a.md")
+    assert (tmp_path / "a.md").read_bytes() == text.encode()
+    merged.text += "More.\n"
+    assert str(merged) == text + "More.\n"
+    merged.data.license = "mit"  # huggingface_hub's serialisation takes over: the edit is kept
+    assert "license: mit" in str(merged) and "# Card metadata" not in str(merged)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "---\n# only a comment\n---\nbody\n",
+        "---\nlicense: x  # c\n---\n",
+        "---\r\nlicense: x\r\n\r\n---\r\n\r\n# T\r\n",
+        "---\n\n---\nbody without a final line break",
+        "---\nlicense: x\ndescription: |\n  multi\n  line\n\n---\n",
+        "\n\n---\nlicense: x\n---\n# leading blank lines\n",
+        "---\nmodel-index:\n  - name: m\n    results:\n      - task: {type: image-classification}\n"
+        "        dataset: {name: d, type: d}\n        metrics:\n"
+        "          - {type: accuracy, value: 1}\n---\n",
+    ],
+    ids=[
+        "comment-only",
+        "no-model-index",
+        "crlf-blank-line",
+        "empty",
+        "block-scalar",
+        "leading",
+        "indented-lists",
+    ],
+)
+def test_odd_front_matter_layouts_only_get_insertions(results, text):
+    merged = str(card.merge_card(results, text))
+    ops = difflib.SequenceMatcher(None, text, merged, autojunk=False).get_opcodes()
+    assert all(op[0] in ("equal", "insert") for op in ops)
+    assert str(card.merge_card(results, merged)) == merged
+    front = _front(merged)
+    assert _summary_of(front["model-index"][0]["results"][-1]) == _expected_group(results)

@@ -2,6 +2,7 @@ import argparse
 import base64
 import copy
 import json
+import math
 import os
 import re
 import select
@@ -13,6 +14,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from hf_fisher import cli as hf_cli
 from hf_fisher.errors import InputError, ResultsError
 from hf_fisher.report import cli, leaderboard
 from hf_fisher.report.results_io import load_reportable_results
@@ -311,3 +313,180 @@ def test_submission_needs_clean_accuracy(results):
     data["summary"]["accuracy"] = None
     with pytest.raises(ResultsError, match="summary.accuracy is null"):
         leaderboard.make_submission(data)
+
+
+# ranges, non-finite values and ranking (issue 11) ----------------------------------------
+
+
+def _strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_submit_writes_standard_json_with_nulls(tmp_path, results):
+    data = copy.deepcopy(results)
+    data["summary"]["metrics"]["trace"]["p95"] = None  # what hf-fisher writes for inf / NaN
+    data["summary"]["metrics"]["spectral_norm"]["median_ci_high"] = None
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "sub.json"
+    assert hf_cli.main(["submit", str(path), "--out", str(out)]) == 0
+    sub = _strict_json(out.read_text())
+    assert sub["metrics"]["trace"]["p95"] is None
+    assert sub["metrics"]["spectral_norm"]["median_ci_high"] is None
+    assert leaderboard.validate_submission(sub) == sub
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_submit_refuses_non_finite_results(tmp_path, capsys, results, token):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results).replace('"p95": ', f'"p95": {token}, "was": ', 1))
+    out = tmp_path / "sub.json"
+    assert hf_cli.main(["submit", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: summary.metrics.spectral_norm.p95 = " in err and "not a finite number" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        (("summary", "accuracy"), 7.5, r"summary\.accuracy = 7\.5 is not a fraction in \[0, 1\]"),
+        (
+            ("summary", "by_class", "3", "accuracy"),
+            -0.25,
+            r"summary\.by_class\.3\.accuracy = -0\.25 is not a fraction",
+        ),
+        (
+            ("summary", "metrics", "kl_radius", "median"),
+            -0.5,
+            r"summary\.metrics\.kl_radius\.median = -0\.5 is negative",
+        ),
+        (
+            ("summary", "by_correctness", "correct", "metrics", "spectral_norm", "p05"),
+            -1.0,
+            r"summary\.by_correctness\.correct\.metrics\.spectral_norm\.p05 = -1\.0 is negative",
+        ),
+    ],
+)
+def test_out_of_range_results_are_refused(tmp_path, results, field, value, match):
+    data = copy.deepcopy(results)
+    target = data
+    for key in field[:-1]:
+        target = target[key]
+    target[field[-1]] = value
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ResultsError, match=re.escape(str(path)) + ": " + match):
+        load_reportable_results(path)
+    with pytest.raises(ResultsError, match=match):
+        leaderboard.make_submission(data)
+
+
+def test_flat_model_results_get_an_accurate_message(results):
+    data = copy.deepcopy(results)
+    for row in data["per_sample"][:25]:
+        row["spectral_norm"], row["kl_radius"] = 0.0, None
+    data["summary"]["metrics"]["kl_radius"].update(median=None, median_ci_high=None)
+    data["summary"]["metrics"]["spectral_norm"]["median"] = 0.0
+    with pytest.raises(
+        ResultsError, match=r"median, median_ci_high is null, i\.e\. infinite: .* 25 of 40"
+    ):
+        leaderboard.make_submission(data)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"median_kl_radius": -0.5}, r"at median_kl_radius: -0\.5 is less than the minimum of 0"),
+        ({"median_kl_radius_ci": [-1.0, 0.2]}, r"at median_kl_radius_ci/0: -1\.0 is less than"),
+        ({"clean_acc": "750.00"}, r"at clean_acc: '750\.00' is not a percentage in \[0, 100\]"),
+        ({"median_kl_radius": math.inf}, r"at median_kl_radius = inf: not a finite number"),
+        ({"kl_tau": math.nan}, r"at kl_tau = nan: not a finite number"),
+    ],
+)
+def test_bad_submission_values_name_file_and_field(tmp_path, results, change, match):
+    sub = dict(leaderboard.make_submission(results), **change)
+    (tmp_path / "bad.json").write_text(json.dumps(sub))  # json writes inf/nan as tokens
+    with pytest.raises(ResultsError, match=re.escape(str(tmp_path / "bad.json")) + ": invalid "):
+        leaderboard.load_submissions(tmp_path)
+    with pytest.raises(ResultsError, match=match):
+        leaderboard.validate_submission(sub)
+
+
+def test_negative_spectral_norm_in_submission_is_refused(results):
+    sub = copy.deepcopy(leaderboard.make_submission(results))
+    sub["metrics"]["spectral_norm"]["p05"] = -2.0
+    with pytest.raises(ResultsError, match=r"at metrics/spectral_norm/p05: -2\.0 is less than"):
+        leaderboard.validate_submission(sub)
+    sub["metrics"]["spectral_norm"]["p05"] = 0.0
+    sub["metrics"]["trace"]["p05"] = None  # null: not finite
+    leaderboard.validate_submission(sub)
+
+
+def _flat_and_unknown(results):
+    """A flat model (median KL radius null, median spectral norm 0) and an unknown one."""
+    base = leaderboard.make_submission(results)
+    flat = copy.deepcopy(base)
+    flat.update(name="flat", median_kl_radius=None, median_kl_radius_ci=[0.5, None])
+    flat["metrics"]["spectral_norm"]["median"] = 0.0
+    unknown = copy.deepcopy(base)
+    unknown.update(name="unknown", median_kl_radius=None, median_kl_radius_ci=[None, None])
+    return flat, unknown
+
+
+def test_ranking_puts_flat_models_first_and_unknown_last(tmp_path, results):
+    flat, unknown = _flat_and_unknown(results)
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    for i, sub in enumerate([unknown, _submission(results, "big", 0.3, 0.9, 40), flat]):
+        (folder / f"{i}.json").write_text(json.dumps(sub, allow_nan=False))
+    subs = leaderboard.load_submissions(folder)
+    rows = leaderboard.leaderboard_rows(subs)
+    assert [r["name"][0] for r in rows] == ["flat", "big", "unknown"]
+    assert rows[0]["median_kl_radius"][1] == "∞ [0.5, –]"
+    assert rows[2]["median_kl_radius"][1] == "– [–, –]"
+    # in-memory floats: +inf is the most robust, NaN unknown
+    memory = [
+        dict(_submission(results, "nan", 0.3, 0.9, 40), median_kl_radius=math.nan),
+        dict(_submission(results, "small", 0.01, 0.9, 40)),
+        dict(_submission(results, "inf", 0.3, 0.9, 40), median_kl_radius=math.inf),
+    ]
+    assert [r["name"][0] for r in leaderboard.leaderboard_rows(memory)] == ["inf", "small", "nan"]
+    page = leaderboard.leaderboard_html(subs, "t")
+    assert 'data-sort="Infinity"' in page and 'data-sort=""' in page
+    markdown = leaderboard.leaderboard_markdown(subs, "t")
+    names = [line.split("|")[2].strip() for line in markdown.splitlines()[4:7]]
+    assert names == ["flat", "big (1)", "unknown"]  # (1): its footnote
+
+
+def test_unknown_values_sort_last_both_ways_in_real_chromium(tmp_path, results):
+    binary = _need_chromium()
+    flat, unknown = _flat_and_unknown(results)
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    for i, sub in enumerate([unknown, _submission(results, "big", 0.3, 0.9, 40), flat]):
+        (folder / f"{i}.json").write_text(json.dumps(sub))
+    _, html_path = leaderboard.build_leaderboard(folder, tmp_path / "site")
+    orders = {}
+    for fragment in ("median_kl_radius", "-median_kl_radius"):
+        dom = subprocess.run(
+            [
+                binary,
+                *CHROME_FLAGS,
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--dump-dom",
+                f"{html_path.as_uri()}#sort={fragment}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        orders[fragment] = re.findall(r'<tr data-rank="\d+" data-name="([^"]*)"', dom)
+    assert orders == {
+        "median_kl_radius": ["big", "flat", "unknown"],
+        "-median_kl_radius": ["flat", "big", "unknown"],
+    }

@@ -3,6 +3,7 @@
 from hf_fisher.report.badge import BADGE_THRESHOLDS, badge_color, badge_markdown, badge_url
 from hf_fisher.report.card import (
     CardOutputs,
+    MergedCard,
     companion_subsections,
     merge_card,
     render_section,
@@ -29,7 +30,7 @@ from hf_fisher.report.plots import (
     resolve_dotted,
     resolve_plotter,
 )
-from hf_fisher.report.push import push_card
+from hf_fisher.report.push import PushError, push_card
 from hf_fisher.report.results_io import (
     load_reportable_results,
     validate_reportable_results,
@@ -41,11 +42,13 @@ __all__ = [
     "validate_reportable_results",
     # model card
     "CardOutputs",
+    "MergedCard",
     "merge_card",
     "render_section",
     "companion_subsections",
     "write_card",
     "push_card",
+    "PushError",
     # badge
     "BADGE_THRESHOLDS",
     "badge_color",

@@ -1,24 +1,37 @@
 """Merge a robustness section and ``model-index`` results into a Hugging Face model card.
 
 The section lives between ``<!-- hf-fisher:start -->`` and ``<!-- hf-fisher:end -->``. Re-running
-replaces only what is between the markers; the rest of the Markdown body is kept byte for byte,
-and in the YAML front matter only the ``fisher_robustness`` results of the model-index change.
+replaces only what is between the markers; the rest of the Markdown body is kept byte for byte.
+In the YAML front matter our results are one ``model-index`` group of their own (``source``
+hf-fisher), spliced in as text: comments, unknown keys and other groups are kept byte for byte.
+
+Every value taken from results.json is escaped before it reaches the card: Markdown text and
+table cells through :func:`md_escape`, inline code through :func:`md_code`, YAML through
+``yaml.safe_dump``, so a model, dataset or label name cannot inject HTML, Markdown or YAML.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import string
+import tempfile
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+import yaml
+from huggingface_hub import ModelCard
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
+from huggingface_hub.repocard_data import eval_results_to_model_index
 
 from hf_fisher.errors import InputError
+from hf_fisher.report._front_matter import splice_group
 from hf_fisher.report.badge import badge_markdown, format_sig
 from hf_fisher.report.eval_results import METRIC_TYPE, build_eval_results, write_eval_results
 from hf_fisher.report.plots import (
@@ -50,7 +63,10 @@ _SPACE_UNITS = {
 }
 # "$companions" or "${companions}" not preceded by the "$$" escape.
 _USES_COMPANIONS = re.compile(r"(?<!\$)(?:\$\$)*\$(?:companions\b|\{companions\})")
-_MD_SPECIAL = str.maketrans({c: f"\\{c}" for c in "\\`*_[]<>|#"} | {"\n": " ", "\r": " "})
+_MD_SPECIAL = str.maketrans({c: f"\\{c}" for c in "\\`*_[]<>|#&!~$"})
+# A "<" that the Markdown source does not escape (preceded by an even number of backslashes).
+_RAW_LT = re.compile(r"(?<!\\)((?:\\\\)*)<")
+BOM = "\ufeff"
 
 
 @dataclass(frozen=True)
@@ -71,13 +87,33 @@ def default_template() -> str:
     )
 
 
-def md_escape(text: Any) -> str:
-    r"""Escape text for a Markdown table cell (labels and names can contain anything).
+def _one_line(text: Any) -> str:
+    # Line breaks would let a value start a heading, list, "---" rule or HTML block.
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in str(text))
 
-    >>> md_escape("a|b_c <x>")
-    'a\\|b\\_c \\<x\\>'
+
+def md_escape(text: Any) -> str:
+    r"""Escape text for Markdown prose or a table cell (labels and names can contain anything).
+
+    Line breaks and control characters become spaces; ``\ ` * _ [ ] < > | # & ! ~ $`` get a
+    backslash, so the text renders literally: no HTML, link, emphasis, table column or math.
+
+    >>> md_escape("a|b_c <x>\n# h")
+    'a\\|b\\_c \\<x\\> \\# h'
     """
-    return str(text).translate(_MD_SPECIAL)
+    return _one_line(text).translate(_MD_SPECIAL)
+
+
+def md_code(text: Any) -> str:
+    """Inline code showing ``text`` literally, with a backtick fence longer than any inside.
+
+    >>> md_code("exact"), md_code("a`b")
+    ('`exact`', '``a`b``')
+    """
+    text = _one_line(text)
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text[:1] in ("`", " ") or text[-1:] in ("`", " ") else ""
+    return f"{fence}{pad}{text}{pad}{fence}" if text else "` `"
 
 
 def _ci(stats: Mapping[str, Any]) -> str:
@@ -94,10 +130,10 @@ def _percent(value: float | None) -> str:
 def explanation(results: dict[str, Any]) -> str:
     """One paragraph on what the numbers mean and how they were computed."""
     settings, dataset = results["settings"], results["dataset"]
-    space = settings["input_space"]
-    units = _SPACE_UNITS.get(space, f"{space} units")
-    config = f", config `{md_escape(dataset['config'])}`" if dataset.get("config") else ""
-    split = md_escape(dataset.get("split") or "unspecified")
+    space = md_escape(settings["input_space"])
+    units = _SPACE_UNITS.get(settings["input_space"], f"{space} units")
+    config = f", config {md_code(dataset['config'])}" if dataset.get("config") else ""
+    split = md_code(dataset.get("split") or "unspecified")
     access = "black-box (output queries only)" if settings.get("black_box") else "white-box"
     return (
         "These numbers measure how fast the model's predicted distribution changes under small "
@@ -105,14 +141,15 @@ def explanation(results: dict[str, Any]) -> str:
         "F(x) = Jᵀ(diag(p) − ppᵀ)J, where J is the Jacobian of the logits with respect to the "
         f"input ({space}) and p the softmax output. For each of "
         f"{int(results['summary']['num_samples'])} samples of "
-        f"`{md_escape(dataset['name'])}` (split `{split}`{config}) we "
+        f"{md_code(dataset['name'])} (split {split}{config}) we "
         "report the spectral norm λ_max(F) (sensitivity in the worst direction), the trace of "
         "F (sensitivity summed over all directions) and the KL radius "
         f"√(2τ/λ_max), τ = {format_sig(float(settings['kl_tau']))}: the L2 perturbation, in "
         f"{units}, at which the second-order KL divergence between clean and perturbed outputs "
         "reaches τ. A larger KL radius, or a smaller spectral norm and trace, means a more "
-        f"robust model. Computed {access} with the `{md_escape(settings['method'])}` estimator, "
-        f"seed {settings.get('seed')}; brackets give 95% confidence intervals of the median. "
+        f"robust model. Computed {access} with the {md_code(settings['method'])} estimator, "
+        f"seed {md_escape(settings.get('seed'))}; brackets give 95% confidence intervals of the "
+        "median. "
         "The numbers are local: they describe infinitesimal perturbations around these inputs, "
         "not a certified bound against attacks."
     )
@@ -183,13 +220,13 @@ def per_class_table(results: dict[str, Any]) -> str:
 def _title(name: str, registry: Mapping[str, Any]) -> str:
     entry = registry.get(name)
     if isinstance(entry, Companion):
-        return entry.title
-    return PLOT_TITLES.get(name, name.replace("_", " "))
+        return md_escape(entry.title)
+    return md_escape(PLOT_TITLES.get(name, name.replace("_", " ")))
 
 
 def _image(name: str, path: Path, card_dir: Path, registry: Mapping[str, Any]) -> str:
     rel = Path(os.path.relpath(Path(path).resolve(), Path(card_dir).resolve())).as_posix()
-    return f"![{_title(name, registry)}]({rel})"
+    return f"![{_title(name, registry)}]({quote(rel)})"
 
 
 def plots_markdown(
@@ -202,11 +239,23 @@ def plots_markdown(
     return "\n\n".join(_image(name, path, card_dir, registry) for name, path in plots.items())
 
 
+def _inert(value: Any) -> Any:
+    """A copy of a results section whose strings hold no line breaks."""
+    if isinstance(value, dict):
+        return {_inert(key): _inert(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_inert(item) for item in value]
+    return _one_line(value) if isinstance(value, str) else value
+
+
 def _render_body(func: Callable[[dict], str], section: dict, _name: str) -> str:
-    body = func(section)
+    # Renderers interpolate values of their section into Markdown, not all of them escaped:
+    # give them strings without line breaks (no block-level injection) and escape any raw "<"
+    # in what they return (no HTML; the renderers write none themselves).
+    body = func(_inert(section))
     if not isinstance(body, str):
         raise TypeError(f"card renderer returned {type(body).__name__}, expected Markdown text")
-    return body.strip()
+    return _RAW_LT.sub(r"\1\\<", body.strip())
 
 
 def companion_subsections(
@@ -314,23 +363,34 @@ def _replace_section(text: str, section: str, source: str, newline: str = "\n") 
     return text[:start] + section + text[end + len(END_MARKER) :]
 
 
-def _merge_eval_results(existing: list[EvalResult], ours: list[EvalResult]) -> list[EvalResult]:
-    kept = [r for r in existing if r.metric_type != METRIC_TYPE]
-    # The Hub takes a group's shared fields from its first entry: adopt those of any existing
-    # group we join so that neither our entries nor theirs change on reload.
-    first = {}
-    for r in kept:
-        first.setdefault(r.unique_identifier, r)
-    for r in ours:
-        head = first.get(r.unique_identifier)
-        if head is not None:
-            r.task_name, r.dataset_name, r.dataset_args = (
-                head.task_name,
-                head.dataset_name,
-                head.dataset_args,
-            )
-            r.source_name, r.source_url = head.source_name, head.source_url
-    return kept + ours
+class MergedCard(ModelCard):
+    """The card :func:`merge_card` returns: ``str()`` and ``save()`` give its text byte for byte.
+
+    ``huggingface_hub.ModelCard`` writes its front matter back from ``data``, which drops YAML
+    comments, unknown keys and key order. This subclass returns the merged text as it is while
+    ``data`` is unchanged (``text`` may be edited); after an edit of ``data`` it falls back to
+    ``huggingface_hub``'s serialisation, so the edit is not lost.
+    """
+
+    @property
+    def content(self) -> str:
+        """The merged card, or huggingface_hub's rendering once ``data`` was edited."""
+        if self.data.to_dict() == self._data_snapshot:
+            return self._front + self.text
+        return ModelCard.content.fget(self)
+
+    @content.setter
+    def content(self, content: str) -> None:
+        ModelCard.content.fset(self, content)
+        self._front = content[: len(content) - len(self.text)]
+        self._data_snapshot = copy.deepcopy(self.data.to_dict())
+
+
+def _our_group(results: dict[str, Any]) -> dict[str, Any]:
+    """Our model-index results group, in the Hub's layout (task, dataset, metrics, source)."""
+    index = eval_results_to_model_index("hf-fisher", build_eval_results(results))
+    (group,) = index[0]["results"]
+    return group
 
 
 def merge_card(
@@ -341,8 +401,14 @@ def merge_card(
     template: str | None = None,
     source: str = "model card",
     registry: Mapping[str, Companion | str | Plotter] | None = None,
-) -> ModelCard:
+) -> MergedCard:
     """Return a model card holding the robustness section and model-index results.
+
+    Every byte of ``card_text`` outside the hf-fisher markers and our own model-index entries is
+    kept: the Markdown body, YAML comments, unknown keys, other results groups and their
+    ``source``. Our results form one group of their own (``source.name: hf-fisher``), appended
+    to the first model-index entry's ``results`` (a new model-index is created when there is
+    none) and replaced in place on re-runs, so merging twice gives the same text.
 
     Args:
         results: Validated results.
@@ -354,33 +420,55 @@ def merge_card(
         registry: Companion registry, see :func:`companion_subsections`.
 
     Raises:
-        InputError: The card's markers are broken or its front matter is not a mapping.
+        InputError: The card's markers are broken, its front matter is not a YAML mapping, or
+            its model-index is in a layout that cannot be edited without rewriting it.
     """
     section = render_section(results, plots, card_dir, template, registry)
     model_id = str(results["model"]["id"])
     if card_text is None:
-        data = ModelCardData(
-            model_name=model_id,
-            pipeline_tag=results["model"]["task"],
-            tags=["hf-fisher", "robustness"],
-            eval_results=build_eval_results(results),
+        head = yaml.safe_dump(
+            {"pipeline_tag": results["model"]["task"], "tags": ["hf-fisher", "robustness"]},
+            sort_keys=False,
         )
-        body = f"\n# {md_escape(model_id)}\n\n{section}\n"
-        return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
-    try:
-        card = ModelCard(card_text)
-    except ValueError as err:
-        raise InputError(
-            f"{source}: the YAML front matter is not a mapping ({err}); fix or remove it."
-        ) from err
+        card_text = f"---\n{head}---\n\n# {md_escape(model_id)}\n"
     newline = "\r\n" if "\r\n" in card_text else "\n"
-    card.text = _replace_section(card.text, section.replace("\n", newline), source, newline)
-    card.data.eval_results = _merge_eval_results(
-        list(card.data.eval_results or []), build_eval_results(results)
-    )
-    if not card.data.model_name:
-        card.data.model_name = model_id
-    return card
+    group = _our_group(results)
+    match = REGEX_YAML_BLOCK.search(card_text)
+    if match:
+        front = splice_group(match.group(2), group, model_id, METRIC_TYPE, newline, source)
+        head = card_text[: match.start(2)] + front + card_text[match.end(2) : match.end()]
+        body = card_text[match.end() :]
+    else:
+        front = splice_group("", group, model_id, METRIC_TYPE, newline, source)
+        head, body = f"---{newline}{front}{newline}---{newline}", card_text
+    merged = head + _replace_section(body, section.replace("\n", newline), source, newline)
+    try:
+        return MergedCard(merged)
+    except ValueError as err:
+        detail = " ".join(str(err).split())
+        raise InputError(
+            f"{source}: huggingface_hub cannot read the card's metadata ({detail}); fix the YAML "
+            "front matter and re-run."
+        ) from err
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file and a rename: a crash never leaves half a card."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        if path.exists():
+            os.chmod(temporary, path.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def write_card(
@@ -397,7 +485,8 @@ def write_card(
     Args:
         results: Validated results.
         out: Where to save the card, e.g. ``README.md``.
-        card: Existing card to merge into; ``None`` writes a new card.
+        card: Existing card to merge into. ``None`` merges into ``out`` when that file exists
+            (an existing card is never replaced) and writes a new card otherwise.
         plots_dir: PNG folder; defaults to ``robustness_plots/`` next to ``out``.
         template: Path of a custom section template.
         registry: Companion registry for plots and card subsections; defaults to
@@ -408,13 +497,19 @@ def write_card(
         InputError: ``card`` or ``template`` does not exist, or the card cannot be merged.
     """
     out = Path(out)
+    if card is None and out.is_file():
+        card = out
     for label, path in (("--card", card), ("--template", template)):
         if path is not None and not Path(path).is_file():
             raise InputError(f"{label} {str(path)!r} is not a file; pass an existing file.")
-    card_text = None
+    card_text, bom = None, ""
     if card is not None:
-        with open(card, encoding="utf-8-sig", newline="") as f:
-            card_text = f.read()
+        try:
+            card_text = Path(card).read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(f"{card}: not UTF-8 text ({err}); save the card as UTF-8.") from err
+        if card_text.startswith(BOM):
+            bom, card_text = BOM, card_text[len(BOM) :]
     template_text = None if template is None else Path(template).read_text(encoding="utf-8")
     plots = make_plots(
         results,
@@ -430,6 +525,6 @@ def write_card(
         source=str(card or out),
         registry=registry,
     )
-    merged.save(out)
+    _write_atomic(out, (bom + str(merged)).encode("utf-8"))
     written = write_eval_results(results, out.parent) if eval_results else None
     return CardOutputs(card=out, plots=plots, eval_results=written)

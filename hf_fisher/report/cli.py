@@ -31,7 +31,8 @@ def add_card_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "--out",
         type=Path,
         default=None,
-        help="card to write (default: --card, else README.md)",
+        help="card to write (default: --card, else README.md). An existing file is merged "
+        "into, never replaced, unless --card names another card to merge from",
     )
     parser.add_argument(
         "--plots-dir",
@@ -110,7 +111,8 @@ def run_submit(args: argparse.Namespace) -> int:
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
-        json.dumps(submission, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        json.dumps(submission, indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+        encoding="utf-8",
     )
     print(f"wrote {args.out}")
     return 0

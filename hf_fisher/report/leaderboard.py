@@ -21,6 +21,7 @@ import jsonschema
 from hf_fisher.errors import InputError, ResultsError
 from hf_fisher.report.badge import format_sig
 from hf_fisher.report.card import md_escape
+from hf_fisher.report.results_io import non_finite_field, validate_reportable_results
 
 SUBMISSION_SCHEMA_VERSION = 1
 
@@ -77,8 +78,14 @@ def make_submission(
         additional_data: Whether the model was trained with extra data, as in RobustBench.
 
     Returns:
-        A submission that validates against the submission schema.
+        A submission that validates against the submission schema; statistics that are not
+        finite are null, so it is standard JSON.
+
+    Raises:
+        ResultsError: ``results`` fails :func:`~hf_fisher.report.validate_reportable_results`
+            (e.g. a NaN or an accuracy above 1) or has no accuracy.
     """
+    validate_reportable_results(results)
     summary, settings, model = results["summary"], results["settings"], results["model"]
     if summary.get("accuracy") is None:
         raise ResultsError(
@@ -87,9 +94,8 @@ def make_submission(
         )
     metrics = {
         key: {
-            stat: float(value)
+            stat: None if value is None else float(value)
             for stat, value in summary["metrics"][key].items()
-            if value is not None
         }
         for key in ("kl_radius", "spectral_norm", "trace")
     }
@@ -126,10 +132,14 @@ def make_submission(
 
 
 def validate_submission(submission: Any, source: str = "submission") -> dict[str, Any]:
-    """Check a submission against the schema and return it.
+    """Check a submission against the schema and the ranges of its numbers; return it.
+
+    Every number must be finite (JSON has no NaN or Infinity: write null), ``clean_acc`` a
+    percentage in [0, 100], and KL radii and spectral norms >= 0.
 
     Raises:
-        ResultsError: Wrong ``schema_version`` or a schema violation (path and reason named).
+        ResultsError: Wrong ``schema_version``, a schema violation, a non-finite number or an
+            out-of-range value (file and field named).
     """
     if isinstance(submission, dict) and submission.get("schema_version") != 1:
         raise ResultsError(
@@ -144,6 +154,17 @@ def validate_submission(submission: Any, source: str = "submission") -> dict[str
             f"{source}: invalid submission at {where}: {err.message}. Recreate it with "
             "`hf-fisher submit` or fix the field (see docs/leaderboard.md)."
         ) from err
+    bad = non_finite_field(submission)
+    if bad is not None:
+        raise ResultsError(
+            f"{source}: invalid submission at {bad}: not a finite number; write null for a "
+            "value that is not finite (JSON has no NaN or Infinity)."
+        )
+    if not 0 <= float(submission["clean_acc"]) <= 100:
+        raise ResultsError(
+            f"{source}: invalid submission at clean_acc: {submission['clean_acc']!r} is not a "
+            'percentage in [0, 100] (accuracy 0.975 is written "97.50").'
+        )
     return submission
 
 
@@ -172,21 +193,47 @@ def load_submissions(directory: str | Path) -> list[dict[str, Any]]:
     return submissions
 
 
-def _sort_key(submission: dict[str, Any]) -> tuple[float, str]:
-    value = float(submission["median_kl_radius"])
-    return (-value if math.isfinite(value) else math.inf, submission["name"])
+def median_kl_radius(submission: dict[str, Any]) -> float:
+    """The headline as a float: ``inf`` for a flat model, NaN when it is unknown.
+
+    A submission writes a KL radius that is not finite as null; it is +inf exactly when the
+    median spectral norm is 0 (F = 0: the outputs do not move at all).
+
+    >>> median_kl_radius({"median_kl_radius": None, "metrics": {"spectral_norm": {"median": 0}}})
+    inf
+    """
+    value = submission["median_kl_radius"]
+    if value is not None:
+        return float(value)
+    flat = submission["metrics"]["spectral_norm"].get("median") == 0
+    return math.inf if flat else math.nan
+
+
+def _sort_key(submission: dict[str, Any]) -> tuple[int, float, str]:
+    # Larger KL radius first, +inf (a flat model) the most robust; unknown (NaN) last.
+    value = median_kl_radius(submission)
+    return (1, 0.0, submission["name"]) if math.isnan(value) else (0, -value, submission["name"])
+
+
+def _number(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    if math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    return format_sig(value)
 
 
 def leaderboard_rows(submissions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rank submissions by median KL radius (larger first) into flat display rows.
+    """Rank submissions by median KL radius (larger first, unknown last) into display rows.
 
     Each row maps a :data:`COLUMNS` key to ``(sort_value, display_text)``; the row also keeps
-    its submission under ``"submission"``.
+    its submission under ``"submission"``. Sort values are floats, ``inf`` or NaN (unknown).
     """
     rows = []
     for rank, sub in enumerate(sorted(submissions, key=_sort_key), start=1):
         low, high = sub["median_kl_radius_ci"]
-        kl_text = f"{format_sig(sub['median_kl_radius'])} [{format_sig(low)}, {format_sig(high)}]"
+        kl = median_kl_radius(sub)
+        kl_text = f"{_number(kl)} [{_number(low)}, {_number(high)}]"
         sn, tr = sub["metrics"]["spectral_norm"]["median"], sub["metrics"]["trace"]["median"]
         rows.append(
             {
@@ -199,9 +246,9 @@ def leaderboard_rows(submissions: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "estimator": (sub["estimator"], sub["estimator"]),
                 "n": (sub["n"], str(sub["n"])),
                 "clean_acc": (float(sub["clean_acc"]), sub["clean_acc"]),
-                "median_kl_radius": (sub["median_kl_radius"], kl_text),
-                "spectral_norm": (sn, format_sig(sn)),
-                "trace": (tr, format_sig(tr)),
+                "median_kl_radius": (kl, kl_text),
+                "spectral_norm": (math.nan if sn is None else sn, _number(sn)),
+                "trace": (math.nan if tr is None else tr, _number(tr)),
                 "hf_fisher_version": (sub["hf_fisher_version"], sub["hf_fisher_version"]),
             }
         )
@@ -271,8 +318,11 @@ _JS = """
       var x=a.cells[col].dataset.sort, y=b.cells[col].dataset.sort, r;
       if(numeric){
         x=parseFloat(x); y=parseFloat(y);
-        if(isNaN(x)){x=-Infinity;} if(isNaN(y)){y=-Infinity;}
-        r=x-y;
+        if(isNaN(x)||isNaN(y)){
+          if(isNaN(x)&&isNaN(y)){return a.dataset.rank-b.dataset.rank;}
+          return isNaN(x)?1:-1;  /* unknown values last in either direction */
+        }
+        r=x===y?0:(x<y?-1:1);
       } else { r=x.localeCompare(y); }
       if(r===0){r=a.dataset.rank-b.dataset.rank; return r;}
       return descending?-r:r;
@@ -292,6 +342,13 @@ _JS = """
   if(m){sortBy(decodeURIComponent(m[2]), m[1]==="-");}
 })();
 """
+
+
+def _sort_text(value: Any) -> str:
+    # What the page's script sorts by: parseFloat reads "Infinity"; "" is unknown (sorted last).
+    if isinstance(value, float) and not math.isfinite(value):
+        return "" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return str(value)
 
 
 def _safe_link(url: str | None) -> str | None:
@@ -322,7 +379,7 @@ def leaderboard_html(submissions: list[dict[str, Any]], title: str) -> str:
                 if sub.get("footnote"):
                     inner += f"<br><small>{esc(sub['footnote'])}</small>"
             cls = ' class="num"' if c.numeric else ""
-            cells.append(f'<td{cls} data-sort="{esc(str(sort_value))}">{inner}</td>')
+            cells.append(f'<td{cls} data-sort="{esc(_sort_text(sort_value))}">{inner}</td>')
         body.append(
             f'<tr data-rank="{row["rank"][0]}" data-name="{esc(sub["name"])}">'
             + "".join(cells)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,27 +12,107 @@ from hf_fisher.results import load_results as load_valid_results
 from hf_fisher.results import validate_results as validate_schema
 
 TASKS = ("image-classification", "text-classification")
+NON_NEGATIVE = ("spectral_norm", "kl_radius")
+
+
+def _path(parts: tuple[Any, ...]) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else f"{'.' if text else ''}{part}"
+    return text
+
+
+def _numbers(value: Any, parts: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], float]]:
+    """Every float in a JSON-like value, with its path."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _numbers(item, (*parts, key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _numbers(item, (*parts, index))
+    elif isinstance(value, float):
+        yield parts, value
+
+
+def non_finite_field(value: Any) -> str | None:
+    """Path and value of the first NaN or infinite number in ``value``, else ``None``.
+
+    >>> non_finite_field({"a": [1.0, float("nan")]})
+    'a[1] = nan'
+    """
+    for parts, number in _numbers(value):
+        if not math.isfinite(number):
+            return f"{_path(parts)} = {number}"
+    return None
+
+
+def _groups(summary: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield "summary", summary
+    for key, group in summary["by_class"].items():
+        yield f"summary.by_class.{key}", group
+    for key, group in summary["by_correctness"].items():
+        yield f"summary.by_correctness.{key}", group
+
+
+def _check_ranges(results: dict[str, Any], source: str) -> None:
+    for where, group in _groups(results["summary"]):
+        accuracy = group.get("accuracy")
+        if accuracy is not None and not 0 <= accuracy <= 1:
+            raise ResultsError(
+                f"{source}: {where}.accuracy = {accuracy!r} is not a fraction in [0, 1]. "
+                "Regenerate the file with `hf-fisher evaluate`."
+            )
+        for quantity in NON_NEGATIVE:
+            for statistic, value in group["metrics"][quantity].items():
+                if value is not None and value < 0:
+                    raise ResultsError(
+                        f"{source}: {where}.metrics.{quantity}.{statistic} = {value!r} is "
+                        f"negative; a {quantity.replace('_', ' ')} is >= 0. Regenerate the "
+                        "file with `hf-fisher evaluate`."
+                    )
 
 
 def validate_reportable_results(results: dict[str, Any], source: str = "results") -> dict[str, Any]:
     """Check a parsed results object against the schema and what reports need; return it.
 
-    Reports need at least one sample, a numeric headline median with its CI, and a Hub task.
+    Reports need at least one sample, a numeric headline median with its CI, a Hub task, only
+    finite numbers (hf-fisher writes a non-finite value as null, and NaN slips through every
+    JSON-schema bound), accuracies in [0, 1], and non-negative spectral norms and KL radii.
 
     Raises:
-        ResultsError: a schema problem (see :func:`hf_fisher.results.validate_results`), no
-            samples, no numeric headline, or a task the Hub model-index does not know.
+        ResultsError: a schema problem (see :func:`hf_fisher.results.validate_results`), a
+            NaN/infinite or out-of-range number, no samples, no numeric headline, or a task the
+            Hub model-index does not know.
     """
     validate_schema(results, source)
     regenerate = "regenerate it with `hf-fisher evaluate`"
+    bad = non_finite_field(results)
+    if bad is not None:
+        raise ResultsError(
+            f"{source}: {bad} is not a finite number; hf-fisher writes a value that is not "
+            f"finite as null, so the file was edited or written by another tool. Replace it by "
+            f"null or {regenerate}."
+        )
+    _check_ranges(results, source)
     if not results["per_sample"]:
         raise ResultsError(
             f"{source}: per_sample is empty; nothing to report. Please {regenerate}."
         )
     headline = results["summary"]["metrics"]["kl_radius"]
-    if not all(
-        isinstance(headline[s], int | float) for s in ("median", "median_ci_low", "median_ci_high")
-    ):
+    missing = [
+        statistic
+        for statistic in ("median", "median_ci_low", "median_ci_high")
+        if not isinstance(headline[statistic], int | float)
+    ]
+    flat = sum(row["kl_radius"] is None for row in results["per_sample"])
+    if missing and flat:
+        raise ResultsError(
+            f"{source}: summary.metrics.kl_radius {', '.join(missing)} is null, i.e. infinite: "
+            f"λ_max(F) = 0 at {flat} of {len(results['per_sample'])} samples (e.g. a saturated "
+            "softmax). Cards and leaderboard entries need a finite median KL radius and CI; "
+            "evaluate on inputs the model is less certain about, or in float64."
+        )
+    if missing:
         raise ResultsError(
             f"{source}: summary.metrics.kl_radius has no numeric median and CI (got "
             f"{headline['median']!r}); no sample was measured. Please {regenerate}."
