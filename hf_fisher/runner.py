@@ -719,7 +719,7 @@ def evaluate_robustness(
             "batch_sizes_used": sorted(used_batch_sizes),
         },
         "environment": {
-            "device": _describe_device(state.device),
+            "device": _describe_device(classifier.device),
             "num_processes": state.num_processes,
             "wall_time_s": time.perf_counter() - started,
             "packages": package_versions(),
@@ -870,11 +870,17 @@ def _prepare_directory(
                 raise ResultsError(
                     f"{partial} holds files hf-fisher did not write; move them away to start again"
                 )
-        staging = Path(tempfile.mkdtemp(dir=directory, prefix=f".{PARTIAL_DIR}-"))
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a plain mkdir would not
-        atomic_write_text(staging / RUN_FILE, json.dumps(to_jsonable(fingerprint), indent=2))
-        staging.rename(partial)  # partial/ never exists without its run.json
+        try:
+            staging = Path(tempfile.mkdtemp(dir=directory, prefix=f".{PARTIAL_DIR}-"))
+            umask = os.umask(0)
+            os.umask(umask)
+            staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a plain mkdir would not
+            atomic_write_text(staging / RUN_FILE, json.dumps(to_jsonable(fingerprint), indent=2))
+            staging.rename(partial)  # partial/ never exists without its run.json
+        except OSError as error:
+            raise ResultsError(
+                f"could not create {partial} ({error}); free space or fix permissions in "
+                f"{directory} and run again"
+            ) from error
     state.wait_for_everyone()
     return []

@@ -67,6 +67,9 @@ def _before_loading(**options: Any) -> Callable[[Path], Any]:
             patch.setattr(runner, "load_classifier", _forbidden)
             if kwargs.pop("no_cuda", False):
                 patch.setattr("torch.cuda.is_available", lambda: False)
+            if kwargs.pop("one_cuda", False):
+                patch.setattr("torch.cuda.is_available", lambda: True)
+                patch.setattr("torch.cuda.device_count", lambda: 1)
             if kwargs.get("out_dir") == "READ-ONLY":  # root ignores chmod: fail the probe
                 kwargs["out_dir"] = tmp_path / "out"
 
@@ -248,6 +251,31 @@ def _failed_results_write(tmp_path: Path) -> tuple[str, list[str], str]:
     return str(failed.value), left, (out / "partial" / "records-0.jsonl").read_text()
 
 
+class _FullDisk:
+    """A record file on a full disk: every write fails."""
+
+    def __init__(self, path: Any, *args: Any, **kwargs: Any) -> None:
+        self.name = str(path)
+
+    def write(self, text: str) -> int:
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def close(self) -> None:
+        pass
+
+
+def _full_disk_while_appending(tmp_path: Path) -> Any:
+    from hf_fisher import runner
+    from hf_fisher.testing.models import build_mlp
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "open", _FullDisk, raising=False)  # the record files only
+        return runner.evaluate_robustness(build_mlp(), _mlp_inputs(), out_dir=tmp_path / "run",
+                                          progress=False)  # fmt: skip
+
+
 def _interrupted_table_write(tmp_path: Path) -> tuple[str, str]:
     """Writing per_sample.csv fails half-way: the previous table must survive whole."""
     import csv
@@ -359,6 +387,12 @@ RUNNER_CASES: list[Case] = [
         r"--device 'cuda' asks for CUDA, but torch .* sees no CUDA device",
     ),
     Case(
+        "runner-device-index-missing",
+        _before_loading(device="cuda:3", one_cuda=True),
+        InputError,
+        r"--device 'cuda:3': this machine has 1 CUDA device\(s\), cuda:0 to cuda:0",
+    ),
+    Case(
         "runner-top-k-0",
         _before_loading(top_k=0),
         InputError,
@@ -455,6 +489,13 @@ RUNNER_CASES: list[Case] = [
             and outcome[2].count("\n") == 5
             else pytest.fail(repr(outcome))
         ),
+    ),
+    Case(
+        "runner-disk-full-while-appending",
+        _full_disk_while_appending,
+        ResultsError,
+        r"could not append records to .*records-0\.jsonl \(\[Errno 28\] No space left on "
+        r"device\); the records written so far are kept there.*--resume",
     ),
     Case(
         "runner-table-write-is-atomic",

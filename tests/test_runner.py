@@ -188,7 +188,7 @@ def test_tensor_dataset_is_evaluated_exactly(mlp):
     )
     direct = fisher_spectrum(mlp, inputs, dtype=torch.float64)
     assert [r["spectral_norm"] for r in report.per_sample] == pytest.approx(
-        direct.spectral_norm.tolist(), rel=1e-12
+        direct.spectral_norm.tolist(), rel=tolerance_for(torch.float64)
     )
     assert [r["label"] for r in report.per_sample] == [0, 1, 2, 3, 0]
     assert report.results["dataset"]["name"] == "in-memory"
