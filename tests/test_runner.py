@@ -258,3 +258,20 @@ def test_auto_is_one_method_for_batches_of_64_7_and_1(monkeypatch: pytest.Monkey
     seven = evaluate_robustness(build_mlp(), inputs, batch_size=7, progress=False).results
     assert seven["settings"]["method"] == "exact"
     assert {record["method"] for record in seven["per_sample"]} == {"exact"}
+
+
+def test_auto_for_text_is_resolved_at_the_longest_input(
+    monkeypatch: pytest.MonkeyPatch, bert_dir
+) -> None:
+    """Padded lengths vary between batches; ``auto`` sizes the memory check at the model's
+    maximum length (64 tokens here), so short and long batches get the same method."""
+    import datasets
+
+    short, long = "good film", " ".join(["the movie was wonderful and the actors were great"] * 2)
+    rows = datasets.Dataset.from_dict({"text": [short, short, long, long], "label": [0, 1, 2, 0]})
+    hidden = load_classifier(bert_dir).embeddings.embedding_dim
+    # Exact fits a batch of 2 with (K-1) = 2 gradient rows of up to 12 tokens: the short batch.
+    monkeypatch.setattr(spectrum_module, "EXACT_MAX_ROW_BYTES", 2 * 2 * 12 * hidden * 4)
+    report = evaluate_robustness(bert_dir, rows, batch_size=2, progress=False)
+    assert report.results["settings"]["method"] == "lanczos"
+    assert {record["method"] for record in report.per_sample} == {"lanczos"}
