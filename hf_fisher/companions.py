@@ -2,11 +2,13 @@
 
 Each one fills a section of results.json ("attacks", "noise_curves", "kl_check", "clever",
 "frequency", "bound") on the first ``num_samples`` evaluated samples, in the same input space as the
-Fisher. They are run by the main process only.
+Fisher. They are run by the main process only; under a launcher the other processes return
+once the Fisher records are gathered, without waiting at a (timed) barrier.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,6 +75,28 @@ class CompanionOptions:
             key: (list(value) if isinstance(value, tuple) else value)
             for key, value in vars(self).items()
         }
+
+
+def check_companion_options(options: CompanionOptions) -> None:
+    """Refuse knob values no measurement can use, before any model is loaded.
+
+    Raises:
+        InputError: a non-positive sample count, draw count, band count, CLEVER radius or
+            ``eps_max``.
+    """
+    for name, flag, value in (
+        ("num_samples", "--companion-samples", options.num_samples),
+        ("noise_draws", "--noise-draws", options.noise_draws),
+        ("frequency_bands", "--frequency-bands", options.frequency_bands),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} ({flag}) must be an integer >= 1, got {value!r}")
+    for name, flag, value in (
+        ("clever_radius", "--clever-radius", options.clever_radius),
+        ("eps_max", "--eps-max", options.eps_max),
+    ):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise InputError(f"{name} ({flag}) must be a finite number > 0, got {value!r}")
 
 
 def check_companions(classifier: Classifier, options: CompanionOptions) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -100,31 +101,44 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
+def atomic_write_text(path: Path, text: str, newline: str | None = None) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a file.
+
+    The temporary file is removed when the write fails (a full disk, say). ``newline`` is
+    passed to ``open`` (``""`` keeps the CSV module's line endings as they are).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline=newline) as stream:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; results are to be shared
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
 
 def write_results(results: dict, out_dir: str | os.PathLike) -> Path:
-    """Validate and write ``results.json`` plus ``per_sample.csv``; return the JSON path."""
+    """Validate and write ``results.json`` plus ``per_sample.csv``; return the JSON path.
+
+    Both files are written atomically (temporary file + rename), the table first: a failure
+    never leaves a ``results.json`` that a partial run could not be resumed past.
+    """
     results = validate_results(to_jsonable(results))
     directory = Path(out_dir)
-    path = directory / RESULTS_FILE
-    atomic_write_text(path, json.dumps(results, indent=2, allow_nan=False) + "\n")
     rows = [{column: row.get(column) for column in TABLE_COLUMNS} for row in results["per_sample"]]
-    with open(directory / TABLE_FILE, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.DictWriter(stream, fieldnames=TABLE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=TABLE_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(directory / TABLE_FILE, table.getvalue(), newline="")
+    path = directory / RESULTS_FILE  # last: its presence marks a finished run
+    atomic_write_text(path, json.dumps(results, indent=2, allow_nan=False) + "\n")
     return path
 
 

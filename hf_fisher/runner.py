@@ -12,8 +12,9 @@ import datetime
 import json
 import logging
 import math
+import numbers
 import os
-import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,8 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from hf_fisher._content import dataset_content, model_content
 from hf_fisher.adapters import Classifier, load_classifier
-from hf_fisher.companions import CompanionOptions, check_companions, run_companions
+from hf_fisher.companions import (
+    CompanionOptions,
+    check_companion_options,
+    check_companions,
+    run_companions,
+)
 from hf_fisher.data import (
     InMemoryRows,
     decode_rows,
@@ -36,8 +43,21 @@ from hf_fisher.data import (
 from hf_fisher.digits import DEFAULT_MODEL_DIR as BUNDLED_MODEL_DIR
 from hf_fisher.errors import DatasetError, InputError, ResultsError
 from hf_fisher.labels import align_labels, check_label_mapping
-from hf_fisher.results import RESULTS_FILE, SCHEMA_VERSION, to_jsonable, write_results
-from hf_fisher.spectrum import FisherSpectrum, spectrum_of_prepared
+from hf_fisher.results import (
+    RESULTS_FILE,
+    SCHEMA_VERSION,
+    TABLE_FILE,
+    atomic_write_text,
+    to_jsonable,
+    write_results,
+)
+from hf_fisher.spectrum import (
+    BLACK_BOX_METHODS,
+    METHODS,
+    FisherSpectrum,
+    resolve_run_method,
+    spectrum_of_prepared,
+)
 from hf_fisher.summary import kl_radius, summarize
 
 logger = logging.getLogger(__name__)
@@ -114,7 +134,10 @@ def make_state(device: str | None = None):
     """An accelerate ``PartialState``: CPU (gloo under torchrun) unless CUDA is asked for/there."""
     from accelerate import PartialState
 
-    use_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    if device is None:
+        use_cpu = not torch.cuda.is_available()
+    else:
+        use_cpu = torch.device(device).type == "cpu"
     return PartialState(cpu=use_cpu)
 
 
@@ -131,16 +154,203 @@ def _dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return options[name]
 
 
-def _fingerprint(classifier: Classifier, dataset_info: dict, settings: dict) -> dict:
-    ignored = {"batch_size"}
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: Any, minimum: int, why: str, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not _is_int(value) or value < minimum:
+        flag = "--" + name.replace("_", "-")
+        raise InputError(f"{name} ({flag}) must be an integer >= {minimum}, got {value!r}: {why}")
+
+
+def _check_positive_float(name: str, value: Any, why: str) -> None:
+    number = value if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
+    if number is None or not math.isfinite(number) or number <= 0:
+        flag = "--" + name.replace("_", "-")
+        raise InputError(f"{name} ({flag}) must be a finite number > 0, got {value!r}: {why}")
+
+
+def _check_options(
+    *,
+    num_samples: int | None,
+    batch_size: int,
+    method: str,
+    black_box: bool,
+    top_k: int,
+    max_iter: int | None,
+    tol: float,
+    num_queries: int | None,
+    num_probes: int,
+    seed: int,
+    kl_tau: float,
+) -> None:
+    """Refuse option values that cannot work, before a model is loaded or anything computed."""
+    if num_samples is not None and (not _is_int(num_samples) or num_samples <= 0):
+        raise DatasetError(
+            f"num_samples must be positive, got {num_samples!r}: pass --num-samples N with "
+            "N >= 1, or leave it out to evaluate every row"
+        )
+    _check_int("batch_size", batch_size, 1, "samples per batch (halved on CUDA out-of-memory)")
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if black_box and method not in ("auto", *BLACK_BOX_METHODS):
+        raise InputError(
+            f"method {method!r} needs gradients but black_box=True; use one of "
+            f"{', '.join(BLACK_BOX_METHODS)} (or 'auto') for black-box estimates"
+        )
+    _check_int("top_k", top_k, 1, "the number of eigenvalues reported per sample")
+    _check_int("num_probes", num_probes, 1, "probes of the stochastic trace estimators")
+    _check_int("max_iter", max_iter, 1, "Fisher products per sample", optional=True)
+    _check_positive_float("tol", tol, "the relative tolerance of the iterative methods")
+    _check_int(
+        "num_queries",
+        num_queries,
+        3,
+        "central differences need the clean query plus a pair per direction",
+        optional=True,
+    )
+    _check_int("seed", seed, 0, "it seeds every random draw")
+    _check_positive_float(
+        "kl_tau", kl_tau, "the KL level in kl_radius = sqrt(2 kl_tau / lambda_max), e.g. 0.01"
+    )
+
+
+def _check_device(device: str | None) -> None:
+    """Refuse a device torch does not know, or one this machine does not have."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise InputError(
+            f"--device {device!r} is not a device torch knows ({str(error).splitlines()[0]}); "
+            "use cpu, cuda or cuda:N"
+        ) from error
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(
+                f"--device {device!r} asks for CUDA, but torch {torch.__version__} sees no CUDA "
+                "device here; use --device cpu, or run on a GPU machine with a CUDA build of torch"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise InputError(
+                f"--device {device!r}: this machine has {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}"
+            )
+        return
+    accelerator = (
+        torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    )
+    if accelerator is None or accelerator.type != parsed.type:
+        raise InputError(
+            f"--device {device!r}: no {parsed.type} device is available here; use --device cpu"
+            + (f" or {accelerator.type}" if accelerator is not None else "")
+        )
+
+
+def _compute_device(device: str | None, state) -> torch.device:
+    """Where the model goes: an explicit ``cuda:N`` in one process, else the process's own."""
+    if device is None or torch.device(device).index is None:
+        return state.device
+    if state.num_processes > 1:
+        raise InputError(
+            f"--device {device!r} names one device, but this run has {state.num_processes} "
+            f"processes, each on its own; pass --device {torch.device(device).type}"
+        )
+    return torch.device(device)
+
+
+def _check_out_dir(directory: Path) -> None:
+    """Fail before the model loads when ``directory`` cannot hold results.
+
+    Also refuses a ``partial/`` folder that hf-fisher did not make: it must never touch it.
+    """
+    if directory.exists() and not directory.is_dir():
+        raise ResultsError(
+            f"--out {directory} is a file; pass a directory (it is created if missing)"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=directory, prefix=".hf-fisher-probe-")
+        try:
+            os.write(handle, b"hf-fisher write probe\n")
+        finally:
+            os.close(handle)
+            os.unlink(probe)
+    except OSError as error:
+        raise ResultsError(
+            f"cannot write to --out {directory}: {error.strerror or error}; choose a directory "
+            "you can write to (and with free space)"
+        ) from error
+    partial = directory / PARTIAL_DIR
+    if partial.exists() and not (partial / RUN_FILE).is_file():
+        raise ResultsError(
+            f"{partial} was not made by hf-fisher (it has no {RUN_FILE}); hf-fisher keeps its "
+            "resumable records in that folder and will not write into or delete yours: move "
+            "it away or choose another --out"
+        )
+
+
+def _input_numel(classifier: Classifier) -> int:
+    """Numbers per sample in the input space, for the memory check of ``auto``.
+
+    For text, at the longest input the model takes: padded lengths vary between batches.
+    """
+    if classifier.input_shape is not None:
+        return math.prod(classifier.input_shape)
+    limits = (
+        getattr(getattr(classifier, "tokenizer", None), "model_max_length", None),
+        getattr(classifier.model.config, "max_position_embeddings", None),
+    )
+    lengths = [int(x) for x in limits if _is_int(x) and 0 < x < 1_000_000] or [512]
+    return min(lengths) * classifier.embeddings.embedding_dim
+
+
+def run_method(
+    classifier: Classifier, method: str, black_box: bool, batch_size: int, input_numel: int
+) -> str:
+    """Resolve ``auto`` once for the whole run, from the configured batch size.
+
+    Resolved per batch, the memory check of ``auto`` gave full batches ``lanczos`` (with a
+    stochastic trace) and short last batches, smaller shards, OOM retries and resumed
+    remainders ``exact``: two estimators in one run.
+    """
+    return resolve_run_method(classifier, method, black_box, batch_size, input_numel)
+
+
+def _fingerprint(classifier: Classifier, dataset_info: dict, settings: dict, content: dict) -> dict:
+    ignored = {"batch_size"}  # only rounding depends on it; the method it may pick is listed
     model = {k: classifier.source.get(k) for k in ("id", "revision", "commit_hash")}
     if model["id"] and Path(model["id"]).exists():  # the same folder, however it was spelled
         model["id"] = str(Path(model["id"]).resolve())
     return {
-        "model": model,
-        "dataset": dataset_info,
+        "model": {**model, "content": content["model"]},
+        "dataset": {**dataset_info, "content": content["dataset"]},
         "settings": {k: v for k, v in settings.items() if k not in ignored},
     }
+
+
+def _content(model: Any, classifier: Classifier, dataset: Any, rows: Any, state) -> dict:
+    """Content hashes of the weights and the data, computed once and shared by all ranks."""
+    content = [None]
+    if state.is_main_process:
+        content[0] = {
+            "model": model_content(
+                model, classifier.model, revision=classifier.source.get("revision")
+            ),
+            "dataset": dataset_content(dataset, rows),
+        }
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(content)
+    return content[0]
 
 
 def _short(value: Any) -> Any:
@@ -159,17 +369,49 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _read_partial(directory: Path) -> list[dict]:
-    """Read every rank's record file; drop a torn last line left by a kill."""
+    """Every rank's records.
+
+    A torn last line (a kill in the middle of a write) is left out; any other unreadable line
+    means the files were damaged, and is an error.
+    """
     records = []
+    for path in sorted(directory.glob("records-*.jsonl")):
+        data = path.read_bytes()
+        lines = data[: data.rfind(b"\n") + 1].split(b"\n")
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                record = error
+            if not isinstance(record, dict) or "index" not in record:
+                raise ResultsError(
+                    f"{path}, line {number}: not a record hf-fisher wrote ({_short(record)}); "
+                    "the partial run is damaged, so it cannot be resumed: rerun with "
+                    "--overwrite to start again"
+                )
+            records.append(record)
+    return records
+
+
+def _trim_torn_lines(directory: Path) -> None:
+    """Cut a torn last line, so that appended records start on a line of their own."""
     for path in sorted(directory.glob("records-*.jsonl")):
         data = path.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]
         if len(complete) != len(data):
             path.write_bytes(complete)
-        for line in complete.decode("utf-8").splitlines():
-            if line.strip():
-                records.append(json.loads(line))
-    return records
+
+
+def _remove_partial(partial: Path) -> None:
+    """Delete what hf-fisher wrote in ``partial`` and the folder once empty; nothing else."""
+    for path in [*partial.glob("records-*.jsonl"), partial / RUN_FILE]:
+        path.unlink(missing_ok=True)
+    try:
+        partial.rmdir()
+    except OSError:
+        logger.warning("kept %s: it holds files that hf-fisher did not write", partial)
 
 
 def _records_from_spectrum(
@@ -289,9 +531,29 @@ def evaluate_robustness(
         A :class:`RobustnessReport`.
     """
     started = time.perf_counter()
-    state = make_state(device)
+    _check_options(
+        num_samples=num_samples,
+        batch_size=batch_size,
+        method=method,
+        black_box=black_box,
+        top_k=top_k,
+        max_iter=max_iter,
+        tol=tol,
+        num_queries=num_queries,
+        num_probes=num_probes,
+        seed=seed,
+        kl_tau=kl_tau,
+    )
+    if companions is not None:
+        check_companion_options(companions)
     compute_dtype = _dtype(dtype)
     label_mapping = check_label_mapping(label_mapping)
+    _check_device(device)
+    directory = Path(out_dir) if out_dir is not None else None
+    if directory is not None:
+        _check_out_dir(directory)
+    state = make_state(device)
+    compute_device = _compute_device(device, state)
     if model is None:
         from hf_fisher.digits import load_digits_dataset
 
@@ -311,7 +573,7 @@ def evaluate_robustness(
     classifier = load_classifier(
         model,
         input_space=input_space,
-        device=state.device,
+        device=compute_device,
         dtype=compute_dtype,
         trust_remote_code=trust_remote_code,
     )
@@ -337,7 +599,14 @@ def evaluate_robustness(
     elif label_mapping is not None:
         raise DatasetError("label_mapping was given, but the dataset has no label column")
     indices = sample_indices(len(rows), num_samples, seed)
+    label2id = {name: i for i, name in classifier.id2label.items()}
+    if classifier.input_shape is None and classifier.modality != "text":
+        first = decode_rows(rows, indices[:1], columns, label_col, modality, label2id)
+        classifier.prepare(first.inputs)  # a plain module learns its input shape here
+        label2id = {name: i for i, name in classifier.id2label.items()}
+    concrete = run_method(classifier, method, black_box, batch_size, _input_numel(classifier))
     settings = {
+        "method": concrete,
         "requested_method": method,
         "black_box": black_box,
         "input_space": classifier.input_space,
@@ -365,10 +634,10 @@ def evaluate_robustness(
     }
     if label_col is None:
         logger.warning("dataset has no label column: predicted labels are used as labels")
-    fingerprint = _fingerprint(classifier, dataset_info, settings)
-    directory = Path(out_dir) if out_dir is not None else None
     done: list[dict] = []
     if directory is not None:
+        content = _content(model, classifier, dataset, rows, state)
+        fingerprint = _fingerprint(classifier, dataset_info, settings, content)
         done = _prepare_directory(directory, fingerprint, overwrite, resume, state)
     finished = {record["index"] for record in done}
     pending = [index for index in indices if index not in finished]
@@ -383,7 +652,7 @@ def evaluate_robustness(
         else 0
     )
     options = {
-        "method": method,
+        "method": concrete,
         "black_box": black_box,
         "top_k": top_k,
         "max_iter": max_iter,
@@ -418,9 +687,7 @@ def evaluate_robustness(
                     used_batch_sizes.add(used)
                     new += _records_from_spectrum(spectrum, decoded.indices, decoded.labels, kl_tau)
             if record_file is not None and new:
-                record_file.write("".join(json.dumps(r) + "\n" for r in new))
-                record_file.flush()
-                os.fsync(record_file.fileno())
+                _append(record_file, new)
             records += new
             bar.update(_global_count(len(batch_indices), state))
     finally:
@@ -462,7 +729,7 @@ def evaluate_robustness(
             "batch_sizes_used": sorted(used_batch_sizes),
         },
         "environment": {
-            "device": _describe_device(state.device),
+            "device": _describe_device(classifier.device),
             "num_processes": state.num_processes,
             "wall_time_s": time.perf_counter() - started,
             "packages": package_versions(),
@@ -471,7 +738,11 @@ def evaluate_robustness(
         "per_sample": per_sample,
         "skipped": skipped,
     }
-    if companions is not None and companions.requested and state.is_main_process:
+    if companions is not None and companions.requested:
+        if not state.is_main_process:
+            # No barrier: the main process may measure for longer than a process-group
+            # timeout (30 min gloo, 10 min NCCL). Nothing below needs this rank.
+            return RobustnessReport(to_jsonable(results), directory)
         companions_started = time.perf_counter()
         chosen = per_sample[: companions.num_samples]
         decoded = decode_rows(
@@ -492,10 +763,32 @@ def evaluate_robustness(
         results["environment"]["companions_wall_time_s"] = time.perf_counter() - companions_started
     results = to_jsonable(results)
     if directory is not None and state.is_main_process:
-        write_results(results, directory)
-        shutil.rmtree(directory / PARTIAL_DIR, ignore_errors=True)
-    state.wait_for_everyone()
+        try:
+            write_results(results, directory)
+        except OSError as error:
+            raise ResultsError(
+                f"could not write the results to {directory} ({error}); every per-sample "
+                f"record is kept in {directory / PARTIAL_DIR}: free space or fix permissions, "
+                "then rerun the same command with --resume to write them without recomputing"
+            ) from error
+        _remove_partial(directory / PARTIAL_DIR)
+    if companions is None or not companions.requested:
+        state.wait_for_everyone()
     return RobustnessReport(results, directory)
+
+
+def _append(record_file, records: list[dict]) -> None:
+    """Append records durably (a kill loses at most the line being written)."""
+    try:
+        record_file.write("".join(json.dumps(r) + "\n" for r in records))
+        record_file.flush()
+        os.fsync(record_file.fileno())
+    except OSError as error:
+        raise ResultsError(
+            f"could not append records to {record_file.name} ({error}); the records written so "
+            "far are kept there: free space or fix permissions, then rerun the same command "
+            "with --resume"
+        ) from error
 
 
 def _check_label_range(labels: list[int] | None, num_classes: int, column: str | None) -> None:
@@ -539,12 +832,17 @@ def _describe_device(device: torch.device) -> str:
 def _prepare_directory(
     directory: Path, fingerprint: dict, overwrite: bool, resume: bool, state
 ) -> list[dict]:
-    """Check/prepare ``directory``; return records of a partial run when resuming."""
+    """Check/prepare ``directory``; return records of a partial run when resuming.
+
+    Every rank takes the same decision from the same files before the first barrier, so a
+    refusal stops all of them. Only a ``partial/`` that holds our ``run.json`` is ever resumed,
+    replaced or deleted (:func:`_check_out_dir` refuses any other).
+    """
     partial = directory / PARTIAL_DIR
     run_file = partial / RUN_FILE
-    done: list[dict] = []
     has_results = (directory / RESULTS_FILE).exists()
-    if resume and run_file.exists():
+    ours = run_file.is_file()
+    if resume and ours:
         previous = json.loads(run_file.read_text(encoding="utf-8"))
         differences = _differences(previous, json.loads(json.dumps(to_jsonable(fingerprint))))
         if differences:
@@ -554,30 +852,45 @@ def _prepare_directory(
                 + "\n  - ".join(differences)
                 + "\nrerun with the original options, or use --overwrite to start again"
             )
+        done = _read_partial(partial)  # every rank: a damaged file stops them all
         state.wait_for_everyone()
         if state.is_main_process:
-            _read_partial(partial)  # trims torn lines before anyone appends
+            _trim_torn_lines(partial)  # before anyone appends
         state.wait_for_everyone()
-        done = _read_partial(partial)
-    elif resume and has_results:
+        return done
+    if resume and has_results:
         raise ResultsError(
             f"{directory} holds a finished run ({RESULTS_FILE}); nothing to resume. Use "
             "--overwrite to recompute it"
         )
-    elif (has_results or partial.exists()) and not (overwrite or (resume and not has_results)):
+    if (has_results or ours) and not (overwrite or resume):
         what = RESULTS_FILE if has_results else "a partial run"
         raise ResultsError(
             f"{directory} already holds {what}; pass --resume to continue a partial run or "
             "--overwrite to replace it"
         )
-    else:
-        state.wait_for_everyone()
-        if state.is_main_process:
+    state.wait_for_everyone()
+    if state.is_main_process:
+        # Old results go first: a killed --overwrite must not leave them for `card` to read.
+        for name in (RESULTS_FILE, TABLE_FILE):
+            (directory / name).unlink(missing_ok=True)
+        if ours:
+            _remove_partial(partial)
             if partial.exists():
-                shutil.rmtree(partial)
-            partial.mkdir(parents=True, exist_ok=True)
-            from hf_fisher.results import atomic_write_text
-
-            atomic_write_text(run_file, json.dumps(to_jsonable(fingerprint), indent=2))
-        state.wait_for_everyone()
-    return done
+                raise ResultsError(
+                    f"{partial} holds files hf-fisher did not write; move them away to start again"
+                )
+        try:
+            staging = Path(tempfile.mkdtemp(dir=directory, prefix=f".{PARTIAL_DIR}-"))
+            umask = os.umask(0)
+            os.umask(umask)
+            staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a plain mkdir would not
+            atomic_write_text(staging / RUN_FILE, json.dumps(to_jsonable(fingerprint), indent=2))
+            staging.rename(partial)  # partial/ never exists without its run.json
+        except OSError as error:
+            raise ResultsError(
+                f"could not create {partial} ({error}); free space or fix permissions in "
+                f"{directory} and run again"
+            ) from error
+    state.wait_for_everyone()
+    return []

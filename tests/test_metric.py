@@ -19,10 +19,13 @@ from hf_fisher.adapters import load_classifier
 from hf_fisher.digits import load_digits_dataset
 from hf_fisher.errors import InputError
 from hf_fisher.runner import evaluate_robustness
+from hf_fisher.testing import tolerance_for
 from hf_fisher.testing.dense import dense_fisher, dense_spectrum
 
 REPO = Path(__file__).resolve().parent.parent
 METRIC_DIR = REPO / "metrics" / "fisher_robustness"
+
+
 def assert_close(result: dict, expected: dict, rel: float) -> None:
     """Same keys; floats and lists of floats equal up to ``rel``."""
     assert result.keys() == expected.keys()
@@ -163,7 +166,7 @@ def test_tensor_images_equal_pil_images(
         references=digits["label"],
         return_per_sample=True,
     )
-    assert_close(result, digits_expected, rel=1e-6)
+    assert_close(result, digits_expected, rel=tolerance_for(torch.float32))
     assert result["predicted"] == digits_expected["predicted"]
 
 
@@ -195,7 +198,7 @@ def test_add_batch_then_compute_equals_one_call(fisher, bert_dir: Path) -> None:
     fisher.add_batch(model=str(bert_dir), inputs=TEXTS[3:], seed=2)
     batched = fisher.compute(return_per_sample=True, seed=2)
     # other batches pad texts to other lengths: equal up to float32 rounding
-    assert_close(batched, one_call, rel=1e-5)
+    assert_close(batched, one_call, rel=tolerance_for(torch.float32))
     assert batched["predicted"] == one_call["predicted"] and batched["num_samples"] == 4
 
 
@@ -305,5 +308,6 @@ def test_num_process_convention_two_processes(
         assert process.returncode == 0, stderr
     main, other = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
     assert other is None
-    assert_close(main, digits_expected, rel=1e-6)
+    # Two shards of 3 against one batch of 6: float32 rounding differs in the last bits.
+    assert_close(main, digits_expected, rel=tolerance_for(torch.float32))
     assert main["label"] == digits_expected["label"] and main["num_samples"] == 6

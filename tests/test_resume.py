@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import hf_fisher.spectrum as spectrum_module
 from hf_fisher.cli import main
@@ -18,6 +19,8 @@ from hf_fisher.digits import load_digits_dataset
 from hf_fisher.errors import ResultsError
 from hf_fisher.results import load_results
 from hf_fisher.runner import evaluate_robustness
+from hf_fisher.testing import tolerance_for
+from hf_fisher.testing.models import build_mlp
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = Path("partial") / "records-0.jsonl"
@@ -52,7 +55,7 @@ def comparable(results: dict) -> dict:
     return results
 
 
-def assert_close(a, b, rel: float = 1e-6, where: str = "results") -> None:
+def assert_close(a, b, rel: float = tolerance_for(torch.float32), where: str = "results") -> None:
     """Equal structure and non-float values; floats equal up to batching's rounding."""
     if isinstance(b, dict):
         assert a.keys() == b.keys(), where
@@ -220,3 +223,79 @@ def test_partial_run_is_refused_without_resume_and_replaced_with_overwrite(
     results = evaluate_robustness(out_dir=out, overwrite=True, **OPTIONS).results
     assert spectrum.ids == full_run["dataset"]["indices"]
     assert comparable(results) == comparable(full_run)
+
+
+MLP_ROW_BYTES = 3 * 24 * 4  # build_mlp: K = 4 classes, d = 24 inputs; float32 gradient rows
+
+
+def mlp_inputs(count: int = 7) -> torch.Tensor:
+    return torch.randn(count, 2, 3, 4, generator=torch.Generator().manual_seed(0))
+
+
+def test_auto_method_is_the_same_after_kill_and_resume(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Exact fits 3 samples here: per batch, the full run's last batch of 3 got exact; once
+    per run (batch size 4), the full and the resumed run use lanczos for every sample."""
+    monkeypatch.setattr(spectrum_module, "EXACT_MAX_ROW_BYTES", 3 * MLP_ROW_BYTES)
+    options = {"batch_size": 4, "progress": False}
+    full = evaluate_robustness(build_mlp(), mlp_inputs(), **options).results
+    out = tmp_path / "run"
+    spectrum = CountingSpectrum(fail_after=1)
+    with monkeypatch.context() as patch, pytest.raises(Interrupted):
+        patch.setattr(spectrum_module, "spectrum_of_batch", spectrum)
+        evaluate_robustness(build_mlp(), mlp_inputs(), out_dir=out, **options)
+    text = (out / RECORDS).read_text()
+    (out / RECORDS).write_text(text[: len(text) - 25])  # torn: samples 3..6 are recomputed
+    with monkeypatch.context() as patch:
+        patch.setattr(spectrum_module, "spectrum_of_batch", CountingSpectrum())
+        resumed = evaluate_robustness(build_mlp(), mlp_inputs(), out_dir=out, resume=True,
+                                      **options).results  # fmt: skip
+    for results in (full, resumed):
+        assert results["settings"]["method"] == "lanczos"
+        assert {record["method"] for record in results["per_sample"]} == {"lanczos"}
+    assert_close(resumed["per_sample"], full["per_sample"])
+
+
+def test_resume_where_the_batch_size_changes_auto_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(spectrum_module, "EXACT_MAX_ROW_BYTES", 3 * MLP_ROW_BYTES)
+    out = tmp_path / "run"
+    spectrum = CountingSpectrum(fail_after=1)
+    with monkeypatch.context() as patch, pytest.raises(Interrupted):
+        patch.setattr(spectrum_module, "spectrum_of_batch", spectrum)
+        evaluate_robustness(build_mlp(), mlp_inputs(), out_dir=out, batch_size=4, progress=False)
+    with pytest.raises(ResultsError, match="refusing to resume") as refused:
+        evaluate_robustness(build_mlp(), mlp_inputs(), out_dir=out, resume=True, batch_size=2,
+                            progress=False)  # fmt: skip
+    assert "settings.method: partial run has 'lanczos', this run 'exact'" in str(refused.value)
+    resumed = evaluate_robustness(  # another batch size that keeps the method is fine
+        build_mlp(), mlp_inputs(), out_dir=out, resume=True, batch_size=5, progress=False
+    )
+    assert resumed.results["settings"]["method"] == "lanczos"
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "difference"),
+    [
+        (build_mlp(seed=1), mlp_inputs(), "model.content.state_dict_sha256: partial run has '"),
+        (build_mlp(), mlp_inputs() + 0.5, "dataset.content.sha256: partial run has '"),
+    ],
+    ids=["weights", "data"],
+)
+def test_resume_with_changed_in_memory_content_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model, inputs, difference: str
+) -> None:
+    """The same module class and tensor shape, other numbers: names alone cannot tell."""
+    out = tmp_path / "run"
+    spectrum = CountingSpectrum(fail_after=1)
+    with monkeypatch.context() as patch, pytest.raises(Interrupted):
+        patch.setattr(spectrum_module, "spectrum_of_batch", spectrum)
+        evaluate_robustness(build_mlp(), mlp_inputs(), out_dir=out, batch_size=2, progress=False)
+    before = (out / RECORDS).read_text()
+    with pytest.raises(ResultsError, match="refusing to resume") as refused:
+        evaluate_robustness(model, inputs, out_dir=out, resume=True, batch_size=2, progress=False)
+    assert difference in str(refused.value)
+    assert "model.id" not in str(refused.value) and "dataset.num_rows" not in str(refused.value)
+    assert (out / RECORDS).read_text() == before

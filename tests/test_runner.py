@@ -7,14 +7,18 @@ import math
 import pytest
 import torch
 
+import hf_fisher.spectrum as spectrum_module
 from hf_fisher.adapters import load_classifier
 from hf_fisher.digits import load_digits_dataset
 from hf_fisher.errors import DatasetError, InputError
 from hf_fisher.runner import _shard, evaluate_robustness
 from hf_fisher.summary import summarize
+from hf_fisher.testing import tolerance_for
 from hf_fisher.testing.dense import dense_fisher, dense_spectrum
+from hf_fisher.testing.models import build_mlp
 
 NUMBERS = ("probability", "spectral_norm", "trace", "kl_radius")
+FLOAT32 = tolerance_for(torch.float32)  # the same samples in other batches: rounding only
 
 
 def run(**kwargs):
@@ -84,7 +88,7 @@ def test_exact_runs_are_identical_and_batching_only_changes_rounding(exact_repor
     for a, b in zip(rebatched.per_sample, exact_report.per_sample, strict=True):
         assert a["index"] == b["index"]
         for key in NUMBERS:
-            assert a[key] == pytest.approx(b[key], rel=1e-5)
+            assert a[key] == pytest.approx(b[key], rel=FLOAT32)
 
 
 def test_lanczos_is_reproducible_and_close_to_exact(exact_report) -> None:
@@ -179,11 +183,12 @@ def test_tensor_dataset_is_evaluated_exactly(mlp):
     torch.manual_seed(0)
     inputs = torch.randn(5, 2, 3, 4, dtype=torch.float64)
     mlp.double()
-    report = evaluate_robustness(mlp, inputs, labels=[0, 1, 2, 3, 0], dtype="float64",
-                                 batch_size=2, progress=False)
+    report = evaluate_robustness(
+        mlp, inputs, labels=[0, 1, 2, 3, 0], dtype="float64", batch_size=2, progress=False
+    )
     direct = fisher_spectrum(mlp, inputs, dtype=torch.float64)
     assert [r["spectral_norm"] for r in report.per_sample] == pytest.approx(
-        direct.spectral_norm.tolist(), rel=1e-12
+        direct.spectral_norm.tolist(), rel=tolerance_for(torch.float64)
     )
     assert [r["label"] for r in report.per_sample] == [0, 1, 2, 3, 0]
     assert report.results["dataset"]["name"] == "in-memory"
@@ -216,3 +221,57 @@ def test_labels_outside_the_model_classes_are_refused(mlp):
     inputs = torch.randn(3, 2, 3, 4)
     with pytest.raises(DatasetError, match=r"labels \[-1, 7\] in column 'label' are outside"):
         evaluate_robustness(mlp, inputs, labels=[0, -1, 7], progress=False)
+
+
+def test_auto_is_one_method_for_batches_of_64_7_and_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` is resolved once per run from the configured batch size.
+
+    Here exact fits at most 10 samples of (K-1) x d float32 gradient rows, so per batch it
+    would pick lanczos for the batch of 64 and exact for the last 7 and for out-of-memory
+    retries; once per run, every sample gets lanczos and the same numbers.
+    """
+    inputs = torch.randn(71, 2, 3, 4, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(spectrum_module, "EXACT_MAX_ROW_BYTES", 10 * 3 * 24 * 4)
+    batches = evaluate_robustness(build_mlp(), inputs, batch_size=64, progress=False).results
+    real = spectrum_module.spectrum_of_batch
+
+    def tight_memory(logit_fn, chunk, **kwargs):
+        if chunk.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(logit_fn, chunk, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(spectrum_module, "spectrum_of_batch", tight_memory)
+        singles = evaluate_robustness(build_mlp(), inputs, batch_size=64, progress=False).results
+    assert batches["settings"]["batch_sizes_used"] == [7, 64]
+    assert singles["settings"]["batch_sizes_used"] == [1]
+    for results in (batches, singles):
+        assert results["settings"]["method"] == "lanczos"
+        assert {record["method"] for record in results["per_sample"]} == {"lanczos"}
+    for a, b in zip(singles["per_sample"], batches["per_sample"], strict=True):
+        assert (a["index"], a["iterations"], a["converged"]) == (
+            b["index"], b["iterations"], b["converged"]
+        )  # fmt: skip
+        for key in (*NUMBERS, "trace_standard_error"):
+            assert a[key] == pytest.approx(b[key], rel=FLOAT32), key
+    # The configured batch size decides (recorded in settings and in the resume fingerprint).
+    seven = evaluate_robustness(build_mlp(), inputs, batch_size=7, progress=False).results
+    assert seven["settings"]["method"] == "exact"
+    assert {record["method"] for record in seven["per_sample"]} == {"exact"}
+
+
+def test_auto_for_text_is_resolved_at_the_longest_input(
+    monkeypatch: pytest.MonkeyPatch, bert_dir
+) -> None:
+    """Padded lengths vary between batches; ``auto`` sizes the memory check at the model's
+    maximum length (64 tokens here), so short and long batches get the same method."""
+    import datasets
+
+    short, long = "good film", " ".join(["the movie was wonderful and the actors were great"] * 2)
+    rows = datasets.Dataset.from_dict({"text": [short, short, long, long], "label": [0, 1, 2, 0]})
+    hidden = load_classifier(bert_dir).embeddings.embedding_dim
+    # Exact fits a batch of 2 with (K-1) = 2 gradient rows of up to 12 tokens: the short batch.
+    monkeypatch.setattr(spectrum_module, "EXACT_MAX_ROW_BYTES", 2 * 2 * 12 * hidden * 4)
+    report = evaluate_robustness(bert_dir, rows, batch_size=2, progress=False)
+    assert report.results["settings"]["method"] == "lanczos"
+    assert {record["method"] for record in report.per_sample} == {"lanczos"}
