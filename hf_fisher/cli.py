@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 
 from hf_fisher.errors import HfFisherError
+from hf_fisher.options import CompanionOptions, EstimatorOptions, RunOptions
 from hf_fisher.report.cli import add_card_parser, add_leaderboard_parser, add_submit_parser
-from hf_fisher.spectrum import METHODS
 
 
 def add_evaluate_parser(subparsers) -> None:
@@ -26,22 +26,8 @@ def add_evaluate_parser(subparsers) -> None:
     )
     parser.add_argument("--config", help="dataset configuration name")
     parser.add_argument("--split", help="dataset split (default: test)")
-    parser.add_argument("--num-samples", type=int, help="deterministic sample of N rows")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--method", default="auto", choices=METHODS)
-    parser.add_argument("--black-box", action="store_true", help="forward queries only")
-    parser.add_argument("--top-k", type=int, default=1, help="eigenvalues per sample")
-    parser.add_argument("--max-iter", type=int, help="iterative-method budget per sample")
-    parser.add_argument("--tol", type=float, default=1e-3, help="relative tolerance")
-    parser.add_argument("--num-queries", type=int, help="black-box queries per sample")
-    parser.add_argument("--num-probes", type=int, default=16, help="trace-estimator probes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--kl-tau",
-        type=float,
-        default=0.01,
-        help="KL level defining kl_radius = sqrt(2 tau / lambda_max)",
-    )
+    RunOptions.add_arguments(parser)
+    EstimatorOptions.add_arguments(parser)
     parser.add_argument(
         "--input-column",
         action="append",
@@ -71,76 +57,12 @@ def add_evaluate_parser(subparsers) -> None:
     trust = parser.add_argument_group(
         "companion measurements (run on the first --companion-samples evaluated samples)"
     )
-    trust.add_argument(
-        "--attacks",
-        choices=("l2", "linf"),
-        help="attack cross-check: PGD/FGSM, minimal epsilon, rank correlations",
-    )
-    trust.add_argument("--attack-epsilons", type=_floats, help="comma-separated budgets")
-    trust.add_argument("--eps-max", type=float, help="largest epsilon tried by the bisection")
-    trust.add_argument("--noise", action="store_true", help="random-noise robustness curves")
-    trust.add_argument("--noise-sigmas", type=_floats, help="comma-separated noise levels")
-    trust.add_argument("--noise-kind", choices=("gaussian", "uniform"), default="gaussian")
-    trust.add_argument("--noise-draws", type=int, default=16, help="draws per sample and sigma")
-    trust.add_argument(
-        "--kl-check",
-        action="store_true",
-        help="measured KL versus the second-order Fisher prediction",
-    )
-    trust.add_argument("--kl-radii", type=_floats, help="comma-separated radii")
-    trust.add_argument("--clever", action="store_true", help="CLEVER scores (Weng et al. 2018)")
-    trust.add_argument("--clever-radius", type=float, default=2.0)
-    trust.add_argument(
-        "--frequency",
-        action="store_true",
-        help="I-ASIDE band importance and band-restricted Fisher (images)",
-    )
-    trust.add_argument("--frequency-bands", type=int, default=8)
-    trust.add_argument(
-        "--frequency-fill", choices=("zero", "gaussian", "other_image"), default="other_image"
-    )
-    trust.add_argument("--frequency-pixel-map", choices=("paper", "clip"), default="paper")
-    trust.add_argument(
-        "--bound",
-        action="store_true",
-        help="data-free architecture bound on lambda_max vs the measured values "
-        "(plain nn.Sequential stacks only)",
-    )
-    trust.add_argument("--companion-samples", type=int, default=64)
+    CompanionOptions.add_arguments(trust)
     parser.set_defaults(func=run_evaluate)
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(item) for item in text.split(",") if item.strip()]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers like 0.1,0.2, got {text!r}"
-        ) from error
-
-
-def _companions(args: argparse.Namespace):
-    from hf_fisher.companions import DEFAULT_RADII, DEFAULT_SIGMAS, CompanionOptions
-
-    return CompanionOptions(
-        attacks=args.attacks,
-        attack_epsilons=args.attack_epsilons,
-        eps_max=args.eps_max,
-        noise=args.noise,
-        noise_sigmas=args.noise_sigmas or DEFAULT_SIGMAS,
-        noise_kind=args.noise_kind,
-        noise_draws=args.noise_draws,
-        kl_check=args.kl_check,
-        kl_radii=args.kl_radii or DEFAULT_RADII,
-        clever=args.clever,
-        clever_radius=args.clever_radius,
-        frequency=args.frequency,
-        frequency_bands=args.frequency_bands,
-        frequency_fill=args.frequency_fill,
-        frequency_pixel_map=args.frequency_pixel_map,
-        bound=args.bound,
-        num_samples=args.companion_samples,
-    )
+def _companions(args: argparse.Namespace) -> CompanionOptions:
+    return CompanionOptions.from_namespace(args)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -154,17 +76,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.dataset,
         split=args.split,
         config=args.config,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        method=args.method,
-        black_box=args.black_box,
-        top_k=args.top_k,
-        max_iter=args.max_iter,
-        tol=args.tol,
-        num_queries=args.num_queries,
-        num_probes=args.num_probes,
-        seed=args.seed,
-        kl_tau=args.kl_tau,
+        options=EstimatorOptions.from_namespace(args),
+        **RunOptions.from_namespace(args).to_settings(),
         input_columns=args.input_columns,
         label_column=args.label_column,
         label_mapping=label_mapping,

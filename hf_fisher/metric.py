@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from hf_fisher.errors import InputError
+from hf_fisher.options import EstimatorOptions
 from hf_fisher.summary import QUANTITIES, summarize
 
 logger = logging.getLogger(__name__)
@@ -51,14 +52,7 @@ CACHE_FOLDER = f"evaluate-metric--{METRIC_NAME}"
 
 ESTIMATOR_OPTIONS = (
     "batch_size",
-    "method",
-    "black_box",
-    "top_k",
-    "max_iter",
-    "tol",
-    "num_queries",
-    "num_probes",
-    "seed",
+    *EstimatorOptions.names(),
     "kl_tau",
     "input_space",
     "device",
@@ -129,8 +123,6 @@ def check_options(options: Mapping[str, Any], allowed: Sequence[str] = ESTIMATOR
 
 def _input_kind(inputs: Any) -> str:
     """Classify ``inputs``: "tensor", "image", "text", "pair" or "arrays"."""
-    from PIL import Image
-
     if isinstance(inputs, (torch.Tensor, np.ndarray)):
         if inputs.ndim == 0 or inputs.shape[0] == 0:
             raise InputError(
@@ -145,28 +137,28 @@ def _input_kind(inputs: Any) -> str:
         )
     if len(inputs) == 0:
         raise InputError("inputs are empty; pass at least one image, text or tensor row")
-    kinds = set()
-    for item in inputs:
-        if isinstance(item, Image.Image):
-            kinds.add("image")
-        elif isinstance(item, str):
-            kinds.add("text")
-        elif (
-            isinstance(item, (tuple, list))
-            and len(item) == 2
-            and all(isinstance(part, str) for part in item)
-        ):
-            kinds.add("pair")
-        elif isinstance(item, (torch.Tensor, np.ndarray)):
-            kinds.add("arrays")
-        else:
-            raise InputError(
-                f"input of type {type(item).__name__} is not supported; pass PIL images, "
-                "strings, (text, text_pair) tuples or arrays"
-            )
+    kinds = {_item_kind(item) for item in inputs}
     if len(kinds) > 1:
         raise InputError(f"inputs mix {sorted(kinds)}; pass one kind of input per call")
     return kinds.pop()
+
+
+def _item_kind(item: Any) -> str:
+    """The kind of one input: "image", "text", "pair" or "arrays"."""
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        return "image"
+    if isinstance(item, str):
+        return "text"
+    if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(p, str) for p in item):
+        return "pair"
+    if isinstance(item, (torch.Tensor, np.ndarray)):
+        return "arrays"
+    raise InputError(
+        f"input of type {type(item).__name__} is not supported; pass PIL images, "
+        "strings, (text, text_pair) tuples or arrays"
+    )
 
 
 def _labels(references: Any, num_inputs: int) -> list[int] | None:
@@ -202,24 +194,7 @@ def _check_model(model: Any) -> None:
 
 
 def per_sample_records(
-    model: Any,
-    inputs: Any,
-    references: Sequence[int] | None = None,
-    *,
-    batch_size: int = 32,
-    method: str = "auto",
-    black_box: bool = False,
-    top_k: int = 1,
-    max_iter: int | None = None,
-    tol: float = 1e-3,
-    num_queries: int | None = None,
-    num_probes: int = 16,
-    seed: int = 0,
-    kl_tau: float = 0.01,
-    input_space: str | None = None,
-    device: str | None = None,
-    dtype: str | torch.dtype | None = None,
-    label_mapping: Mapping[str, int | str] | None = None,
+    model: Any, inputs: Any, references: Sequence[int] | None = None, **options: Any
 ) -> list[dict]:
     """Per-sample records, exactly as :func:`~hf_fisher.runner.evaluate_robustness` writes them.
 
@@ -229,35 +204,22 @@ def per_sample_records(
             or an (N, ...) tensor/array in the model's input space (kept exact).
         references: integer labels, one per input: the model's class ids, or the dataset ids
             of ``label_mapping``; None uses the predicted labels.
-        batch_size, method, black_box, top_k, max_iter, tol, num_queries, num_probes, seed,
-            kl_tau, input_space, device, dtype, label_mapping: as in ``evaluate_robustness``
-            (``label_mapping``: model label name -> reference value, as in ``evaluate``).
+        **options: the :data:`ESTIMATOR_OPTIONS` (batch_size, the
+            :class:`~hf_fisher.options.EstimatorOptions` knobs, kl_tau, input_space, device,
+            dtype, label_mapping), with the defaults of ``evaluate_robustness``;
+            ``label_mapping``: model label name -> reference value, as in ``evaluate``.
 
     Returns:
         One record per input, in input order.
 
     Raises:
-        InputError: a missing model, empty inputs, or references of the wrong length.
+        InputError: an unknown option, a missing model, empty inputs, or references of the
+            wrong length.
     """
+    check_options(options)
     _check_model(model)
     kind = _input_kind(inputs)
     labels = _labels(references, len(inputs))
-    options = {
-        "batch_size": batch_size,
-        "method": method,
-        "black_box": black_box,
-        "top_k": top_k,
-        "max_iter": max_iter,
-        "tol": tol,
-        "num_queries": num_queries,
-        "num_probes": num_probes,
-        "seed": seed,
-        "kl_tau": kl_tau,
-        "input_space": input_space,
-        "device": device,
-        "dtype": dtype,
-        "label_mapping": label_mapping,
-    }
     from hf_fisher.data import InMemoryRows
     from hf_fisher.runner import evaluate_robustness
 
@@ -277,7 +239,6 @@ def per_sample_columns(
     Raises:
         InputError: an unknown option, a missing model, empty inputs, mismatched references.
     """
-    check_options(options)
     records = per_sample_records(model, inputs, references, **options)
     columns = {name: [record.get(name) for record in records] for name in RECORD_COLUMNS}
     columns["has_reference"] = [references is not None] * len(records)
@@ -358,7 +319,9 @@ def fisher_robustness_scores(
     """
     columns = per_sample_columns(model, inputs, references, **options)
     return scores_from_columns(
-        columns, return_per_sample=return_per_sample, seed=options.get("seed", 0)
+        columns,
+        return_per_sample=return_per_sample,
+        seed=options.get("seed", EstimatorOptions.seed),
     )
 
 

@@ -16,7 +16,7 @@ import numbers
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,7 @@ import torch
 
 from hf_fisher._content import dataset_content, model_content
 from hf_fisher.adapters import Classifier, load_classifier
-from hf_fisher.companions import (
-    CompanionOptions,
-    check_companion_options,
-    check_companions,
-    run_companions,
-)
+from hf_fisher.companions import check_companions, run_companions
 from hf_fisher.data import (
     InMemoryRows,
     decode_rows,
@@ -43,6 +38,7 @@ from hf_fisher.data import (
 from hf_fisher.digits import DEFAULT_MODEL_DIR as BUNDLED_MODEL_DIR
 from hf_fisher.errors import DatasetError, InputError, ResultsError
 from hf_fisher.labels import align_labels, check_label_mapping
+from hf_fisher.options import CompanionOptions, EstimatorOptions, RunOptions
 from hf_fisher.results import (
     RESULTS_FILE,
     SCHEMA_VERSION,
@@ -51,13 +47,7 @@ from hf_fisher.results import (
     to_jsonable,
     write_results,
 )
-from hf_fisher.spectrum import (
-    BLACK_BOX_METHODS,
-    METHODS,
-    FisherSpectrum,
-    resolve_run_method,
-    spectrum_of_prepared,
-)
+from hf_fisher.spectrum import FisherSpectrum, resolve_run_method, spectrum_of_prepared
 from hf_fisher.summary import kl_radius, summarize
 
 logger = logging.getLogger(__name__)
@@ -156,66 +146,6 @@ def _dtype(name: str | torch.dtype | None) -> torch.dtype | None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: Any, minimum: int, why: str, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if not _is_int(value) or value < minimum:
-        flag = "--" + name.replace("_", "-")
-        raise InputError(f"{name} ({flag}) must be an integer >= {minimum}, got {value!r}: {why}")
-
-
-def _check_positive_float(name: str, value: Any, why: str) -> None:
-    number = value if isinstance(value, numbers.Real) and not isinstance(value, bool) else None
-    if number is None or not math.isfinite(number) or number <= 0:
-        flag = "--" + name.replace("_", "-")
-        raise InputError(f"{name} ({flag}) must be a finite number > 0, got {value!r}: {why}")
-
-
-def _check_options(
-    *,
-    num_samples: int | None,
-    batch_size: int,
-    method: str,
-    black_box: bool,
-    top_k: int,
-    max_iter: int | None,
-    tol: float,
-    num_queries: int | None,
-    num_probes: int,
-    seed: int,
-    kl_tau: float,
-) -> None:
-    """Refuse option values that cannot work, before a model is loaded or anything computed."""
-    if num_samples is not None and (not _is_int(num_samples) or num_samples <= 0):
-        raise DatasetError(
-            f"num_samples must be positive, got {num_samples!r}: pass --num-samples N with "
-            "N >= 1, or leave it out to evaluate every row"
-        )
-    _check_int("batch_size", batch_size, 1, "samples per batch (halved on CUDA out-of-memory)")
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if black_box and method not in ("auto", *BLACK_BOX_METHODS):
-        raise InputError(
-            f"method {method!r} needs gradients but black_box=True; use one of "
-            f"{', '.join(BLACK_BOX_METHODS)} (or 'auto') for black-box estimates"
-        )
-    _check_int("top_k", top_k, 1, "the number of eigenvalues reported per sample")
-    _check_int("num_probes", num_probes, 1, "probes of the stochastic trace estimators")
-    _check_int("max_iter", max_iter, 1, "Fisher products per sample", optional=True)
-    _check_positive_float("tol", tol, "the relative tolerance of the iterative methods")
-    _check_int(
-        "num_queries",
-        num_queries,
-        3,
-        "central differences need the clean query plus a pair per direction",
-        optional=True,
-    )
-    _check_int("seed", seed, 0, "it seeds every random draw")
-    _check_positive_float(
-        "kl_tau", kl_tau, "the KL level in kl_radius = sqrt(2 kl_tau / lambda_max), e.g. 0.01"
-    )
 
 
 def _check_device(device: str | None) -> None:
@@ -465,6 +395,47 @@ def _spectrum_with_oom_retry(classifier, batch, ids, options) -> tuple[FisherSpe
             logger.warning("CUDA out of memory: retrying with batch size %d", size)
 
 
+@dataclass
+class RunPlan:
+    """Everything :func:`compute_records` and :func:`gather_results` need, decided up front.
+
+    Made by :func:`plan_run` before any Fisher product: options checked, model and data loaded,
+    ``auto`` resolved once, the run fingerprinted and the output directory prepared (with the
+    records of a partial run when resuming).
+    """
+
+    classifier: Classifier
+    rows: Any
+    columns: list[str]
+    label_col: str | None
+    modality: str
+    alignment: Any
+    indices: list[int]
+    estimator: EstimatorOptions  # with the concrete method
+    run: RunOptions
+    settings: dict
+    dataset_info: dict
+    directory: Path | None
+    done: list[dict]
+    state: Any
+    companions: CompanionOptions | None
+    progress: bool
+    started: float
+
+    @property
+    def wants_companions(self) -> bool:
+        """Whether companion measurements follow the Fisher pass."""
+        return self.companions is not None and self.companions.requested
+
+
+@dataclass
+class Computed:
+    """What one process computed: its records and the batch sizes that ran."""
+
+    records: list[dict]
+    batch_sizes: set[int]
+
+
 def evaluate_robustness(
     model: Any = None,
     dataset: Any = None,
@@ -495,21 +466,26 @@ def evaluate_robustness(
     companions: CompanionOptions | None = None,
     labels: list[int] | None = None,
     label_mapping: dict[str, int | str] | None = None,
+    options: EstimatorOptions | None = None,
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
     With no ``model``, evaluates the bundled digits ResNet on its held-out digits split.
+    The run is :func:`plan_run` -> :func:`compute_records` -> :func:`gather_results` ->
+    :func:`write_run`.
 
     Args:
         model: a Hub id, local directory, ``nn.Module`` or :class:`~hf_fisher.Classifier`.
         dataset: a Hub name, ``load_dataset`` kwargs, local directory, ``datasets.Dataset``,
             or an (N, ...) tensor / array in the model's input space (kept exact).
         split, config: the dataset split (default "test") and configuration.
-        num_samples: evaluate a deterministic sample of this many rows (default all).
-        batch_size: samples per batch (halved automatically on CUDA out-of-memory).
+        num_samples, batch_size, kl_tau: the :class:`~hf_fisher.options.RunOptions`: a
+            deterministic sample of this many rows (default all), samples per batch (halved
+            automatically on CUDA out-of-memory), and the KL level of
+            ``kl_radius = sqrt(2 kl_tau / lambda_max)``.
         method, black_box, top_k, max_iter, tol, num_queries, num_probes, seed: estimator
-            options of :func:`~hf_fisher.fisher_spectrum`.
-        kl_tau: KL level that defines ``kl_radius = sqrt(2 kl_tau / lambda_max)``.
+            options of :func:`~hf_fisher.fisher_spectrum` (see
+            :class:`~hf_fisher.options.EstimatorOptions`), or pass ``options=`` instead.
         input_columns, label_column: override column detection (two input columns for text
             pairs). Without a label column, predicted labels are used and the file says so.
         input_space: "pixels" (default for images), "normalized" or "embeddings".
@@ -519,21 +495,21 @@ def evaluate_robustness(
         resume: continue a killed run in ``out_dir``, computing only missing samples.
         progress: show a progress bar (main process only).
         trust_remote_code: allow Hub models with custom code (off by default).
+        companions: companion measurements (attacks, noise curves, KL check, CLEVER,
+            frequency view) to run on the first evaluated samples, by the main process.
         labels: integer labels of a tensor ``dataset`` (None: predicted labels are used).
         label_mapping: the model's label name -> the dataset's label (its id or name), as in
             ``evaluate``'s evaluators. Without it, named dataset labels (``ClassLabel`` or
             strings) are matched to the model's ``id2label`` by name (refused if any does not
             match) and integer labels are the model's ids; see :mod:`hf_fisher.labels`.
-        companions: companion measurements (attacks, noise curves, KL check, CLEVER,
-            frequency view) to run on the first evaluated samples, by the main process.
+        options: an :class:`~hf_fisher.options.EstimatorOptions`, instead of the estimator
+            keywords.
 
     Returns:
         A :class:`RobustnessReport`.
     """
-    started = time.perf_counter()
-    _check_options(
-        num_samples=num_samples,
-        batch_size=batch_size,
+    estimator = EstimatorOptions.from_keywords(
+        options,
         method=method,
         black_box=black_box,
         top_k=top_k,
@@ -542,18 +518,50 @@ def evaluate_robustness(
         num_queries=num_queries,
         num_probes=num_probes,
         seed=seed,
-        kl_tau=kl_tau,
     )
+    plan = plan_run(
+        model,
+        dataset,
+        estimator,
+        RunOptions(num_samples=num_samples, batch_size=batch_size, kl_tau=kl_tau),
+        split=split,
+        config=config,
+        input_columns=input_columns,
+        label_column=label_column,
+        input_space=input_space,
+        device=device,
+        dtype=dtype,
+        out_dir=out_dir,
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+        trust_remote_code=trust_remote_code,
+        companions=companions,
+        labels=labels,
+        label_mapping=label_mapping,
+    )
+    results = gather_results(plan, compute_records(plan))
+    if plan.wants_companions:
+        if not plan.state.is_main_process:
+            # No barrier: the main process may measure for longer than a process-group
+            # timeout (30 min gloo, 10 min NCCL). Nothing below needs this rank.
+            return RobustnessReport(to_jsonable(results), plan.directory)
+        _add_companions(plan, results)
+    return write_run(plan, to_jsonable(results))
+
+
+def _validate(
+    estimator: EstimatorOptions, run: RunOptions, companions: CompanionOptions | None
+) -> None:
+    """Refuse option values that cannot work, before a model is loaded or anything computed."""
+    run.validate()
+    estimator.validate()
     if companions is not None:
-        check_companion_options(companions)
-    compute_dtype = _dtype(dtype)
-    label_mapping = check_label_mapping(label_mapping)
-    _check_device(device)
-    directory = Path(out_dir) if out_dir is not None else None
-    if directory is not None:
-        _check_out_dir(directory)
-    state = make_state(device)
-    compute_device = _compute_device(device, state)
+        companions.validate()
+
+
+def _load_dataset(model: Any, dataset: Any, split: str | None, labels: list[int] | None):
+    """The model reference and dataset, with the bundled defaults filled in."""
     if model is None:
         from hf_fisher.digits import load_digits_dataset
 
@@ -570,13 +578,13 @@ def evaluate_robustness(
             "labels= goes with a tensor dataset; for a datasets.Dataset name its label column "
             "with label_column="
         )
-    classifier = load_classifier(
-        model,
-        input_space=input_space,
-        device=compute_device,
-        dtype=compute_dtype,
-        trust_remote_code=trust_remote_code,
-    )
+    return model, dataset
+
+
+def _load_model(
+    model: Any, device: torch.device, dtype: torch.dtype | None, **kwargs
+) -> Classifier:
+    classifier = load_classifier(model, device=device, dtype=dtype, **kwargs)
     if classifier.dtype not in (torch.float32, torch.float64):
         raise InputError(
             f"the model computes in {classifier.dtype}; pass dtype='float32' (default) or "
@@ -584,42 +592,69 @@ def evaluate_robustness(
         )
     if str(model) == str(BUNDLED_MODEL_DIR):
         classifier.source["id"] = BUNDLED_MODEL_ID
+    return classifier
+
+
+def plan_run(
+    model: Any,
+    dataset: Any,
+    estimator: EstimatorOptions,
+    run: RunOptions,
+    *,
+    split: str | None = None,
+    config: str | None = None,
+    input_columns: list[str] | None = None,
+    label_column: str | None = None,
+    input_space: str | None = None,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    out_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    trust_remote_code: bool = False,
+    companions: CompanionOptions | None = None,
+    labels: list[int] | None = None,
+    label_mapping: dict[str, int | str] | None = None,
+) -> RunPlan:
+    """Check the options, load the model and data, resolve the method, prepare the directory.
+
+    Every check that needs no model runs before the model loads; the companions' fit to the
+    model is checked before the data are read. Arguments as :func:`evaluate_robustness`.
+    """
+    started = time.perf_counter()
+    directory = Path(out_dir) if out_dir is not None else None
+    _validate(estimator, run, companions)
+    compute_dtype = _dtype(dtype)
+    label_mapping = check_label_mapping(label_mapping)
+    _check_device(device)
+    if directory is not None:
+        _check_out_dir(directory)
+    state = make_state(device)
+    model, dataset = _load_dataset(model, dataset, split, labels)
+    classifier = _load_model(
+        model,
+        _compute_device(device, state),
+        compute_dtype,
+        input_space=input_space,
+        trust_remote_code=trust_remote_code,
+    )
     if companions is not None and companions.requested:
         check_companions(classifier, companions)
     rows, dataset_name, split = load_any_dataset(dataset, split=split, config=config)
     columns, label_col, modality = detect_columns(
         rows, input_columns=input_columns, label_column=label_column
     )
-    alignment = None
-    if label_col is not None:
-        names, values = label_domain(rows, label_col)
-        alignment = align_labels(
-            classifier.id2label, names=names, values=values, label_mapping=label_mapping
-        )
-    elif label_mapping is not None:
-        raise DatasetError("label_mapping was given, but the dataset has no label column")
-    indices = sample_indices(len(rows), num_samples, seed)
-    label2id = {name: i for i, name in classifier.id2label.items()}
+    alignment = _alignment(classifier, rows, label_col, label_mapping)
+    indices = sample_indices(len(rows), run.num_samples, estimator.seed)
     if classifier.input_shape is None and classifier.modality != "text":
+        label2id = {name: i for i, name in classifier.id2label.items()}
         first = decode_rows(rows, indices[:1], columns, label_col, modality, label2id)
         classifier.prepare(first.inputs)  # a plain module learns its input shape here
-        label2id = {name: i for i, name in classifier.id2label.items()}
-    concrete = run_method(classifier, method, black_box, batch_size, _input_numel(classifier))
-    settings = {
-        "method": concrete,
-        "requested_method": method,
-        "black_box": black_box,
-        "input_space": classifier.input_space,
-        "top_k": top_k,
-        "tol": tol,
-        "max_iter": max_iter,
-        "num_queries": num_queries,
-        "num_probes": num_probes,
-        "seed": seed,
-        "batch_size": batch_size,
-        "dtype": str(classifier.dtype).removeprefix("torch."),
-        "kl_tau": kl_tau,
-    }
+    concrete = run_method(
+        classifier, estimator.method, estimator.black_box, run.batch_size, _input_numel(classifier)
+    )
+    settings = _settings(classifier, estimator, run, concrete)
     dataset_info = {
         "name": dataset_name,
         "config": config,
@@ -639,130 +674,192 @@ def evaluate_robustness(
         content = _content(model, classifier, dataset, rows, state)
         fingerprint = _fingerprint(classifier, dataset_info, settings, content)
         done = _prepare_directory(directory, fingerprint, overwrite, resume, state)
-    finished = {record["index"] for record in done}
-    pending = [index for index in indices if index not in finished]
-
-    shard = _shard(pending, state.num_processes, state.process_index)
-    steps = (
-        math.ceil(
-            max(len(_shard(pending, state.num_processes, r)) for r in range(state.num_processes))
-            / batch_size
-        )
-        if pending
-        else 0
+    return RunPlan(
+        classifier=classifier,
+        rows=rows,
+        columns=columns,
+        label_col=label_col,
+        modality=modality,
+        alignment=alignment,
+        indices=indices,
+        estimator=replace(estimator, method=concrete),
+        run=run,
+        settings=settings,
+        dataset_info=dataset_info,
+        directory=directory,
+        done=done,
+        state=state,
+        companions=companions,
+        progress=progress,
+        started=started,
     )
-    options = {
+
+
+def _alignment(classifier: Classifier, rows: Any, label_col: str | None, label_mapping: Any):
+    """How dataset labels map to the model's ids (None without a label column)."""
+    if label_col is not None:
+        names, values = label_domain(rows, label_col)
+        return align_labels(
+            classifier.id2label, names=names, values=values, label_mapping=label_mapping
+        )
+    if label_mapping is not None:
+        raise DatasetError("label_mapping was given, but the dataset has no label column")
+    return None
+
+
+def _settings(
+    classifier: Classifier, estimator: EstimatorOptions, run: RunOptions, concrete: str
+) -> dict:
+    """The settings section (and the fingerprint's): every knob that shapes the numbers."""
+    return {
+        **estimator.to_settings(),
         "method": concrete,
-        "black_box": black_box,
-        "top_k": top_k,
-        "max_iter": max_iter,
-        "tol": tol,
-        "num_queries": num_queries,
-        "num_probes": num_probes,
-        "seed": seed,
+        "requested_method": estimator.method,
+        "input_space": classifier.input_space,
+        "batch_size": run.batch_size,
+        "dtype": str(classifier.dtype).removeprefix("torch."),
+        "kl_tau": run.kl_tau,
     }
-    records: list[dict] = []
-    used_batch_sizes: set[int] = set()
+
+
+def compute_records(plan: RunPlan) -> Computed:
+    """Compute this process's shard of the pending samples, batch by batch.
+
+    Each batch's records are appended to ``partial/records-<rank>.jsonl`` as soon as they exist.
+    """
+    state = plan.state
+    finished = {record["index"] for record in plan.done}
+    pending = [index for index in plan.indices if index not in finished]
+    shard = _shard(pending, state.num_processes, state.process_index)
+    size = plan.run.batch_size
+    longest = max(len(_shard(pending, state.num_processes, r)) for r in range(state.num_processes))
+    steps = math.ceil(longest / size)  # the same on every rank: collectives stay in step
+    computed = Computed(records=[], batch_sizes=set())
     record_file = None
-    if directory is not None:
+    if plan.directory is not None:
         record_file = open(  # noqa: SIM115 - kept open for the whole loop, closed below
-            directory / PARTIAL_DIR / f"records-{state.process_index}.jsonl",
+            plan.directory / PARTIAL_DIR / f"records-{state.process_index}.jsonl",
             "a",
             encoding="utf-8",
         )
-    bar = _progress_bar(len(pending), progress and state.is_main_process)
+    bar = _progress_bar(len(pending), plan.progress and state.is_main_process)
     try:
         for step in range(steps):
-            batch_indices = shard[step * batch_size : (step + 1) * batch_size]
-            new: list[dict] = []
-            if batch_indices:
-                decoded = decode_rows(rows, batch_indices, columns, label_col, modality, alignment)
-                new += [{**skip, "skipped": True} for skip in decoded.skipped]
-                if decoded.indices:
-                    prepared = classifier.prepare(decoded.inputs)
-                    _check_label_range(decoded.labels, classifier.num_classes, label_col)
-                    spectrum, used = _spectrum_with_oom_retry(
-                        classifier, prepared, decoded.indices, options
-                    )
-                    used_batch_sizes.add(used)
-                    new += _records_from_spectrum(spectrum, decoded.indices, decoded.labels, kl_tau)
+            batch_indices = shard[step * size : (step + 1) * size]
+            new = _batch_records(plan, batch_indices, computed.batch_sizes)
             if record_file is not None and new:
                 _append(record_file, new)
-            records += new
+            computed.records += new
             bar.update(_global_count(len(batch_indices), state))
     finally:
         bar.close()
         if record_file is not None:
             record_file.close()
+    return computed
 
+
+def _batch_records(plan: RunPlan, batch_indices: list[int], used: set[int]) -> list[dict]:
+    """Records of one batch: skipped rows, then one record per evaluated sample."""
+    if not batch_indices:
+        return []
+    decoded = decode_rows(
+        plan.rows, batch_indices, plan.columns, plan.label_col, plan.modality, plan.alignment
+    )
+    new = [{**skip, "skipped": True} for skip in decoded.skipped]
+    if decoded.indices:
+        classifier = plan.classifier
+        prepared = classifier.prepare(decoded.inputs)
+        _check_label_range(decoded.labels, classifier.num_classes, plan.label_col)
+        spectrum, size = _spectrum_with_oom_retry(
+            classifier, prepared, decoded.indices, plan.estimator.to_settings()
+        )
+        used.add(size)
+        new += _records_from_spectrum(spectrum, decoded.indices, decoded.labels, plan.run.kl_tau)
+    return new
+
+
+def gather_results(plan: RunPlan, computed: Computed) -> dict:
+    """Every process's records, in dataset order, summarised into the results dict."""
     from accelerate.utils import gather_object
 
-    if state.num_processes > 1:
+    records, used = computed.records, computed.batch_sizes
+    if plan.state.num_processes > 1:
         records = gather_object(records)
-        used_batch_sizes = set(gather_object(sorted(used_batch_sizes)))
-    everything = {record["index"]: record for record in done + records}
-    ordered = [everything[index] for index in indices if index in everything]
+        used = set(gather_object(sorted(used)))
+    everything = {record["index"]: record for record in plan.done + records}
+    ordered = [everything[index] for index in plan.indices if index in everything]
     skipped = [{"index": r["index"], "reason": r["reason"]} for r in ordered if r.get("skipped")]
     per_sample = [r for r in ordered if not r.get("skipped")]
     if not per_sample:
         raise DatasetError(f"no sample could be evaluated ({len(skipped)} unreadable rows)")
-    resolved = sorted({record["method"] for record in per_sample})
-    summary = summarize(per_sample, seed=seed)
-    if label_col is None:
+    summary = summarize(per_sample, seed=plan.estimator.seed)
+    if plan.label_col is None:
         summary["accuracy"] = None  # the labels are the predictions: 1.0 by construction
-    results = {
+    return {
         "schema_version": SCHEMA_VERSION,
         "hf_fisher_version": package_versions()["hf-fisher"] or "0+unknown",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": {
-            **{k: classifier.source.get(k) for k in ("id", "revision", "commit_hash")},
-            "architecture": classifier.source.get("architecture")
-            or type(classifier.model).__name__,
-            "task": classifier.source.get("task"),
-            "num_classes": classifier.num_classes,
-            "id2label": {str(k): str(v) for k, v in classifier.id2label.items()},
-        },
-        "dataset": dataset_info,
+        "model": _model_section(plan.classifier),
+        "dataset": plan.dataset_info,
         "settings": {
-            **settings,
-            "method": "+".join(resolved),
-            "batch_sizes_used": sorted(used_batch_sizes),
+            **plan.settings,
+            "method": "+".join(sorted({record["method"] for record in per_sample})),
+            "batch_sizes_used": sorted(used),
         },
         "environment": {
-            "device": _describe_device(classifier.device),
-            "num_processes": state.num_processes,
-            "wall_time_s": time.perf_counter() - started,
+            "device": _describe_device(plan.classifier.device),
+            "num_processes": plan.state.num_processes,
+            "wall_time_s": time.perf_counter() - plan.started,
             "packages": package_versions(),
         },
         "summary": summary,
         "per_sample": per_sample,
         "skipped": skipped,
     }
-    if companions is not None and companions.requested:
-        if not state.is_main_process:
-            # No barrier: the main process may measure for longer than a process-group
-            # timeout (30 min gloo, 10 min NCCL). Nothing below needs this rank.
-            return RobustnessReport(to_jsonable(results), directory)
-        companions_started = time.perf_counter()
-        chosen = per_sample[: companions.num_samples]
-        decoded = decode_rows(
-            rows, [r["index"] for r in chosen], columns, label_col, modality, alignment
-        )
-        sections = run_companions(
-            classifier,
-            classifier.prepare(decoded.inputs),
-            torch.tensor([r["label"] for r in chosen]),
-            torch.tensor([r["spectral_norm"] for r in chosen], dtype=torch.float64),
-            companions,
-            seed=seed,
-        )
-        for section in sections.values():
-            section["sample_indices"] = decoded.indices  # per-sample lists follow this order
-        results.update(sections)
-        results["settings"]["companions"] = companions.settings()
-        results["environment"]["companions_wall_time_s"] = time.perf_counter() - companions_started
-    results = to_jsonable(results)
-    if directory is not None and state.is_main_process:
+
+
+def _model_section(classifier: Classifier) -> dict:
+    """The ``model`` section of results.json."""
+    return {
+        **{k: classifier.source.get(k) for k in ("id", "revision", "commit_hash")},
+        "architecture": classifier.source.get("architecture") or type(classifier.model).__name__,
+        "task": classifier.source.get("task"),
+        "num_classes": classifier.num_classes,
+        "id2label": {str(k): str(v) for k, v in classifier.id2label.items()},
+    }
+
+
+def _add_companions(plan: RunPlan, results: dict) -> None:
+    """Run the companion measurements on the first evaluated samples (main process only)."""
+    started = time.perf_counter()
+    chosen = results["per_sample"][: plan.companions.num_samples]
+    decoded = decode_rows(
+        plan.rows,
+        [r["index"] for r in chosen],
+        plan.columns,
+        plan.label_col,
+        plan.modality,
+        plan.alignment,
+    )
+    sections = run_companions(
+        plan.classifier,
+        plan.classifier.prepare(decoded.inputs),
+        torch.tensor([r["label"] for r in chosen]),
+        torch.tensor([r["spectral_norm"] for r in chosen], dtype=torch.float64),
+        plan.companions,
+        seed=plan.estimator.seed,
+    )
+    for section in sections.values():
+        section["sample_indices"] = decoded.indices  # per-sample lists follow this order
+    results.update(sections)
+    results["settings"]["companions"] = plan.companions.settings()
+    results["environment"]["companions_wall_time_s"] = time.perf_counter() - started
+
+
+def write_run(plan: RunPlan, results: dict) -> RobustnessReport:
+    """Write results.json and per_sample.csv (main process), then drop the partial records."""
+    directory = plan.directory
+    if directory is not None and plan.state.is_main_process:
         try:
             write_results(results, directory)
         except OSError as error:
@@ -772,8 +869,8 @@ def evaluate_robustness(
                 "then rerun the same command with --resume to write them without recomputing"
             ) from error
         _remove_partial(directory / PARTIAL_DIR)
-    if companions is None or not companions.requested:
-        state.wait_for_everyone()
+    if not plan.wants_companions:
+        plan.state.wait_for_everyone()
     return RobustnessReport(results, directory)
 
 
@@ -843,21 +940,7 @@ def _prepare_directory(
     has_results = (directory / RESULTS_FILE).exists()
     ours = run_file.is_file()
     if resume and ours:
-        previous = json.loads(run_file.read_text(encoding="utf-8"))
-        differences = _differences(previous, json.loads(json.dumps(to_jsonable(fingerprint))))
-        if differences:
-            raise ResultsError(
-                "refusing to resume: this run differs from the partial run in "
-                f"{directory}:\n  - "
-                + "\n  - ".join(differences)
-                + "\nrerun with the original options, or use --overwrite to start again"
-            )
-        done = _read_partial(partial)  # every rank: a damaged file stops them all
-        state.wait_for_everyone()
-        if state.is_main_process:
-            _trim_torn_lines(partial)  # before anyone appends
-        state.wait_for_everyone()
-        return done
+        return _resume_partial(directory, fingerprint, state)
     if resume and has_results:
         raise ResultsError(
             f"{directory} holds a finished run ({RESULTS_FILE}); nothing to resume. Use "
@@ -871,26 +954,52 @@ def _prepare_directory(
         )
     state.wait_for_everyone()
     if state.is_main_process:
-        # Old results go first: a killed --overwrite must not leave them for `card` to read.
-        for name in (RESULTS_FILE, TABLE_FILE):
-            (directory / name).unlink(missing_ok=True)
-        if ours:
-            _remove_partial(partial)
-            if partial.exists():
-                raise ResultsError(
-                    f"{partial} holds files hf-fisher did not write; move them away to start again"
-                )
-        try:
-            staging = Path(tempfile.mkdtemp(dir=directory, prefix=f".{PARTIAL_DIR}-"))
-            umask = os.umask(0)
-            os.umask(umask)
-            staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a plain mkdir would not
-            atomic_write_text(staging / RUN_FILE, json.dumps(to_jsonable(fingerprint), indent=2))
-            staging.rename(partial)  # partial/ never exists without its run.json
-        except OSError as error:
-            raise ResultsError(
-                f"could not create {partial} ({error}); free space or fix permissions in "
-                f"{directory} and run again"
-            ) from error
+        _start_fresh(directory, fingerprint, ours)
     state.wait_for_everyone()
     return []
+
+
+def _resume_partial(directory: Path, fingerprint: dict, state) -> list[dict]:
+    """The records of our partial run in ``directory``, if it was made with this fingerprint."""
+    partial = directory / PARTIAL_DIR
+    previous = json.loads((partial / RUN_FILE).read_text(encoding="utf-8"))
+    differences = _differences(previous, json.loads(json.dumps(to_jsonable(fingerprint))))
+    if differences:
+        raise ResultsError(
+            "refusing to resume: this run differs from the partial run in "
+            f"{directory}:\n  - "
+            + "\n  - ".join(differences)
+            + "\nrerun with the original options, or use --overwrite to start again"
+        )
+    done = _read_partial(partial)  # every rank: a damaged file stops them all
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _trim_torn_lines(partial)  # before anyone appends
+    state.wait_for_everyone()
+    return done
+
+
+def _start_fresh(directory: Path, fingerprint: dict, ours: bool) -> None:
+    """Remove old results and our old partial run; create ``partial/`` with its run.json."""
+    partial = directory / PARTIAL_DIR
+    # Old results go first: a killed --overwrite must not leave them for `card` to read.
+    for name in (RESULTS_FILE, TABLE_FILE):
+        (directory / name).unlink(missing_ok=True)
+    if ours:
+        _remove_partial(partial)
+        if partial.exists():
+            raise ResultsError(
+                f"{partial} holds files hf-fisher did not write; move them away to start again"
+            )
+    try:
+        staging = Path(tempfile.mkdtemp(dir=directory, prefix=f".{PARTIAL_DIR}-"))
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a plain mkdir would not
+        atomic_write_text(staging / RUN_FILE, json.dumps(to_jsonable(fingerprint), indent=2))
+        staging.rename(partial)  # partial/ never exists without its run.json
+    except OSError as error:
+        raise ResultsError(
+            f"could not create {partial} ({error}); free space or fix permissions in "
+            f"{directory} and run again"
+        ) from error

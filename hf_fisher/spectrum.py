@@ -28,6 +28,7 @@ from hf_fisher.operators import (
     dual_spectrum,
     gradient_rows,
 )
+from hf_fisher.options import EstimatorOptions
 
 WHITE_BOX_METHODS = ("exact", "lanczos", "power", "hutchinson", "hutchpp")
 BLACK_BOX_METHODS = ("sketch", "rayleigh-max")
@@ -413,6 +414,7 @@ def fisher_spectrum(
     input_space: str | None = None,
     sample_ids: Sequence[int] | None = None,
     likelihood: str | None = None,
+    options: EstimatorOptions | None = None,
 ) -> FisherSpectrum:
     """Per-sample lambda_max and trace of the input-space Fisher of a classifier.
 
@@ -442,6 +444,8 @@ def fisher_spectrum(
         sample_ids: stable per-sample ids for the random streams.
         likelihood: "categorical" or "bernoulli"; default from the model's config
             (``problem_type="multi_label_classification"`` is bernoulli), else categorical.
+        options: an :class:`~hf_fisher.options.EstimatorOptions` holding method ... seed,
+            instead of those keywords (not both).
 
     Returns:
         A :class:`FisherSpectrum` on the CPU.
@@ -457,25 +461,8 @@ def fisher_spectrum(
     """
     from hf_fisher.adapters import load_classifier
 
-    _check_requested_dtype(model, dtype)
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"got batch_size={batch_size}; pass a positive batch size or None")
-    if method != "auto":
-        resolve_method(method, black_box, None, 0, 1)  # unknown names fail before loading
-    classifier = load_classifier(
-        model, input_space=input_space, device=device, dtype=dtype, likelihood=likelihood
-    )
-    check_compute_dtype(classifier.dtype, "the classifier's dtype")
-    _check_black_box_likelihood(classifier.likelihood, method, black_box)
-    batch = classifier.prepare(inputs)
-    ids = list(range(len(batch))) if sample_ids is None else list(sample_ids)
-    if len(ids) != len(batch):
-        raise InputError(f"got {len(ids)} sample_ids for {len(batch)} samples; pass one per sample")
-    return spectrum_of_prepared(
-        classifier,
-        batch,
-        batch_size=batch_size,
-        sample_ids=ids,
+    estimator = EstimatorOptions.from_keywords(
+        options,
         method=method,
         black_box=black_box,
         top_k=top_k,
@@ -484,6 +471,22 @@ def fisher_spectrum(
         num_queries=num_queries,
         num_probes=num_probes,
         seed=seed,
+    )
+    estimator.validate()  # bad knobs fail before loading
+    _check_requested_dtype(model, dtype)
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"got batch_size={batch_size}; pass a positive batch size or None")
+    classifier = load_classifier(
+        model, input_space=input_space, device=device, dtype=dtype, likelihood=likelihood
+    )
+    check_compute_dtype(classifier.dtype, "the classifier's dtype")
+    _check_black_box_likelihood(classifier.likelihood, estimator.method, estimator.black_box)
+    batch = classifier.prepare(inputs)
+    ids = list(range(len(batch))) if sample_ids is None else list(sample_ids)
+    if len(ids) != len(batch):
+        raise InputError(f"got {len(ids)} sample_ids for {len(batch)} samples; pass one per sample")
+    return spectrum_of_prepared(
+        classifier, batch, batch_size=batch_size, sample_ids=ids, **estimator.to_settings()
     )
 
 
