@@ -7,7 +7,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,16 +131,24 @@ def load_any_dataset(
             "directory, a dict of load_dataset arguments or a datasets.Dataset"
         )
     name = str(dataset)
-    path = Path(dataset)
+    loaded = _load_path(name, config)
+    if isinstance(loaded, datasets.DatasetDict):
+        loaded, split = _pick_split(loaded, split, name)
+        return loaded, name, split
+    return loaded, name, _own_split(loaded, split)
+
+
+def _load_path(name: str, config: str | None):
+    """Load a local directory (saved, or files ``load_dataset`` reads) or a Hub name."""
+    import datasets
+
+    path = Path(name)
     try:
         if path.is_dir() and (
             (path / "state.json").exists() or (path / "dataset_dict.json").exists()
         ):
-            loaded = datasets.load_from_disk(str(path))
-        elif path.exists():
-            loaded = datasets.load_dataset(str(path), config)
-        else:
-            loaded = datasets.load_dataset(name, config)
+            return datasets.load_from_disk(str(path))
+        return datasets.load_dataset(str(path) if path.exists() else name, config)
     except Exception as error:
         hint = (
             "it is not a local directory, and loading it from the Hub failed (no network, or "
@@ -151,10 +159,6 @@ def load_any_dataset(
             "dataset saved with save_to_disk"
         )
         raise DatasetError(f"could not load dataset {name!r}: {hint} ({error})") from error
-    if isinstance(loaded, datasets.DatasetDict):
-        loaded, split = _pick_split(loaded, split, name)
-        return loaded, name, split
-    return loaded, name, _own_split(loaded, split)
 
 
 def _own_split(dataset, split: str | None) -> str | None:
@@ -186,40 +190,64 @@ def detect_columns(
     Returns:
         ``(input_columns, label_column_or_None, modality)``.
     """
-    import datasets
-
     if isinstance(dataset, InMemoryRows):
         return ["inputs"], None if dataset.labels is None else "label", "in-memory"
     features = dataset.features
-    names = list(features)
-
-    def check(column: str) -> str:
-        if column not in features:
-            raise DatasetError(f"column {column!r} does not exist; the dataset has columns {names}")
-        return column
-
     if input_columns:
-        chosen = [check(column) for column in input_columns]
+        chosen = [_check_column(features, column) for column in input_columns]
     else:
-        images = [n for n, f in features.items() if isinstance(f, datasets.Image)]
-        images += [n for n in IMAGE_COLUMN_NAMES if n in features and n not in images]
-        pairs = [pair for pair in TEXT_PAIR_COLUMN_NAMES if all(n in features for n in pair)]
-        texts = [n for n in TEXT_COLUMN_NAMES if n in features]
-        strings = [
-            n
-            for n, f in features.items()
-            if isinstance(f, datasets.Value) and f.dtype in ("string", "large_string")
-        ]
-        if images:
-            chosen = images[:1]
-        elif pairs:
-            chosen = list(pairs[0])
-        elif texts or strings:
-            chosen = (texts or strings)[:1]
-        else:
-            raise DatasetError(
-                f"found no image or text column among {names}; name it with --input-column"
-            )
+        chosen = _guess_input_columns(features)
+    modality = _modality(features, chosen)
+    if label_column is not None:
+        label = _check_column(features, label_column)
+    else:
+        label = _guess_label_column(features)
+    return chosen, label, modality
+
+
+def _check_column(features: Mapping, column: str) -> str:
+    if column not in features:
+        raise DatasetError(
+            f"column {column!r} does not exist; the dataset has columns {list(features)}"
+        )
+    return column
+
+
+def _guess_input_columns(features: Mapping) -> list[str]:
+    """An image column, else a known text pair, else a known text column, else any string."""
+    import datasets
+
+    images = _columns_of(features, lambda f: isinstance(f, datasets.Image), IMAGE_COLUMN_NAMES)
+    if images:
+        return images[:1]
+    pairs = [pair for pair in TEXT_PAIR_COLUMN_NAMES if all(n in features for n in pair)]
+    if pairs:
+        return list(pairs[0])
+    texts = [n for n in TEXT_COLUMN_NAMES if n in features]
+    if texts:
+        return texts[:1]
+    strings = _columns_of(
+        features, lambda f: isinstance(f, datasets.Value) and f.dtype in ("string", "large_string")
+    )
+    if strings:
+        return strings[:1]
+    raise DatasetError(
+        f"found no image or text column among {list(features)}; name it with --input-column"
+    )
+
+
+def _columns_of(
+    features: Mapping, matches: Callable[[Any], bool], usual_names: Sequence[str] = ()
+) -> list[str]:
+    """Columns whose feature ``matches``, then columns with a usual name, in that order."""
+    found = [name for name, feature in features.items() if matches(feature)]
+    return found + [name for name in usual_names if name in features and name not in found]
+
+
+def _modality(features: Mapping, chosen: list[str]) -> str:
+    """The modality of the chosen columns; refuses more than two, or two with an image."""
+    import datasets
+
     is_image = [
         isinstance(features[name], datasets.Image) or name in IMAGE_COLUMN_NAMES for name in chosen
     ]
@@ -228,14 +256,15 @@ def detect_columns(
             f"got input columns {chosen}; hf-fisher takes one image column, one text column, or "
             "two text columns (a text pair): pass --input-column once, or twice for a text pair"
         )
-    modality = "image" if is_image[0] else "text"
-    if label_column is not None:
-        label = check(label_column)
-    else:
-        labels = [n for n, f in features.items() if isinstance(f, datasets.ClassLabel)]
-        labels += [n for n in LABEL_COLUMN_NAMES if n in features and n not in labels]
-        label = labels[0] if labels else None
-    return chosen, label, modality
+    return "image" if is_image[0] else "text"
+
+
+def _guess_label_column(features: Mapping) -> str | None:
+    """The first ``ClassLabel`` column, else the first column with a usual label name."""
+    import datasets
+
+    labels = _columns_of(features, lambda f: isinstance(f, datasets.ClassLabel), LABEL_COLUMN_NAMES)
+    return labels[0] if labels else None
 
 
 def sample_indices(num_rows: int, num_samples: int | None, seed: int) -> list[int]:
@@ -320,6 +349,53 @@ def _missing_in_memory(value: Any) -> bool:
     return is_missing_text(value)
 
 
+class _Skip(Exception):  # noqa: N818 - a signal, not an error
+    """A row to skip, with the reason recorded for it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _decode_input(row: Mapping, input_columns: Sequence[str], modality: str) -> Any:
+    """One row's input: a decoded image, a text, or a (text, text_pair) tuple."""
+    if modality == "image":
+        return _decode_image(row[input_columns[0]])
+    texts = [row[column] for column in input_columns]
+    empty = [c for c, t in zip(input_columns, texts, strict=True) if is_missing_text(t)]
+    if empty:
+        raise _Skip(f"missing text in column(s) {empty}")
+    return tuple(str(t) for t in texts) if len(texts) == 2 else str(texts[0])
+
+
+def _decode_in_memory(
+    dataset: InMemoryRows,
+    indices: Sequence[int],
+    label_column: str | None,
+    alignment: LabelAlignment,
+) -> DecodedRows:
+    """Rows of an in-memory batch: a tensor is taken whole; missing texts are skipped."""
+    values = dataset.inputs
+    if hasattr(values, "shape"):
+        chosen = values[list(indices)]
+        kept = [int(i) for i in indices]
+        skipped = []
+    else:
+        kept = [int(i) for i in indices if not _missing_in_memory(values[i])]
+        chosen = [values[i] for i in kept]
+        skipped = [
+            {"index": int(i), "reason": "missing input (None, NaN or empty text)"}
+            for i in indices
+            if _missing_in_memory(values[i])
+        ]
+    labels = (
+        None
+        if dataset.labels is None
+        else [alignment.model_id(dataset.labels[i], label_column) for i in kept]
+    )
+    return DecodedRows(kept, chosen, labels, skipped)
+
+
 def decode_rows(
     dataset,
     indices: Sequence[int],
@@ -337,42 +413,17 @@ def decode_rows(
 
     alignment = alignment or LabelAlignment(None, None, "ids")
     if isinstance(dataset, InMemoryRows):
-        values = dataset.inputs
-        if hasattr(values, "shape"):
-            chosen = values[list(indices)]
-            kept = [int(i) for i in indices]
-            skipped = []
-        else:
-            kept = [int(i) for i in indices if not _missing_in_memory(values[i])]
-            chosen = [values[i] for i in kept]
-            skipped = [
-                {"index": int(i), "reason": "missing input (None, NaN or empty text)"}
-                for i in indices
-                if _missing_in_memory(values[i])
-            ]
-        labels = (
-            None
-            if dataset.labels is None
-            else [alignment.model_id(dataset.labels[i], label_column) for i in kept]
-        )
-        return DecodedRows(kept, chosen, labels, skipped)
+        return _decode_in_memory(dataset, indices, label_column, alignment)
     subset = dataset.select(indices)
     if modality == "image" and isinstance(subset.features[input_columns[0]], datasets.Image):
         subset = subset.cast_column(input_columns[0], datasets.Image(decode=False))
     kept, inputs, labels, skipped = [], [], [], []
     for position, row in zip(indices, subset, strict=True):
         try:
-            if modality == "image":
-                value = _decode_image(row[input_columns[0]])
-            else:
-                texts = [row[column] for column in input_columns]
-                empty = [c for c, t in zip(input_columns, texts, strict=True) if is_missing_text(t)]
-                if empty:
-                    skipped.append(
-                        {"index": int(position), "reason": f"missing text in column(s) {empty}"}
-                    )
-                    continue
-                value = tuple(str(t) for t in texts) if len(texts) == 2 else str(texts[0])
+            value = _decode_input(row, input_columns, modality)
+        except _Skip as skip:
+            skipped.append({"index": int(position), "reason": skip.reason})
+            continue
         except Exception as error:  # PIL raises many types for corrupt files
             skipped.append({"index": int(position), "reason": f"unreadable input: {error}"})
             continue
