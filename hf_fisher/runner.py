@@ -551,13 +551,29 @@ def evaluate_robustness(
 
 
 def _validate(
-    estimator: EstimatorOptions, run: RunOptions, companions: CompanionOptions | None
-) -> None:
-    """Refuse option values that cannot work, before a model is loaded or anything computed."""
+    estimator: EstimatorOptions,
+    run: RunOptions,
+    companions: CompanionOptions | None,
+    dtype: str | torch.dtype | None,
+    label_mapping: Any,
+    device: str | None,
+    directory: Path | None,
+) -> tuple[torch.dtype | None, Any]:
+    """Refuse values that cannot work, before a model is loaded.
+
+    Returns:
+        The compute dtype and the checked label mapping.
+    """
     run.validate()
     estimator.validate()
     if companions is not None:
         companions.validate()
+    compute_dtype = _dtype(dtype)
+    label_mapping = check_label_mapping(label_mapping)
+    _check_device(device)
+    if directory is not None:
+        _check_out_dir(directory)
+    return compute_dtype, label_mapping
 
 
 def _load_dataset(model: Any, dataset: Any, split: str | None, labels: list[int] | None):
@@ -624,12 +640,9 @@ def plan_run(
     """
     started = time.perf_counter()
     directory = Path(out_dir) if out_dir is not None else None
-    _validate(estimator, run, companions)
-    compute_dtype = _dtype(dtype)
-    label_mapping = check_label_mapping(label_mapping)
-    _check_device(device)
-    if directory is not None:
-        _check_out_dir(directory)
+    compute_dtype, label_mapping = _validate(
+        estimator, run, companions, dtype, label_mapping, device, directory
+    )
     state = make_state(device)
     model, dataset = _load_dataset(model, dataset, split, labels)
     classifier = _load_model(
@@ -648,27 +661,15 @@ def plan_run(
     alignment = _alignment(classifier, rows, label_col, label_mapping)
     indices = sample_indices(len(rows), run.num_samples, estimator.seed)
     if classifier.input_shape is None and classifier.modality != "text":
-        label2id = {name: i for i, name in classifier.id2label.items()}
-        first = decode_rows(rows, indices[:1], columns, label_col, modality, label2id)
+        first = decode_rows(rows, indices[:1], columns, label_col, modality, alignment)
         classifier.prepare(first.inputs)  # a plain module learns its input shape here
     concrete = run_method(
         classifier, estimator.method, estimator.black_box, run.batch_size, _input_numel(classifier)
     )
     settings = _settings(classifier, estimator, run, concrete)
-    dataset_info = {
-        "name": dataset_name,
-        "config": config,
-        "split": split,
-        "num_rows": len(rows),
-        "indices": indices,
-        "input_columns": columns,
-        "label_column": label_col,
-        "labels_from": "dataset" if label_col else "predictions",
-        "label_mapping": None if alignment is None else alignment.recorded,
-        "label_mapping_source": None if alignment is None else alignment.source,
-    }
-    if label_col is None:
-        logger.warning("dataset has no label column: predicted labels are used as labels")
+    dataset_info = _dataset_info(
+        rows, dataset_name, config, split, indices, columns, label_col, alignment
+    )
     done: list[dict] = []
     if directory is not None:
         content = _content(model, classifier, dataset, rows, state)
@@ -693,6 +694,33 @@ def plan_run(
         progress=progress,
         started=started,
     )
+
+
+def _dataset_info(
+    rows: Any,
+    name: str,
+    config: str | None,
+    split: str | None,
+    indices: list[int],
+    columns: list[str],
+    label_col: str | None,
+    alignment: Any,
+) -> dict:
+    """The ``dataset`` section of results.json (and of the fingerprint)."""
+    if label_col is None:
+        logger.warning("dataset has no label column: predicted labels are used as labels")
+    return {
+        "name": name,
+        "config": config,
+        "split": split,
+        "num_rows": len(rows),
+        "indices": indices,
+        "input_columns": columns,
+        "label_column": label_col,
+        "labels_from": "dataset" if label_col else "predictions",
+        "label_mapping": None if alignment is None else alignment.recorded,
+        "label_mapping_source": None if alignment is None else alignment.source,
+    }
 
 
 def _alignment(classifier: Classifier, rows: Any, label_col: str | None, label_mapping: Any):

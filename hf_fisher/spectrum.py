@@ -472,10 +472,11 @@ def fisher_spectrum(
         num_probes=num_probes,
         seed=seed,
     )
-    estimator.validate()  # bad knobs fail before loading
     _check_requested_dtype(model, dtype)
     if batch_size is not None and batch_size < 1:
         raise InputError(f"got batch_size={batch_size}; pass a positive batch size or None")
+    if estimator.method != "auto":  # unknown names fail before loading
+        resolve_method(estimator.method, estimator.black_box, None, 0, 1)
     classifier = load_classifier(
         model, input_space=input_space, device=device, dtype=dtype, likelihood=likelihood
     )

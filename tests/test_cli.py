@@ -339,3 +339,97 @@ def test_unknown_choice_is_a_usage_error(
         evaluate(flag, value, "--num-samples", 2)
     assert stopped.value.code == 2
     assert f"argument {flag}: invalid choice: '{value}'" in capsys.readouterr().err
+
+
+# Options once: the flags are generated from the option dataclasses.
+
+LAZY_PACKAGE = """
+import sys, types
+package = types.ModuleType("hf_fisher")  # as a lazy hf_fisher/__init__.py leaves it
+package.__path__ = [{path!r}]
+sys.modules["hf_fisher"] = package
+"""
+
+
+@pytest.mark.parametrize(
+    ("statement", "forbidden"),
+    [
+        ("import hf_fisher.options", ("torch", "transformers", "datasets", "numpy")),
+        (
+            "from hf_fisher.cli import build_parser; build_parser().parse_args(['evaluate'])",
+            ("torch", "transformers", "datasets"),
+        ),
+    ],
+    ids=["options", "parser"],
+)
+def test_options_and_parser_import_without_torch(statement: str, forbidden: tuple) -> None:
+    code = (
+        LAZY_PACKAGE.format(path=str(REPO / "hf_fisher"))
+        + statement
+        + f"\nprint(sorted(m for m in {forbidden!r} if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_generated_flags_keep_their_names_defaults_and_choices() -> None:
+    from hf_fisher.cli import build_parser
+    from hf_fisher.options import METHODS, CompanionOptions, EstimatorOptions, RunOptions
+
+    parser = build_parser()
+    evaluate = parser._subparsers._group_actions[0].choices["evaluate"]  # noqa: SLF001
+    flags = {flag: action for action in evaluate._actions for flag in action.option_strings}  # noqa: SLF001
+    for flag in (
+        "--num-samples", "--batch-size", "--kl-tau", "--method", "--black-box", "--top-k",
+        "--max-iter", "--tol", "--num-queries", "--num-probes", "--seed", "--attacks",
+        "--attack-epsilons", "--eps-max", "--noise", "--noise-sigmas", "--noise-kind",
+        "--noise-draws", "--kl-check", "--kl-radii", "--clever", "--clever-radius",
+        "--frequency", "--frequency-bands", "--frequency-fill", "--frequency-pixel-map",
+        "--bound", "--companion-samples",
+    ):  # fmt: skip
+        assert flag in flags, flag
+    assert tuple(flags["--method"].choices) == METHODS
+    assert tuple(flags["--attacks"].choices) == ("l2", "linf")
+    args = parser.parse_args(["evaluate"])
+    assert EstimatorOptions.from_namespace(args) == EstimatorOptions()
+    assert RunOptions.from_namespace(args) == RunOptions()
+    assert CompanionOptions.from_namespace(args) == CompanionOptions()
+    assert (args.batch_size, args.tol, args.num_probes, args.kl_tau) == (32, 1e-3, 16, 0.01)
+    args = parser.parse_args(
+        ["evaluate", "--method", "lanczos", "--top-k", "3", "--max-iter", "7", "--black-box",
+         "--companion-samples", "5", "--num-samples", "9", "--noise-sigmas", "0.1,0.2"]
+    )  # fmt: skip
+    assert EstimatorOptions.from_namespace(args) == EstimatorOptions(
+        method="lanczos", top_k=3, max_iter=7, black_box=True
+    )
+    assert RunOptions.from_namespace(args).num_samples == 9
+    companions = CompanionOptions.from_namespace(args)
+    assert companions.num_samples == 5 and list(companions.noise_sigmas) == [0.1, 0.2]
+
+
+def test_cli_hands_one_options_object_to_the_runner(monkeypatch, capsys) -> None:
+    import hf_fisher.runner
+    from hf_fisher.options import EstimatorOptions
+
+    seen = {}
+
+    class Report:
+        out_dir = None
+
+        def format_summary(self) -> str:
+            return "summary"
+
+    def fake(model, dataset, **kwargs):
+        seen.update(kwargs)
+        return Report()
+
+    monkeypatch.setattr(hf_fisher.runner, "evaluate_robustness", fake)
+    assert main(["evaluate", "--method", "power", "--tol", "1e-4", "--kl-tau", "0.2"]) == 0
+    assert seen["options"] == EstimatorOptions(method="power", tol=1e-4)
+    assert (seen["kl_tau"], seen["batch_size"], seen["num_samples"]) == (0.2, 32, None)
+    assert "method" not in seen and "top_k" not in seen  # only through options=
+    assert capsys.readouterr().out.strip() == "summary"

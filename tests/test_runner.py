@@ -275,3 +275,85 @@ def test_auto_for_text_is_resolved_at_the_longest_input(
     report = evaluate_robustness(bert_dir, rows, batch_size=2, progress=False)
     assert report.results["settings"]["method"] == "lanczos"
     assert {record["method"] for record in report.per_sample} == {"lanczos"}
+
+
+# Options once.
+
+
+def test_options_object_gives_the_keyword_results_and_the_fingerprint_reads_it() -> None:
+    from hf_fisher.options import EstimatorOptions, RunOptions
+
+    options = EstimatorOptions(method="lanczos", top_k=2, num_probes=4, seed=3)
+    by_object = run(options=options).results
+    by_keywords = run(method="lanczos", top_k=2, num_probes=4, seed=3).results
+    assert by_object["per_sample"] == by_keywords["per_sample"]
+    settings = by_object["settings"]
+    for name, value in options.to_settings().items():
+        if name != "method":
+            assert settings[name] == value, name
+    assert settings["requested_method"] == "lanczos"
+    assert {name: settings[name] for name in ("batch_size", "kl_tau")} == {
+        "batch_size": 2,
+        "kl_tau": RunOptions().kl_tau,
+    }
+
+
+def test_options_object_with_a_changed_keyword_is_refused() -> None:
+    from hf_fisher.options import EstimatorOptions
+
+    with pytest.raises(InputError, match=r"got options= and also top_k=; pass each knob once"):
+        run(options=EstimatorOptions(), top_k=3)
+    with pytest.raises(InputError, match="options= takes a EstimatorOptions, got dict"):
+        run(options={"top_k": 3})
+
+
+def test_bad_options_object_fails_before_the_model_loads(monkeypatch) -> None:
+    import hf_fisher.runner
+    from hf_fisher.options import EstimatorOptions
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model loaded before the options were checked")
+
+    monkeypatch.setattr(hf_fisher.runner, "load_classifier", never)
+    with pytest.raises(InputError, match=r"tol \(--tol\) must be a finite number > 0, got 0"):
+        run(options=EstimatorOptions(tol=0.0))
+
+
+def test_fisher_spectrum_takes_the_same_options(mlp) -> None:
+    from hf_fisher.options import EstimatorOptions
+    from hf_fisher.spectrum import fisher_spectrum
+
+    inputs = torch.randn(4, 2, 3, 4)
+    options = EstimatorOptions(method="lanczos", top_k=2, seed=1)
+    by_object = fisher_spectrum(mlp, inputs, options=options)
+    by_keywords = fisher_spectrum(mlp, inputs, method="lanczos", top_k=2, seed=1)
+    assert torch.equal(by_object.eigenvalues, by_keywords.eigenvalues)
+    with pytest.raises(InputError, match=r"got options= and also seed=; pass each knob once"):
+        fisher_spectrum(mlp, inputs, options=options, seed=2)
+
+
+def test_method_names_are_the_ones_spectrum_implements() -> None:
+    from hf_fisher import options
+
+    assert options.METHODS == spectrum_module.METHODS
+    assert options.BLACK_BOX_METHODS == spectrum_module.BLACK_BOX_METHODS
+    assert options.WHITE_BOX_METHODS == spectrum_module.WHITE_BOX_METHODS
+
+
+def test_no_function_in_the_restructured_modules_is_longer_than_80_lines() -> None:
+    """Issue 12: signature and code, docstring not counted (it documents the public API)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "hf_fisher"
+    long = []
+    for name in ("runner", "cli", "companions", "data", "metric", "options"):
+        tree = ast.parse((package / f"{name}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if ast.get_docstring(node) is not None:
+                    length -= node.body[0].end_lineno - node.body[0].lineno + 1
+                if length > 80:
+                    long.append(f"{name}.{node.name}: {length} lines")
+    assert long == []
