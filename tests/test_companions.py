@@ -105,3 +105,55 @@ def test_inapplicable_companion_fails_before_the_fisher_pass(monkeypatch):
     monkeypatch.setattr(spectrum_module, "spectrum_of_batch", never)
     with pytest.raises(InputError, match="not a plain feed-forward stack"):
         evaluate_robustness(num_samples=4, progress=False, companions=CompanionOptions(bound=True))
+
+
+# The registry: one entry per measurement, each saying which classifiers it applies to.
+
+
+def test_registry_has_one_entry_per_section_and_flag():
+    from hf_fisher.cli import build_parser
+    from hf_fisher.companions import COMPANIONS, requested_companions
+
+    assert [c.section for c in COMPANIONS] == [
+        "bound", "attacks", "noise_curves", "kl_check", "clever", "frequency",
+    ]  # fmt: skip
+    flags = {flag for action in build_parser()._subparsers._group_actions[0].choices[  # noqa: SLF001
+        "evaluate"]._actions for flag in action.option_strings}  # noqa: SLF001
+    assert {c.flag for c in COMPANIONS} <= flags
+    assert requested_companions(CompanionOptions()) == [] and not CompanionOptions().requested
+    for companion in COMPANIONS:
+        name = companion.flag.removeprefix("--").replace("-", "_")
+        options = CompanionOptions(**{name: "l2" if name == "attacks" else True})
+        assert options.requested and requested_companions(options) == [companion]
+
+
+def test_each_entry_says_which_classifiers_it_applies_to(bert_dir, mlp):
+    from hf_fisher.companions import COMPANIONS, TEXT_REASON
+
+    text = load_classifier(bert_dir)
+    every = CompanionOptions(attacks="l2", noise=True, kl_check=True, clever=True,
+                             frequency=True, bound=True)
+    reasons = {c.section: c.applies_to(text, every) for c in COMPANIONS}
+    assert reasons["kl_check"] is None
+    assert {reasons[s] for s in ("attacks", "noise_curves", "clever", "frequency")} == {
+        TEXT_REASON
+    }
+    assert reasons["bound"].startswith("--bound is not available for text models")
+    plain = load_classifier(mlp)  # "normalized" input space: no natural bound, no pixels
+    reasons = {c.section: c.applies_to(plain, every) for c in COMPANIONS}
+    assert "pass --eps-max" in reasons["attacks"]
+    assert "needs images in pixel space" in reasons["frequency"]
+    assert reasons["noise_curves"] is None and reasons["clever"] is None
+    with_eps = CompanionOptions(attacks="l2", eps_max=1.0)
+    assert COMPANIONS[1].applies_to(plain, with_eps) is None
+
+
+def test_companion_options_are_checked_by_run_companions_too(mlp):
+    classifier = load_classifier(mlp)
+    batch = classifier.prepare(torch.randn(2, 2, 3, 4))
+    with pytest.raises(InputError, match=r"noise_draws \(--noise-draws\) must be an integer >= 1"):
+        run_companions(classifier, batch, torch.tensor([0, 1]), torch.ones(2),
+                       CompanionOptions(noise=True, noise_draws=0))
+    with pytest.raises(InputError, match="attacks='l3'; choose 'l2' or 'linf'"):
+        run_companions(classifier, batch, torch.tensor([0, 1]), torch.ones(2),
+                       CompanionOptions(attacks="l3"))
