@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,31 @@ def _logits_of(output: Any, what: str) -> Tensor:
 
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with ``module`` in eval mode, then restore every submodule's own flag.
+
+    A model in train mode gives wrong Fisher values without any error (BatchNorm normalises by
+    the batch, so samples are coupled; dropout randomises the logits), so the engine always
+    measures in eval mode; the caller's model comes back exactly as it was, including submodules
+    the caller had set differently from their parent.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout())
+    >>> with eval_mode(net):
+    ...     net.training, net[1].training
+    (False, False)
+    >>> net.training, net[1].training
+    (True, True)
+    """
+    flags = [(submodule, submodule.training) for submodule in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for submodule, training in flags:
+            submodule.training = training
 
 
 # --------------------------------------------------------------------------------------------
