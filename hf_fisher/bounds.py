@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -486,88 +485,3 @@ def bound_report(
         seed=seed,
     )
     return BoundReport(bound, spectral_norm.detach().double().cpu())
-
-
-def plot_bound(section: dict, path: str | Path) -> Path:
-    """Draw the measured lambda_max distribution and the architecture bound, log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    path = Path(path)
-    figure, axis = plt.subplots(figsize=(5, 4))
-    values = np.array([v for v in section["spectral_norm"] if v is not None and v > 0])
-    bound = section["lambda_bound"]
-    if len(values):
-        low, high = values.min(), max(values.max(), values.min() * 1.01)
-        bins = np.geomspace(low, high, 20)
-        axis.hist(values, bins=bins, color="tab:blue", alpha=0.7, label="measured λ_max")
-    if bound is not None:
-        label = "architecture bound"
-        if section["ratio_to_max"] is not None:
-            label += f" ({section['ratio_to_max']:.3g}× max)"
-        axis.axvline(bound, color="tab:red", linestyle="--", label=label)
-    axis.set_xscale("log")
-    axis.set_xlabel("λ_max of the input Fisher")
-    axis.set_ylabel("samples")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
-
-
-def card_bound(section: dict) -> str:
-    """Markdown card subsection: the data-free bound, its layer factors and its looseness.
-
-    Args:
-        section: the ``bound`` section of results.json (:meth:`BoundReport.to_json`).
-
-    Returns:
-        Markdown without a heading.
-    """
-    from hf_fisher.report.badge import format_sig
-
-    lines = [
-        "A data-free worst case: for every input, λ_max ≤ ½ ‖J‖₂² (the softmax covariance has "
-        "norm at most ½) and ‖J‖₂ ≤ s · ∏ ‖layer‖₂ (input scale s times the layers' L2 "
-        "Lipschitz constants). It ignores how layers align, so it is usually far above the "
-        "measured values; the ratio says by how much.",
-        "",
-        "| layer | type | L2 constant | method |",
-        "|---|---|---|---|",
-    ]
-    for layer in section["layers"]:
-        method = layer["method"]
-        if layer["relative_change"] is not None:
-            method += f" (last change {format_sig(layer['relative_change'], 2)})"
-        lines.append(
-            f"| {layer['name']} | {layer['type']} | {format_sig(layer['norm'])} | {method} |"
-        )
-    lines += [
-        "",
-        f"Input scale {format_sig(section['input_scale'])}; ‖J‖₂ ≤ "
-        f"{format_sig(section['jacobian_bound'])}, so λ_max ≤ "
-        f"**{format_sig(section['lambda_bound'])}**. Measured on {section['num_samples']} "
-        f"samples: max {format_sig(section['measured_max'])}, median "
-        f"{format_sig(section['measured_median'])}; the bound is "
-        f"{format_sig(section['ratio_to_max'])}× the max and "
-        f"{format_sig(section['ratio_to_median'])}× the median.",
-    ]
-    if any(layer["method"] == "power iteration" for layer in section["layers"]):
-        lines += [
-            "",
-            "Convolution and pooling constants come from power iteration, which approaches "
-            "each norm from below; a large last relative change means more iterations are "
-            "needed.",
-        ]
-    if section["num_above_bound"]:
-        lines += [
-            "",
-            f"**Warning:** {section['num_above_bound']} measured value(s) exceed the bound. "
-            "That cannot happen for the function the bound describes: the power iteration "
-            "has not converged, or the measured model is not the eval-mode stack.",
-        ]
-    return "\n".join(lines)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -367,91 +366,3 @@ def clever_scores(
         spectral_norm=spectral_norm,
         correlations=correlations,
     )
-
-
-def plot_clever(section: dict, path: str | Path) -> Path:
-    """Scatter CLEVER against spectral_norm (log-log) from the JSON section."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    figure, axis = plt.subplots(figsize=(5, 4))
-    per_sample = section["per_sample"]
-    key = "untargeted" if per_sample["untargeted"] is not None else "top2"
-    if per_sample["spectral_norm"] is not None:
-        pairs = [
-            (s, c)
-            for s, c in zip(per_sample["spectral_norm"], per_sample[key], strict=True)
-            if s is not None and c is not None and s > 0 and c > 0
-        ]
-        if pairs:
-            axis.scatter(*zip(*pairs, strict=True), s=10)
-            axis.set_xscale("log")
-            axis.set_yscale("log")
-    cost = section["cost"]
-    axis.set_title(
-        f"cost/sample: CLEVER {cost['clever_forward_equivalents_per_sample']} vs "
-        f"lambda_max {cost['spectral_norm_forward_equivalents_per_sample']} fwd-eq",
-        fontsize=9,
-    )
-    axis.set_xlabel("spectral_norm (lambda_max)")
-    axis.set_ylabel(f"CLEVER {key} ({section['norm']}, R={section['radius']:g})")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
-
-
-def card_clever(section: dict) -> str:
-    """Markdown card subsection: CLEVER scores, their agreement with lambda_max, and the cost.
-
-    Args:
-        section: the ``clever`` section of results.json (:meth:`CleverScores.to_json`).
-
-    Returns:
-        Markdown without a heading.
-    """
-    from hf_fisher.report.badge import format_sig
-    from hf_fisher.report.card import md_escape
-
-    norm = md_escape(section["norm"].upper())
-    lines = [
-        f"CLEVER (Weng et al., 2018) estimates the {norm} distance to the decision boundary "
-        "as min(margin / L, R): L, the local Lipschitz constant of the logit margin, is the "
-        "location of a reverse Weibull law fitted to the maxima of its gradient norm over "
-        f"{section['num_batches']} batches of {section['batch_points']} points drawn in the "
-        f"ball of radius R = {format_sig(section['radius'])} (seed {section['seed']}); "
-        f"{section['num_samples']} samples. A larger score means more robust, so it should "
-        "fall as λ_max rises (negative rank correlation).",
-        "",
-        "| CLEVER score | median | Spearman ρ with λ_max [CI] | Kendall τ | samples |",
-        "|---|---|---|---|---|",
-    ]
-    for key, label in (("untargeted", "untargeted (all classes)"), ("top2", "top-2 class")):
-        median = section[f"median_{key}"]
-        stats = section["correlations"].get(key)
-        if median is None and stats is None:
-            continue
-        if stats is None:
-            agreement = "not computed | – | –"
-        else:
-            low, high = stats["spearman_ci"]
-            agreement = (
-                f"{format_sig(stats['spearman'])} [{format_sig(low)}, {format_sig(high)}] "
-                f"| {format_sig(stats['kendall'])} | {stats['num_samples']}"
-            )
-        lines.append(f"| {label} | {format_sig(median)} | {agreement} |")
-    cost = section["cost"]
-    lines += [
-        "",
-        "| cost per sample | CLEVER | λ_max (exact engine) |",
-        "|---|---|---|",
-        f"| forward-equivalents | {cost['clever_forward_equivalents_per_sample']} "
-        f"| {cost['spectral_norm_forward_equivalents_per_sample']} |",
-        "",
-        f"Cost convention: {md_escape(cost['convention'])}. CLEVER took "
-        f"{format_sig(cost['clever_seconds_per_sample'])} s per sample in this run.",
-    ]
-    return "\n".join(lines)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -258,94 +257,3 @@ def noise_curves(
         num_samples=inputs.shape[0],
         **columns,
     )
-
-
-def plot_noise_curves(section: dict, path: str | Path) -> Path:
-    """Draw accuracy and Brier error vs sigma, with the upper-bound band, from the JSON."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    sigmas = section["sigmas"]
-    figure, (accuracy, brier) = plt.subplots(1, 2, figsize=(10, 4))
-    accuracy.plot(sigmas, section["accuracy"], marker="o")
-    accuracy.set_ylim(0, 1.02)
-    accuracy.set_xlabel(f"sigma ({section['kind']})")
-    accuracy.set_ylabel("accuracy under noise")
-    area = section["auc_accuracy"]
-    accuracy.set_title("normalised AUC " + ("n/a" if area is None else f"{area:.3f}"))
-    brier.plot(sigmas, section["brier"], marker="o", label="mean Brier error")
-    brier.fill_between(
-        sigmas,
-        section["brier"],
-        section["brier_upper"],
-        alpha=0.3,
-        label=f"{section['confidence']:.0%} upper bound",
-    )
-    brier.axhline(section["tolerance"], color="grey", linestyle="--", label="tolerance")
-    if section["crossing_sigma"] is not None:
-        brier.axvline(
-            section["crossing_sigma"],
-            color="red",
-            linestyle=":",
-            label=f"bound crosses at sigma={section['crossing_sigma']:.3g}",
-        )
-    brier.set_xlabel(f"sigma ({section['kind']})")
-    brier.set_ylabel("Brier error")
-    brier.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
-
-
-def card_noise_curves(section: dict) -> str:
-    """Markdown card subsection: accuracy, Brier error and its upper bound per noise level.
-
-    Args:
-        section: the ``noise_curves`` section of results.json (:meth:`NoiseCurves.to_json`).
-
-    Returns:
-        Markdown without a heading.
-    """
-    from hf_fisher.report.badge import format_sig
-    from hf_fisher.report.card import md_escape
-
-    level = f"{100 * section['confidence']:g}%"
-    lines = [
-        f"Accuracy and Brier error under random {md_escape(section['kind'])} noise of scale "
-        f"σ, {section['draws']} draws on each of {section['num_samples']} samples (seed "
-        f"{section['seed']}); the upper bound on the noise-expected Brier error holds at "
-        f"{level} confidence (the tighter of Hoeffding and empirical Bernstein).",
-        "",
-        f"| σ | accuracy | Brier error | Brier upper bound ({level}) |",
-        "|---|---|---|---|",
-    ]
-    for sigma, accuracy, brier, upper in zip(
-        section["sigmas"],
-        section["accuracy"],
-        section["brier"],
-        section["brier_upper"],
-        strict=True,
-    ):
-        lines.append(
-            f"| {format_sig(sigma)} | {format_sig(accuracy)} | {format_sig(brier)} "
-            f"| {format_sig(upper)} |"
-        )
-    sigma = section["crossing_sigma"]
-    tolerance = format_sig(section["tolerance"])
-    crossing = (
-        f"the bound stays below the tolerance {tolerance} up to σ = "
-        f"{format_sig(section['sigmas'][-1])}, the largest σ tried"
-        if sigma is None
-        else f"the bound crosses the tolerance {tolerance} at σ = {format_sig(sigma)}"
-    )
-    lines += [
-        "",
-        f"Area under the curves, normalised by the σ range: accuracy "
-        f"{format_sig(section['auc_accuracy'])}, Brier error {format_sig(section['auc_brier'])}; "
-        f"{crossing}. Assumptions: {md_escape(section['assumptions'])}.",
-    ]
-    return "\n".join(lines)
