@@ -8,8 +8,8 @@ Two measurements over the same M square-ring frequency bands (:mod:`hf_fisher.fr
   ``lambda_max(P_B F P_B)`` and the share of the top eigenvector's energy in each band.
 
 :func:`analyze_frequency` runs both and returns a :class:`FrequencyReport` whose ``to_json()`` is
-the ``frequency`` section of results.json; :func:`plot_frequency` and
-:func:`plot_frequency_comparison` read only that section.
+the ``frequency`` section of results.json (``from_json`` reads it back); its card subsection and
+plots live in :mod:`hf_fisher.report.sections.frequency` and read only that section.
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from hf_fisher.errors import InputError
-from hf_fisher.frequency_bands import BandFisher, band_fisher, band_index, band_sides
+from hf_fisher.frequency_bands import (
+    BandFisher,
+    BandFisherSummary,
+    band_fisher,
+    band_index,
+    band_sides,
+)
 from hf_fisher.iaside import Fill, PixelMap, SpectralImportance, spectral_importance
 from hf_fisher.operators import LogitFn, gradient_rows
 
@@ -32,24 +38,44 @@ class FrequencyReport:
         image_shape: ``(C, H, W)``.
         num_bands: M.
         iaside: the Shapley result, or None when not requested.
-        fisher: the per-sample band Fisher, or None when not requested.
+        fisher: the per-sample band Fisher, or None when not requested or when read back from
+            results.json (which keeps only ``fisher_summary``).
+        fisher_summary: its means over samples; computed from ``fisher`` when not given.
     """
 
     image_shape: tuple[int, int, int]
     num_bands: int
     iaside: SpectralImportance | None
     fisher: BandFisher | None
+    fisher_summary: BandFisherSummary | None = None
+
+    def __post_init__(self) -> None:
+        if self.fisher_summary is None and self.fisher is not None:
+            self.fisher_summary = self.fisher.summary()
 
     def to_json(self) -> dict:
         """Return the ``frequency`` section of results.json (plain Python numbers only)."""
         channels, height, width = self.image_shape
+        summary = self.fisher_summary
         return {
             "num_bands": self.num_bands,
             "image_shape": [channels, height, width],
             "band_sides": band_sides(min(height, width), self.num_bands),
             "iaside": None if self.iaside is None else self.iaside.to_json(),
-            "fisher": None if self.fisher is None else self.fisher.to_json(),
+            "fisher": None if summary is None else summary.to_json(),
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> FrequencyReport:
+        """Read back :meth:`to_json` (``band_sides`` is recomputed; ``fisher`` is None)."""
+        iaside, fisher = data["iaside"], data["fisher"]
+        return cls(
+            image_shape=tuple(data["image_shape"]),
+            num_bands=data["num_bands"],
+            iaside=None if iaside is None else SpectralImportance.from_json(iaside),
+            fisher=None,
+            fisher_summary=None if fisher is None else BandFisherSummary.from_json(fisher),
+        )
 
 
 def analyze_frequency(

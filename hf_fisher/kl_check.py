@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from hf_fisher.attacks import check_batch
-from hf_fisher.correlation import json_float
+from hf_fisher.correlation import float_from_json, json_float
 from hf_fisher.errors import InputError
 from hf_fisher.operators import LogitFn, gradient_rows
 
@@ -38,49 +38,106 @@ def kl_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:  # (N, K), (N, 
     return (log_p.exp() * (log_p - log_q)).sum(dim=1).clamp_min(0.0)
 
 
+@dataclass(frozen=True)
+class KLSummary:
+    """Per-radius summaries over samples and directions: what results.json keeps of a check.
+
+    Attributes:
+        num_samples: N.
+        median_relative_error, p90_relative_error: one per radius; NaN where no direction has
+            a positive quadratic form.
+        median_kl, median_quadratic: one per radius.
+    """
+
+    num_samples: int
+    median_relative_error: list[float]
+    p90_relative_error: list[float]
+    median_kl: list[float]
+    median_quadratic: list[float]
+
+    @classmethod
+    def of(cls, kl: Tensor, quadratic: Tensor, relative_error: Tensor) -> KLSummary:
+        """Summarise (R, draws, N) tensors over their last two dimensions."""
+        flat = relative_error.flatten(1)
+        return cls(
+            num_samples=int(kl.shape[-1]),
+            median_relative_error=[float(v) for v in flat.nanmedian(dim=1).values],
+            p90_relative_error=torch.nanquantile(flat, 0.9, dim=1).tolist(),
+            median_kl=[float(v) for v in kl.flatten(1).median(dim=1).values],
+            median_quadratic=[float(v) for v in quadratic.flatten(1).median(dim=1).values],
+        )
+
+
 @dataclass
 class KLCheck:
     """Measured KL vs the Fisher quadratic form at several radii (section ``"kl_check"``).
 
     Attributes:
         radii, draws, seed, tolerance: the settings.
-        kl: (R, draws, N) float64 measured ``KL(p(x) || p(x + r u))``.
-        quadratic: (R, draws, N) float64 ``1/2 r^2 u^T F u``.
-        relative_error: (R, draws, N) ``|kl - quadratic| / quadratic``.
+        kl: (R, draws, N) float64 measured ``KL(p(x) || p(x + r u))``; None when read back
+            from results.json, which keeps only ``summary``.
+        quadratic: (R, draws, N) float64 ``1/2 r^2 u^T F u``; None likewise.
+        relative_error: (R, draws, N) ``|kl - quadratic| / quadratic``; None likewise.
         valid_radius: the largest radius such that it and every smaller radius have median
             relative error <= tolerance; None if the smallest radius already fails.
+        summary: the per-radius summaries; computed from the tensors when not given.
     """
 
     radii: list[float]
     draws: int
     seed: int
     tolerance: float
-    kl: Tensor
-    quadratic: Tensor
-    relative_error: Tensor
+    kl: Tensor | None
+    quadratic: Tensor | None
+    relative_error: Tensor | None
     valid_radius: float | None
+    summary: KLSummary | None = None
+
+    def __post_init__(self) -> None:
+        if self.summary is None:
+            self.summary = KLSummary.of(self.kl, self.quadratic, self.relative_error)
 
     def median_relative_error(self) -> list[float]:
         """Median over samples and draws, one per radius."""
-        return [float(v) for v in self.relative_error.flatten(1).nanmedian(dim=1).values]
+        return list(self.summary.median_relative_error)
 
     def to_json(self) -> dict:
         """Plain-Python dict: per-radius medians and 90th percentiles."""
-        flat = self.relative_error.flatten(1)
+        summary = self.summary
         return {
             "radii": [float(r) for r in self.radii],
             "draws": int(self.draws),
             "seed": int(self.seed),
             "tolerance": float(self.tolerance),
-            "num_samples": int(self.kl.shape[-1]),
-            "median_relative_error": [json_float(v) for v in self.median_relative_error()],
-            "p90_relative_error": [
-                json_float(v) for v in torch.nanquantile(flat, 0.9, dim=1).tolist()
-            ],
-            "median_kl": [float(v) for v in self.kl.flatten(1).median(dim=1).values],
-            "median_quadratic": [float(v) for v in self.quadratic.flatten(1).median(dim=1).values],
+            "num_samples": int(summary.num_samples),
+            "median_relative_error": [json_float(v) for v in summary.median_relative_error],
+            "p90_relative_error": [json_float(v) for v in summary.p90_relative_error],
+            "median_kl": [float(v) for v in summary.median_kl],
+            "median_quadratic": [float(v) for v in summary.median_quadratic],
             "valid_radius": None if self.valid_radius is None else float(self.valid_radius),
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> KLCheck:
+        """Read back :meth:`to_json`: settings and summaries; the per-draw tensors are None."""
+        summary = KLSummary(
+            num_samples=data["num_samples"],
+            median_relative_error=[float_from_json(v) for v in data["median_relative_error"]],
+            p90_relative_error=[float_from_json(v) for v in data["p90_relative_error"]],
+            median_kl=[float(v) for v in data["median_kl"]],
+            median_quadratic=[float(v) for v in data["median_quadratic"]],
+        )
+        return cls(
+            radii=[float(r) for r in data["radii"]],
+            draws=data["draws"],
+            seed=data["seed"],
+            tolerance=data["tolerance"],
+            kl=None,
+            quadratic=None,
+            relative_error=None,
+            valid_radius=data["valid_radius"],
+            summary=summary,
+        )
 
 
 def kl_check(

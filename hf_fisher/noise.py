@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from hf_fisher.attacks import check_batch, check_clip
-from hf_fisher.correlation import json_float
+from hf_fisher.correlation import float_from_json, json_float
 from hf_fisher.errors import InputError, NotAClassifierError
 from hf_fisher.operators import LogitFn
 
@@ -127,6 +127,28 @@ class NoiseCurves:
             ),
         }
 
+    @classmethod
+    def from_json(cls, data: dict) -> NoiseCurves:
+        """Read back :meth:`to_json`; a null bound is +inf (too few values), a null area NaN."""
+        return cls(
+            sigmas=[float(s) for s in data["sigmas"]],
+            kind=data["kind"],
+            draws=data["draws"],
+            confidence=data["confidence"],
+            tolerance=data["tolerance"],
+            seed=data["seed"],
+            accuracy=[float(v) for v in data["accuracy"]],
+            brier=[float(v) for v in data["brier"]],
+            brier_std=[float(v) for v in data["brier_std"]],
+            hoeffding=[float_from_json(v, math.inf) for v in data["brier_upper_hoeffding"]],
+            bernstein=[float_from_json(v, math.inf) for v in data["brier_upper_bernstein"]],
+            upper=[float(v) for v in data["brier_upper"]],
+            auc_accuracy=float_from_json(data["auc_accuracy"]),
+            auc_brier=float_from_json(data["auc_brier"]),
+            crossing_sigma=data["crossing_sigma"],
+            num_samples=data["num_samples"],
+        )
+
 
 def _normalised_area(sigmas: np.ndarray, values: np.ndarray) -> float:
     if len(sigmas) < 2 or sigmas[-1] == sigmas[0]:
@@ -155,6 +177,74 @@ def _noise(inputs: Tensor, kind: str, generator: torch.Generator) -> Tensor:
         return torch.randn(inputs.shape, generator=generator, device=inputs.device).to(inputs)
     unit = torch.rand(inputs.shape, generator=generator, device=inputs.device).to(inputs)
     return 2.0 * unit - 1.0
+
+
+def _check_settings(
+    sigmas: Sequence[float], kind: str, draws: int, confidence: float
+) -> list[float]:
+    sigmas = [float(s) for s in sigmas]
+    increasing = all(b >= a for a, b in zip(sigmas, sigmas[1:], strict=False))
+    if not sigmas or min(sigmas) < 0 or not increasing:
+        raise InputError(f"got sigmas={sigmas}; pass a non-empty increasing list of levels >= 0")
+    if kind not in ("gaussian", "uniform"):
+        raise InputError(f"got kind={kind!r}; pass 'gaussian' or 'uniform'")
+    if draws < 1:
+        raise InputError(f"got draws={draws}; pass at least 1 noise draw per sample")
+    if not 0.0 < confidence < 1.0:
+        raise InputError(f"got confidence={confidence}; pass a level in (0, 1), e.g. 0.95")
+    return sigmas
+
+
+def _noisy_sums(
+    logit_fn: LogitFn,
+    inputs: Tensor,  # (N, *shape)
+    labels: Tensor,  # (N,)
+    sigma: float,
+    *,
+    kind: str,
+    draws: int,
+    clip: tuple[float, float] | None,
+    mask: Tensor | None,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Over ``draws`` noisy copies of the batch: correct count, sum and sum of squares of Brier."""
+    correct = torch.zeros((), dtype=torch.float64, device=inputs.device)
+    total = torch.zeros_like(correct)
+    total_sq = torch.zeros_like(correct)
+    for _ in range(draws):
+        noise = sigma * _noise(inputs, kind, generator)
+        noisy = inputs + (noise if mask is None else noise * mask)
+        if clip is not None:
+            noisy = noisy.clamp(clip[0], clip[1])
+        logits = logit_fn(noisy)
+        if logits.ndim != 2 or logits.shape[0] != inputs.shape[0]:
+            raise NotAClassifierError(
+                f"the model returned an output of shape {tuple(logits.shape)}; noise "
+                "curves need classifier logits (N, K)"
+            )
+        probs = torch.softmax(logits.double(), dim=1)
+        onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
+        brier = ((probs - onehot) ** 2).sum(dim=1)
+        correct += (logits.argmax(dim=1) == labels).double().sum()
+        total += brier.sum()
+        total_sq += (brier**2).sum()
+    return correct, total, total_sq
+
+
+def _level(correct: Tensor, total: Tensor, total_sq: Tensor, count: int, delta: float) -> dict:
+    """Accuracy, Brier mean and spread, and both upper bounds at one noise level."""
+    mean = float(total) / count
+    variance = max(float(total_sq) - count * mean**2, 0.0) / max(count - 1, 1)
+    hoeffding = hoeffding_upper(mean, count, delta, BRIER_RANGE)
+    bernstein = empirical_bernstein_upper(mean, variance, count, delta, BRIER_RANGE)
+    return {
+        "accuracy": float(correct) / count,
+        "brier": mean,
+        "brier_std": math.sqrt(variance),
+        "hoeffding": hoeffding,
+        "bernstein": bernstein,
+        "upper": min(hoeffding, bernstein, BRIER_RANGE),
+    }
 
 
 def noise_curves(
@@ -193,16 +283,7 @@ def noise_curves(
     """
     check_batch(inputs, labels, space_mask)
     check_clip(clip)
-    sigmas = [float(s) for s in sigmas]
-    increasing = all(b >= a for a, b in zip(sigmas, sigmas[1:], strict=False))
-    if not sigmas or min(sigmas) < 0 or not increasing:
-        raise InputError(f"got sigmas={sigmas}; pass a non-empty increasing list of levels >= 0")
-    if kind not in ("gaussian", "uniform"):
-        raise InputError(f"got kind={kind!r}; pass 'gaussian' or 'uniform'")
-    if draws < 1:
-        raise InputError(f"got draws={draws}; pass at least 1 noise draw per sample")
-    if not 0.0 < confidence < 1.0:
-        raise InputError(f"got confidence={confidence}; pass a level in (0, 1), e.g. 0.95")
+    sigmas = _check_settings(sigmas, kind, draws, confidence)
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
     inputs = inputs.detach()
     mask = None if space_mask is None else space_mask.to(inputs)
@@ -213,36 +294,19 @@ def noise_curves(
     }
     with torch.no_grad():
         for sigma in sigmas:
-            correct = torch.zeros((), dtype=torch.float64, device=inputs.device)
-            total = torch.zeros_like(correct)
-            total_sq = torch.zeros_like(correct)
-            for _ in range(draws):
-                noise = sigma * _noise(inputs, kind, generator)
-                noisy = inputs + (noise if mask is None else noise * mask)
-                if clip is not None:
-                    noisy = noisy.clamp(clip[0], clip[1])
-                logits = logit_fn(noisy)
-                if logits.ndim != 2 or logits.shape[0] != inputs.shape[0]:
-                    raise NotAClassifierError(
-                        f"the model returned an output of shape {tuple(logits.shape)}; noise "
-                        "curves need classifier logits (N, K)"
-                    )
-                probs = torch.softmax(logits.double(), dim=1)
-                onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
-                brier = ((probs - onehot) ** 2).sum(dim=1)
-                correct += (logits.argmax(dim=1) == labels).double().sum()
-                total += brier.sum()
-                total_sq += (brier**2).sum()
-            mean = float(total) / count
-            variance = max(float(total_sq) - count * mean**2, 0.0) / max(count - 1, 1)
-            hoeffding = hoeffding_upper(mean, count, delta, BRIER_RANGE)
-            bernstein = empirical_bernstein_upper(mean, variance, count, delta, BRIER_RANGE)
-            columns["accuracy"].append(float(correct) / count)
-            columns["brier"].append(mean)
-            columns["brier_std"].append(math.sqrt(variance))
-            columns["hoeffding"].append(hoeffding)
-            columns["bernstein"].append(bernstein)
-            columns["upper"].append(min(hoeffding, bernstein, BRIER_RANGE))
+            sums = _noisy_sums(
+                logit_fn,
+                inputs,
+                labels,
+                sigma,
+                kind=kind,
+                draws=draws,
+                clip=clip,
+                mask=mask,
+                generator=generator,
+            )
+            for key, value in _level(*sums, count, delta).items():
+                columns[key].append(value)
     grid = np.asarray(sigmas)
     return NoiseCurves(
         sigmas=sigmas,
