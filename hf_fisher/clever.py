@@ -356,6 +356,24 @@ def _chunked_maxima(
     return torch.cat(parts)
 
 
+def _local_lipschitz(
+    logit_fn: LogitFn,
+    inputs: Tensor,  # (N, *shape)
+    classes: Tensor,  # (N,)
+    targets: Tensor,  # (N, T)
+    *,
+    num_batches: int,
+    **options,
+) -> Tensor:  # (N, T)
+    """Weibull location of ``num_batches`` batch maxima of the margin's gradient norm."""
+    maxima = torch.empty(
+        inputs.shape[0], targets.shape[1], num_batches, dtype=torch.float64, device=inputs.device
+    )
+    for batch in range(num_batches):
+        maxima[:, :, batch] = _chunked_maxima(logit_fn, inputs, classes, targets, **options)
+    return reverse_weibull_fit(maxima.flatten(0, 1)).location.reshape(targets.shape)
+
+
 def _correlations(
     spectral_norm: Tensor | None,
     untargeted: Tensor | None,
@@ -419,25 +437,20 @@ def clever_scores(
     inputs = inputs.detach()
     logits, classes, targets, runner_up = _targets(logit_fn, inputs, untargeted)
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    maxima = torch.empty(
-        inputs.shape[0], targets.shape[1], num_batches, dtype=torch.float64, device=inputs.device
+    lipschitz = _local_lipschitz(
+        logit_fn,
+        inputs,
+        classes,
+        targets,
+        num_batches=num_batches,
+        chunk=max(1, max_points // batch_points),
+        norm=norm,
+        radius=radius,
+        batch_points=batch_points,
+        clip=clip,
+        space_mask=space_mask,
+        generator=generator,
     )
-    for batch in range(num_batches):
-        maxima[:, :, batch] = _chunked_maxima(
-            logit_fn,
-            inputs,
-            classes,
-            targets,
-            norm=norm,
-            radius=radius,
-            batch_points=batch_points,
-            chunk=max(1, max_points // batch_points),
-            clip=clip,
-            space_mask=space_mask,
-            generator=generator,
-        )
-    fit = reverse_weibull_fit(maxima.flatten(0, 1))
-    lipschitz = fit.location.reshape(targets.shape)
     margins = logits.double().gather(1, classes[:, None]) - logits.double().gather(1, targets)
     scores = (margins / lipschitz.clamp_min(1e-300)).clamp(max=radius)
     top2 = scores[targets == runner_up[:, None]]
