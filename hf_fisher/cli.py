@@ -226,7 +226,7 @@ def add_compare_frequency_parser(subparsers) -> None:
 def run_compare_frequency(args: argparse.Namespace) -> int:
     """Load each file's frequency section and draw them together."""
     from hf_fisher.errors import ResultsError
-    from hf_fisher.frequency import plot_frequency_comparison
+    from hf_fisher.report.sections.frequency import plot_frequency_comparison
     from hf_fisher.results import load_results
 
     sections = {}
