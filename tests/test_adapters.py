@@ -624,11 +624,18 @@ def test_a_new_task_family_is_one_registry_entry(resnet_dir, tmp_path, monkeypat
         load_classifier(directory, input_space="normalized", device="cpu")
 
 
-def test_input_space_refuses_unknown_companions():
-    from hf_fisher.adapters import InputSpace
+def test_unknown_input_spaces_and_companions_are_refused():
+    from hf_fisher.adapters import InputSpace, ModuleClassifier
 
     with pytest.raises(ValueError, match=r"unknown companions \['attack'\]"):
         InputSpace("pixels", (0.0, 1.0), frozenset({"attack"}))
+    common = {"input_shape": (2,), "id2label": {}, "source": {}, "device": "cpu"}
+    with pytest.raises(ModelLoadError, match=r"input_space='pixel'; use one of \['pixels'"):
+        ModuleClassifier(torch.nn.Linear(2, 2), input_space="pixel", dtype=torch.float32, **common)
+    classifier = ModuleClassifier(
+        torch.nn.Linear(2, 2), input_space="raw", dtype=torch.float32, **common
+    )
+    assert classifier.capabilities == classifier.space.capabilities and classifier.clip is None
 
 
 def _companion_requests():

@@ -259,6 +259,8 @@ class Classifier:
     ) -> None:
         self.model = model
         self.likelihood = likelihood
+        if not isinstance(input_space, InputSpace) and input_space not in SPACES:
+            raise ModelLoadError(f"got input_space={input_space!r}; use one of {list(SPACES)}")
         self.space = input_space if isinstance(input_space, InputSpace) else SPACES[input_space]
         self.input_shape = input_shape
         self.id2label = id2label
