@@ -242,14 +242,6 @@ def run_compare_frequency(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_transformers() -> None:
-    """Hide transformers' per-load progress bars and backend notices on the command line."""
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -276,7 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
-        _quiet_transformers()
+        from hf_fisher.adapters import quiet_transformers
+
+        quiet_transformers()
     try:
         return args.func(args)
     except HfFisherError as error:
