@@ -34,13 +34,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from hf_fisher.correlation import json_float
+from hf_fisher.correlation import float_from_json, floats_from_json, json_float
 from hf_fisher.errors import InputError
 
 SUPPORTED_LAYERS = (
@@ -254,6 +253,51 @@ def _output_shape(name: str, layer: nn.Module, shape: tuple[int, ...], kind) -> 
         ) from error
 
 
+def _batch_norm_scale(name: str, layer: nn.Module) -> float:
+    """Largest per-channel scale ``|weight| / sqrt(running_var + eps)`` of an eval batch norm."""
+    if layer.running_var is None:
+        raise _unsupported(
+            name,
+            layer,
+            " without running statistics (it normalises by "
+            "batch statistics, which is not a fixed map)",
+        )
+    scale = (layer.running_var.detach().double() + layer.eps).rsqrt()
+    if layer.weight is not None:
+        scale = scale * layer.weight.detach().double()
+    return float(scale.abs().max())
+
+
+def _check_max_pool(name: str, layer: nn.Module, shape: tuple[int, ...]) -> None:
+    """Raise unless the pooling windows do not overlap (then the layer is 1-Lipschitz)."""
+    kernel = _as_tuple(layer.kernel_size, len(shape) - 1)
+    stride = _as_tuple(layer.stride or layer.kernel_size, len(shape) - 1)
+    dilation = _as_tuple(layer.dilation, len(shape) - 1)
+    if kernel != stride or any(d != 1 for d in dilation):
+        raise _unsupported(
+            name,
+            layer,
+            f" with kernel_size={layer.kernel_size}, stride={layer.stride}, "
+            f"dilation={layer.dilation} (overlapping windows: only kernel_size == stride, "
+            "dilation 1 is 1-Lipschitz)",
+        )
+
+
+def _activation_constant(layer: nn.Module) -> float | None:
+    """The Lipschitz constant of a supported elementwise layer; None for any other layer."""
+    if _is_plain(layer, (nn.LeakyReLU,)):
+        return max(1.0, abs(layer.negative_slope))
+    if _is_plain(layer, (nn.ELU,)):
+        return max(1.0, abs(layer.alpha))
+    if _is_plain(layer, (nn.Sigmoid,)):
+        return 0.25
+    if _is_plain(layer, _SMOOTH):
+        return _max_slope(layer)
+    if _is_plain(layer, _ONE_LIPSCHITZ):
+        return 1.0
+    return None
+
+
 def _layer_bound(
     name: str,
     layer: nn.Module,
@@ -268,17 +312,7 @@ def _layer_bound(
         norm = torch.linalg.matrix_norm(layer.weight.detach().double(), 2)
         return LayerBound(label, kind_name, float(norm), "exact")
     if _is_plain(layer, _BATCH_NORMS):
-        if layer.running_var is None:
-            raise _unsupported(
-                name,
-                layer,
-                " without running statistics (it normalises by "
-                "batch statistics, which is not a fixed map)",
-            )
-        scale = (layer.running_var.detach().double() + layer.eps).rsqrt()
-        if layer.weight is not None:
-            scale = scale * layer.weight.detach().double()
-        return LayerBound(label, kind_name, float(scale.abs().max()), "exact")
+        return LayerBound(label, kind_name, _batch_norm_scale(name, layer), "exact")
     if _is_plain(layer, _LINEAR_OPERATORS):
         dtype, device = kind
         with torch.no_grad():
@@ -288,29 +322,12 @@ def _layer_bound(
         )
         return LayerBound(label, kind_name, norm, "power iteration", change)
     if _is_plain(layer, _MAX_POOLS):
-        kernel = _as_tuple(layer.kernel_size, len(shape) - 1)
-        stride = _as_tuple(layer.stride or layer.kernel_size, len(shape) - 1)
-        dilation = _as_tuple(layer.dilation, len(shape) - 1)
-        if kernel != stride or any(d != 1 for d in dilation):
-            raise _unsupported(
-                name,
-                layer,
-                f" with kernel_size={layer.kernel_size}, stride={layer.stride}, "
-                f"dilation={layer.dilation} (overlapping windows: only kernel_size == stride, "
-                "dilation 1 is 1-Lipschitz)",
-            )
+        _check_max_pool(name, layer, shape)
         return LayerBound(label, kind_name, 1.0, "constant")
-    if _is_plain(layer, (nn.LeakyReLU,)):
-        return LayerBound(label, kind_name, max(1.0, abs(layer.negative_slope)), "constant")
-    if _is_plain(layer, (nn.ELU,)):
-        return LayerBound(label, kind_name, max(1.0, abs(layer.alpha)), "constant")
-    if _is_plain(layer, (nn.Sigmoid,)):
-        return LayerBound(label, kind_name, 0.25, "constant")
-    if _is_plain(layer, _SMOOTH):
-        return LayerBound(label, kind_name, _max_slope(layer), "constant")
-    if _is_plain(layer, _ONE_LIPSCHITZ):
-        return LayerBound(label, kind_name, 1.0, "constant")
-    raise _unsupported(name, layer)
+    constant = _activation_constant(layer)
+    if constant is None:
+        raise _unsupported(name, layer)
+    return LayerBound(label, kind_name, constant, "constant")
 
 
 def _as_tuple(value: int | tuple[int, ...], length: int) -> tuple[int, ...]:
@@ -447,6 +464,36 @@ class BoundReport:
             "spectral_norm": [json_float(v) for v in self.spectral_norm.double().flatten()],
         }
 
+    @classmethod
+    def from_json(cls, data: dict) -> BoundReport:
+        """Read back :meth:`to_json`; measured summaries and ratios are recomputed, not read.
+
+        A null layer constant or bound is +inf (unbounded); a null measured value or input
+        scale NaN; a null ``relative_change`` stays None (not a power-iteration layer).
+        """
+        layers = [
+            LayerBound(
+                entry["name"],
+                entry["type"],
+                float_from_json(entry["norm"], math.inf),
+                entry["method"],
+                None
+                if entry["relative_change"] is None
+                else float_from_json(entry["relative_change"]),
+            )
+            for entry in data["layers"]
+        ]
+        bound = ArchitectureBound(
+            layers,
+            float_from_json(data["input_scale"]),
+            float_from_json(data["jacobian_bound"], math.inf),
+            float_from_json(data["lambda_bound"], math.inf),
+            data["num_iterations"],
+            data["num_vectors"],
+            data["seed"],
+        )
+        return cls(bound, floats_from_json(data["spectral_norm"]))
+
 
 def bound_report(
     model: nn.Module,
@@ -486,88 +533,3 @@ def bound_report(
         seed=seed,
     )
     return BoundReport(bound, spectral_norm.detach().double().cpu())
-
-
-def plot_bound(section: dict, path: str | Path) -> Path:
-    """Draw the measured lambda_max distribution and the architecture bound, log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    path = Path(path)
-    figure, axis = plt.subplots(figsize=(5, 4))
-    values = np.array([v for v in section["spectral_norm"] if v is not None and v > 0])
-    bound = section["lambda_bound"]
-    if len(values):
-        low, high = values.min(), max(values.max(), values.min() * 1.01)
-        bins = np.geomspace(low, high, 20)
-        axis.hist(values, bins=bins, color="tab:blue", alpha=0.7, label="measured λ_max")
-    if bound is not None:
-        label = "architecture bound"
-        if section["ratio_to_max"] is not None:
-            label += f" ({section['ratio_to_max']:.3g}× max)"
-        axis.axvline(bound, color="tab:red", linestyle="--", label=label)
-    axis.set_xscale("log")
-    axis.set_xlabel("λ_max of the input Fisher")
-    axis.set_ylabel("samples")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
-
-
-def card_bound(section: dict) -> str:
-    """Markdown card subsection: the data-free bound, its layer factors and its looseness.
-
-    Args:
-        section: the ``bound`` section of results.json (:meth:`BoundReport.to_json`).
-
-    Returns:
-        Markdown without a heading.
-    """
-    from hf_fisher.report.badge import format_sig
-
-    lines = [
-        "A data-free worst case: for every input, λ_max ≤ ½ ‖J‖₂² (the softmax covariance has "
-        "norm at most ½) and ‖J‖₂ ≤ s · ∏ ‖layer‖₂ (input scale s times the layers' L2 "
-        "Lipschitz constants). It ignores how layers align, so it is usually far above the "
-        "measured values; the ratio says by how much.",
-        "",
-        "| layer | type | L2 constant | method |",
-        "|---|---|---|---|",
-    ]
-    for layer in section["layers"]:
-        method = layer["method"]
-        if layer["relative_change"] is not None:
-            method += f" (last change {format_sig(layer['relative_change'], 2)})"
-        lines.append(
-            f"| {layer['name']} | {layer['type']} | {format_sig(layer['norm'])} | {method} |"
-        )
-    lines += [
-        "",
-        f"Input scale {format_sig(section['input_scale'])}; ‖J‖₂ ≤ "
-        f"{format_sig(section['jacobian_bound'])}, so λ_max ≤ "
-        f"**{format_sig(section['lambda_bound'])}**. Measured on {section['num_samples']} "
-        f"samples: max {format_sig(section['measured_max'])}, median "
-        f"{format_sig(section['measured_median'])}; the bound is "
-        f"{format_sig(section['ratio_to_max'])}× the max and "
-        f"{format_sig(section['ratio_to_median'])}× the median.",
-    ]
-    if any(layer["method"] == "power iteration" for layer in section["layers"]):
-        lines += [
-            "",
-            "Convolution and pooling constants come from power iteration, which approaches "
-            "each norm from below; a large last relative change means more iterations are "
-            "needed.",
-        ]
-    if section["num_above_bound"]:
-        lines += [
-            "",
-            f"**Warning:** {section['num_above_bound']} measured value(s) exceed the bound. "
-            "That cannot happen for the function the bound describes: the power iteration "
-            "has not converged, or the measured model is not the eval-mode stack.",
-        ]
-    return "\n".join(lines)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -31,7 +30,13 @@ from hf_fisher.attacks import (
     lp_norm,
     sample_in_ball,
 )
-from hf_fisher.correlation import RankCorrelation, json_float, json_floats, rank_correlation
+from hf_fisher.correlation import (
+    RankCorrelation,
+    floats_from_json,
+    json_float,
+    json_floats,
+    rank_correlation,
+)
 from hf_fisher.errors import InputError, NotAClassifierError
 from hf_fisher.operators import LogitFn, other_classes
 
@@ -148,7 +153,8 @@ class CleverScores:
     Attributes:
         untargeted: (N,) min over targets of ``min(g_j / L_j, radius)``; None if not computed.
         top2: (N,) the same for the runner-up class.
-        lipschitz: (N, T) fitted Weibull locations (T = K-1 targets, or 1 for top-2 only).
+        lipschitz: (N, T) fitted Weibull locations (T = K-1 targets, or 1 for top-2 only);
+            None when read back from results.json, which does not keep them.
         norm, radius, num_batches, batch_points, seed: settings.
         forward_equivalents: per sample, counting a backward pass as 2 forwards:
             ``num_batches * batch_points * (1 + 2T)``; compare ``1 + 2(K-1)`` for exact
@@ -161,7 +167,7 @@ class CleverScores:
 
     untargeted: Tensor | None
     top2: Tensor
-    lipschitz: Tensor
+    lipschitz: Tensor | None
     norm: str
     radius: float
     num_batches: int
@@ -204,6 +210,32 @@ class CleverScores:
                 else json_floats(self.spectral_norm),
             },
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> CleverScores:
+        """Read back :meth:`to_json` (scores as float64 CPU tensors); ``lipschitz`` is None."""
+        per_sample, cost = data["per_sample"], data["cost"]
+
+        def scores(key: str) -> Tensor | None:
+            return None if per_sample[key] is None else floats_from_json(per_sample[key])
+
+        return cls(
+            untargeted=scores("untargeted"),
+            top2=floats_from_json(per_sample["top2"]),
+            lipschitz=None,
+            norm=data["norm"],
+            radius=float(data["radius"]),
+            num_batches=data["num_batches"],
+            batch_points=data["batch_points"],
+            seed=data["seed"],
+            forward_equivalents=cost["clever_forward_equivalents_per_sample"],
+            spectral_norm_forward_equivalents=cost["spectral_norm_forward_equivalents_per_sample"],
+            seconds_per_sample=float(cost["clever_seconds_per_sample"]),
+            spectral_norm=scores("spectral_norm"),
+            correlations={
+                name: RankCorrelation.from_json(c) for name, c in data["correlations"].items()
+            },
+        )
 
 
 def _batch_maxima(
@@ -249,6 +281,119 @@ def _batch_maxima(
     return torch.stack(maxima, dim=1)
 
 
+def _check_clever(
+    inputs: Tensor,
+    space_mask: Tensor | None,
+    norm: str,
+    clip: tuple[float, float] | None,
+    radius: float,
+    num_batches: int,
+    batch_points: int,
+    spectral_norm: Tensor | None,
+) -> Tensor | None:
+    """Raise InputError on bad arguments; return ``spectral_norm`` flattened (or None)."""
+    check_batch(inputs, None, space_mask)
+    check_norm(norm)
+    check_clip(clip)
+    if not radius > 0:
+        raise InputError(f"got radius={radius}; pass the ball radius R > 0")
+    if num_batches < 3 or batch_points < 1:
+        raise InputError(
+            f"got num_batches={num_batches}, batch_points={batch_points}; the Weibull fit needs "
+            "num_batches >= 3 and batch_points >= 1"
+        )
+    if spectral_norm is None:
+        return None
+    spectral_norm = torch.as_tensor(spectral_norm).detach().reshape(-1)
+    if spectral_norm.numel() != inputs.shape[0]:
+        raise InputError(
+            f"got {spectral_norm.numel()} spectral_norm values for {inputs.shape[0]} "
+            "inputs; pass one per sample, shape (N,)"
+        )
+    return spectral_norm
+
+
+def _targets(
+    logit_fn: LogitFn, inputs: Tensor, untargeted: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Clean logits (N, K), predicted classes (N,), target classes (N, T) and runner-up (N,)."""
+    with torch.no_grad():
+        logits = logit_fn(inputs)
+    if logits.ndim != 2 or logits.shape[0] != inputs.shape[0] or logits.shape[1] < 2:
+        raise NotAClassifierError(
+            f"the model returned an output of shape {tuple(logits.shape)}; CLEVER needs "
+            "classifier logits (N, K) with K >= 2"
+        )
+    classes = logits.argmax(dim=1)
+    if untargeted:
+        targets = other_classes(classes, logits.shape[1])
+    else:
+        targets = logits.scatter(1, classes[:, None], float("-inf")).argmax(dim=1, keepdim=True)
+    runner_up = logits.scatter(1, classes[:, None], float("-inf")).argmax(dim=1)
+    return logits, classes, targets, runner_up
+
+
+def _chunked_maxima(
+    logit_fn: LogitFn,
+    inputs: Tensor,  # (N, *shape)
+    classes: Tensor,  # (N,)
+    targets: Tensor,  # (N, T)
+    *,
+    chunk: int,
+    space_mask: Tensor | None,
+    **options,
+) -> Tensor:  # (N, T)
+    """One batch maximum per sample and target, ``chunk`` samples per forward pass."""
+    parts = []
+    for first in range(0, inputs.shape[0], chunk):
+        part = slice(first, first + chunk)
+        mask = None if space_mask is None else space_mask.expand_as(inputs)[part]
+        parts.append(
+            _batch_maxima(
+                logit_fn, inputs[part], classes[part], targets[part], space_mask=mask, **options
+            )
+        )
+    return torch.cat(parts)
+
+
+def _local_lipschitz(
+    logit_fn: LogitFn,
+    inputs: Tensor,  # (N, *shape)
+    classes: Tensor,  # (N,)
+    targets: Tensor,  # (N, T)
+    *,
+    num_batches: int,
+    **options,
+) -> Tensor:  # (N, T)
+    """Weibull location of ``num_batches`` batch maxima of the margin's gradient norm."""
+    maxima = torch.empty(
+        inputs.shape[0], targets.shape[1], num_batches, dtype=torch.float64, device=inputs.device
+    )
+    for batch in range(num_batches):
+        maxima[:, :, batch] = _chunked_maxima(logit_fn, inputs, classes, targets, **options)
+    return reverse_weibull_fit(maxima.flatten(0, 1)).location.reshape(targets.shape)
+
+
+def _correlations(
+    spectral_norm: Tensor | None,
+    untargeted: Tensor | None,
+    top2: Tensor,
+    *,
+    num_bootstrap: int,
+    seed: int,
+) -> dict[str, RankCorrelation]:
+    """Rank correlation of each computed score with ``spectral_norm`` (none without it)."""
+    correlations: dict[str, RankCorrelation] = {}
+    if spectral_norm is None:
+        return correlations
+    for name, values in (("untargeted", untargeted), ("top2", top2)):
+        if values is not None:
+            correlations[name] = rank_correlation(
+                spectral_norm.cpu(), values.cpu(), num_bootstrap=num_bootstrap, seed=seed
+            )
+    return correlations
+
+
 def clever_scores(
     logit_fn: LogitFn,
     inputs: Tensor,  # (N, *shape)
@@ -285,73 +430,32 @@ def clever_scores(
     Raises:
         InputError: bad shapes, norm, radius or counts.
     """
-    check_batch(inputs, None, space_mask)
-    check_norm(norm)
-    check_clip(clip)
-    if not radius > 0:
-        raise InputError(f"got radius={radius}; pass the ball radius R > 0")
-    if num_batches < 3 or batch_points < 1:
-        raise InputError(
-            f"got num_batches={num_batches}, batch_points={batch_points}; the Weibull fit needs "
-            "num_batches >= 3 and batch_points >= 1"
-        )
-    if spectral_norm is not None:
-        spectral_norm = torch.as_tensor(spectral_norm).detach().reshape(-1)
-        if spectral_norm.numel() != inputs.shape[0]:
-            raise InputError(
-                f"got {spectral_norm.numel()} spectral_norm values for {inputs.shape[0]} "
-                "inputs; pass one per sample, shape (N,)"
-            )
+    spectral_norm = _check_clever(
+        inputs, space_mask, norm, clip, radius, num_batches, batch_points, spectral_norm
+    )
     start = time.perf_counter()
     inputs = inputs.detach()
-    with torch.no_grad():
-        logits = logit_fn(inputs)
-    if logits.ndim != 2 or logits.shape[0] != inputs.shape[0] or logits.shape[1] < 2:
-        raise NotAClassifierError(
-            f"the model returned an output of shape {tuple(logits.shape)}; CLEVER needs "
-            "classifier logits (N, K) with K >= 2"
-        )
-    num_classes = logits.shape[1]
-    classes = logits.argmax(dim=1)
-    if untargeted:
-        targets = other_classes(classes, num_classes)
-    else:
-        targets = logits.scatter(1, classes[:, None], float("-inf")).argmax(dim=1, keepdim=True)
-    runner_up = logits.scatter(1, classes[:, None], float("-inf")).argmax(dim=1)
+    logits, classes, targets, runner_up = _targets(logit_fn, inputs, untargeted)
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    chunk = max(1, max_points // batch_points)
-    maxima = torch.empty(
-        inputs.shape[0], targets.shape[1], num_batches, dtype=torch.float64, device=inputs.device
+    lipschitz = _local_lipschitz(
+        logit_fn,
+        inputs,
+        classes,
+        targets,
+        num_batches=num_batches,
+        chunk=max(1, max_points // batch_points),
+        norm=norm,
+        radius=radius,
+        batch_points=batch_points,
+        clip=clip,
+        space_mask=space_mask,
+        generator=generator,
     )
-    for batch in range(num_batches):
-        for first in range(0, inputs.shape[0], chunk):
-            part = slice(first, first + chunk)
-            maxima[part, :, batch] = _batch_maxima(
-                logit_fn,
-                inputs[part],
-                classes[part],
-                targets[part],
-                norm=norm,
-                radius=radius,
-                batch_points=batch_points,
-                clip=clip,
-                space_mask=None if space_mask is None else space_mask.expand_as(inputs)[part],
-                generator=generator,
-            )
-    fit = reverse_weibull_fit(maxima.flatten(0, 1))
-    lipschitz = fit.location.reshape(targets.shape)
     margins = logits.double().gather(1, classes[:, None]) - logits.double().gather(1, targets)
     scores = (margins / lipschitz.clamp_min(1e-300)).clamp(max=radius)
     top2 = scores[targets == runner_up[:, None]]
     untargeted_scores = scores.amin(dim=1) if untargeted else None
     elapsed = time.perf_counter() - start
-    correlations: dict[str, RankCorrelation] = {}
-    if spectral_norm is not None:
-        for name, values in (("untargeted", untargeted_scores), ("top2", top2)):
-            if values is not None:
-                correlations[name] = rank_correlation(
-                    spectral_norm.cpu(), values.cpu(), num_bootstrap=num_bootstrap, seed=seed
-                )
     return CleverScores(
         untargeted=untargeted_scores,
         top2=top2,
@@ -362,96 +466,10 @@ def clever_scores(
         batch_points=batch_points,
         seed=seed,
         forward_equivalents=num_batches * batch_points * (1 + 2 * targets.shape[1]),
-        spectral_norm_forward_equivalents=1 + 2 * (num_classes - 1),
+        spectral_norm_forward_equivalents=1 + 2 * (logits.shape[1] - 1),
         seconds_per_sample=elapsed / inputs.shape[0],
         spectral_norm=spectral_norm,
-        correlations=correlations,
+        correlations=_correlations(
+            spectral_norm, untargeted_scores, top2, num_bootstrap=num_bootstrap, seed=seed
+        ),
     )
-
-
-def plot_clever(section: dict, path: str | Path) -> Path:
-    """Scatter CLEVER against spectral_norm (log-log) from the JSON section."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    figure, axis = plt.subplots(figsize=(5, 4))
-    per_sample = section["per_sample"]
-    key = "untargeted" if per_sample["untargeted"] is not None else "top2"
-    if per_sample["spectral_norm"] is not None:
-        pairs = [
-            (s, c)
-            for s, c in zip(per_sample["spectral_norm"], per_sample[key], strict=True)
-            if s is not None and c is not None and s > 0 and c > 0
-        ]
-        if pairs:
-            axis.scatter(*zip(*pairs, strict=True), s=10)
-            axis.set_xscale("log")
-            axis.set_yscale("log")
-    cost = section["cost"]
-    axis.set_title(
-        f"cost/sample: CLEVER {cost['clever_forward_equivalents_per_sample']} vs "
-        f"lambda_max {cost['spectral_norm_forward_equivalents_per_sample']} fwd-eq",
-        fontsize=9,
-    )
-    axis.set_xlabel("spectral_norm (lambda_max)")
-    axis.set_ylabel(f"CLEVER {key} ({section['norm']}, R={section['radius']:g})")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
-
-
-def card_clever(section: dict) -> str:
-    """Markdown card subsection: CLEVER scores, their agreement with lambda_max, and the cost.
-
-    Args:
-        section: the ``clever`` section of results.json (:meth:`CleverScores.to_json`).
-
-    Returns:
-        Markdown without a heading.
-    """
-    from hf_fisher.report.badge import format_sig
-    from hf_fisher.report.card import md_escape
-
-    norm = md_escape(section["norm"].upper())
-    lines = [
-        f"CLEVER (Weng et al., 2018) estimates the {norm} distance to the decision boundary "
-        "as min(margin / L, R): L, the local Lipschitz constant of the logit margin, is the "
-        "location of a reverse Weibull law fitted to the maxima of its gradient norm over "
-        f"{section['num_batches']} batches of {section['batch_points']} points drawn in the "
-        f"ball of radius R = {format_sig(section['radius'])} (seed {section['seed']}); "
-        f"{section['num_samples']} samples. A larger score means more robust, so it should "
-        "fall as λ_max rises (negative rank correlation).",
-        "",
-        "| CLEVER score | median | Spearman ρ with λ_max [CI] | Kendall τ | samples |",
-        "|---|---|---|---|---|",
-    ]
-    for key, label in (("untargeted", "untargeted (all classes)"), ("top2", "top-2 class")):
-        median = section[f"median_{key}"]
-        stats = section["correlations"].get(key)
-        if median is None and stats is None:
-            continue
-        if stats is None:
-            agreement = "not computed | – | –"
-        else:
-            low, high = stats["spearman_ci"]
-            agreement = (
-                f"{format_sig(stats['spearman'])} [{format_sig(low)}, {format_sig(high)}] "
-                f"| {format_sig(stats['kendall'])} | {stats['num_samples']}"
-            )
-        lines.append(f"| {label} | {format_sig(median)} | {agreement} |")
-    cost = section["cost"]
-    lines += [
-        "",
-        "| cost per sample | CLEVER | λ_max (exact engine) |",
-        "|---|---|---|",
-        f"| forward-equivalents | {cost['clever_forward_equivalents_per_sample']} "
-        f"| {cost['spectral_norm_forward_equivalents_per_sample']} |",
-        "",
-        f"Cost convention: {md_escape(cost['convention'])}. CLEVER took "
-        f"{format_sig(cost['clever_seconds_per_sample'])} s per sample in this run.",
-    ]
-    return "\n".join(lines)

@@ -139,7 +139,7 @@ def add_compare_frequency_parser(subparsers) -> None:
 def run_compare_frequency(args: argparse.Namespace) -> int:
     """Load each file's frequency section and draw them together."""
     from hf_fisher.errors import ResultsError
-    from hf_fisher.frequency import plot_frequency_comparison
+    from hf_fisher.report.sections.frequency import plot_frequency_comparison
     from hf_fisher.results import load_results
 
     sections = {}
@@ -153,14 +153,6 @@ def run_compare_frequency(args: argparse.Namespace) -> int:
         sections[name if name not in sections else f"{name} ({path})"] = results["frequency"]
     print(f"wrote {plot_frequency_comparison(sections, args.out)}")
     return 0
-
-
-def _quiet_transformers() -> None:
-    """Hide transformers' per-load progress bars and backend notices on the command line."""
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,7 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
-        _quiet_transformers()
+        from hf_fisher.adapters import quiet_transformers
+
+        quiet_transformers()
     try:
         return args.func(args)
     except HfFisherError as error:

@@ -32,6 +32,24 @@ def json_floats(values: ArrayLike) -> list[float | None]:
     return [json_float(value) for value in _as_array(values, "values")]
 
 
+def float_from_json(value: float | None, missing: float = math.nan) -> float:
+    """Inverse of :func:`json_float`: None (a NaN or infinity in the file) becomes ``missing``.
+
+    >>> float_from_json(None), float_from_json(None, math.inf), float_from_json(2)
+    (nan, inf, 2.0)
+    """
+    return missing if value is None else float(value)
+
+
+def floats_from_json(values: list[float | None], missing: float = math.nan) -> Tensor:  # (n,)
+    """Inverse of :func:`json_floats`: a float64 tensor, ``missing`` where the file has None.
+
+    Why ``missing``: the file cannot say which non-finite value a None was; the caller knows
+    (a never-flipped minimal epsilon is +inf, an undefined statistic NaN).
+    """
+    return torch.tensor([float_from_json(v, missing) for v in values], dtype=torch.float64)
+
+
 def _as_array(values: ArrayLike, name: str) -> np.ndarray:
     if isinstance(values, Tensor):
         values = values.detach().to("cpu", torch.float64).numpy()
@@ -96,6 +114,22 @@ class RankCorrelation:
             "confidence": float(self.confidence),
             "num_bootstrap": int(self.num_bootstrap),
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> RankCorrelation:
+        """Read back :meth:`to_json`; None (undefined) becomes NaN."""
+        low, high = data["spearman_ci"]
+        return cls(
+            spearman=float_from_json(data["spearman"]),
+            spearman_p=float_from_json(data["spearman_p"]),
+            spearman_ci=(float_from_json(low), float_from_json(high)),
+            kendall=float_from_json(data["kendall"]),
+            kendall_p=float_from_json(data["kendall_p"]),
+            num_samples=data["num_samples"],
+            num_infinite=data["num_infinite"],
+            confidence=data["confidence"],
+            num_bootstrap=data["num_bootstrap"],
+        )
 
 
 def rank_correlation(
@@ -182,6 +216,15 @@ class PartialCorrelation:
             "num_samples": int(self.num_samples),
         }
 
+    @classmethod
+    def from_json(cls, data: dict) -> PartialCorrelation:
+        """Read back :meth:`to_json`; None (undefined) becomes NaN."""
+        return cls(
+            float_from_json(data["spearman"]),
+            float_from_json(data["p_value"]),
+            data["num_samples"],
+        )
+
 
 def partial_rank_correlation(x: ArrayLike, y: ArrayLike, z: ArrayLike) -> PartialCorrelation:
     """Spearman correlation of x and y with the (rank-linear) effect of z removed.
@@ -199,7 +242,8 @@ def partial_rank_correlation(x: ArrayLike, y: ArrayLike, z: ArrayLike) -> Partia
     if size < 4:
         return PartialCorrelation(float("nan"), float("nan"), size)
     ranks = np.stack([scipy.stats.rankdata(v) for v in (x_arr, y_arr, z_arr)])
-    rho = np.corrcoef(ranks)
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant ranks: NaN, handled below
+        rho = np.corrcoef(ranks)
     if not np.isfinite(rho).all():
         return PartialCorrelation(float("nan"), float("nan"), size)
     denominator = math.sqrt(max((1 - rho[0, 2] ** 2) * (1 - rho[1, 2] ** 2), 0.0))

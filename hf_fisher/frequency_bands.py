@@ -151,23 +151,65 @@ class BandFisher:
         total = self.trace.sum()
         return self.energy.sum(dim=0) / total.clamp_min(torch.finfo(torch.float64).tiny)
 
-    def to_json(self) -> dict:
-        """Return the band summary as plain Python numbers (means over samples)."""
-        return {
-            "num_samples": int(self.energy.shape[0]),
-            "energy": self.energy.mean(dim=0).tolist(),
-            "energy_share": self.energy_share().tolist(),
-            "lambda_max": self.lambda_max.mean(dim=0).tolist(),
-            "lambda_max_ratio": (
-                self.lambda_max
-                / self.spectral_norm.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
-            )
+    def summary(self) -> BandFisherSummary:
+        """Means over samples, and each band's share of the total energy."""
+        tiny = torch.finfo(torch.float64).tiny
+        return BandFisherSummary(
+            num_samples=int(self.energy.shape[0]),
+            energy=self.energy.mean(dim=0).tolist(),
+            energy_share=self.energy_share().tolist(),
+            lambda_max=self.lambda_max.mean(dim=0).tolist(),
+            lambda_max_ratio=(self.lambda_max / self.spectral_norm.clamp_min(tiny)[:, None])
             .mean(dim=0)
             .tolist(),
-            "top_vector_fraction": self.top_vector_fraction.mean(dim=0).tolist(),
-            "trace": float(self.trace.mean()),
-            "spectral_norm": float(self.spectral_norm.mean()),
+            top_vector_fraction=self.top_vector_fraction.mean(dim=0).tolist(),
+            trace=float(self.trace.mean()),
+            spectral_norm=float(self.spectral_norm.mean()),
+        )
+
+    def to_json(self) -> dict:
+        """Return the band summary as plain Python numbers (means over samples)."""
+        return self.summary().to_json()
+
+
+@dataclass(frozen=True)
+class BandFisherSummary:
+    """What results.json keeps of a :class:`BandFisher`: per-band means over the samples.
+
+    Attributes:
+        num_samples: N.
+        energy, lambda_max, top_vector_fraction: (M,) means of the per-sample values.
+        energy_share: (M,) each band's share of the summed energy (sums to 1).
+        lambda_max_ratio: (M,) mean of ``lambda_max(P_B F P_B) / lambda_max(F)``.
+        trace, spectral_norm: means of ``trace(F)`` and ``lambda_max(F)``.
+    """
+
+    num_samples: int
+    energy: list[float]
+    energy_share: list[float]
+    lambda_max: list[float]
+    lambda_max_ratio: list[float]
+    top_vector_fraction: list[float]
+    trace: float
+    spectral_norm: float
+
+    def to_json(self) -> dict:
+        """Plain Python numbers (the ``fisher`` entry of results.json's frequency section)."""
+        return {
+            "num_samples": int(self.num_samples),
+            "energy": list(self.energy),
+            "energy_share": list(self.energy_share),
+            "lambda_max": list(self.lambda_max),
+            "lambda_max_ratio": list(self.lambda_max_ratio),
+            "top_vector_fraction": list(self.top_vector_fraction),
+            "trace": float(self.trace),
+            "spectral_norm": float(self.spectral_norm),
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> BandFisherSummary:
+        """Read back :meth:`to_json`."""
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__})
 
 
 def band_fisher(

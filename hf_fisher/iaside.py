@@ -198,6 +198,21 @@ def to_pixels(complex_images: Tensor, pixel_map: PixelMap = "paper") -> Tensor:
     return torch.where(span > tiny, (modulus - low) / span.clamp_min(tiny), 0.0)
 
 
+# keys of SpectralImportance.to_json() that are results, not settings
+_RESULT_KEYS = frozenset(
+    {
+        "phi",
+        "distribution",
+        "score",
+        "value_all",
+        "value_none",
+        "efficiency_residual",
+        "reference_distribution",
+        "reference_score",
+    }
+)
+
+
 @dataclass
 class SpectralImportance:
     """I-ASIDE result for one model on one sample set.
@@ -235,6 +250,31 @@ class SpectralImportance:
             **self.settings,
         }
 
+    @classmethod
+    def from_json(cls, data: dict) -> SpectralImportance:
+        """Read back :meth:`to_json`.
+
+        results.json keeps only v(no band) and v(all bands) of the ``2^M`` coalition values:
+        ``values`` has them at its ends and NaN in between. Every other key is a setting.
+        """
+
+        def tensor(key: str) -> Tensor:
+            return torch.tensor(data[key], dtype=torch.float64)
+
+        phi = tensor("phi")
+        values = torch.full((2 ** len(phi),), math.nan, dtype=torch.float64)
+        values[0], values[-1] = data["value_none"], data["value_all"]
+        return cls(
+            phi=phi,
+            values=values,
+            distribution=tensor("distribution"),
+            score=data["score"],
+            efficiency_residual=data["efficiency_residual"],
+            reference_distribution=tensor("reference_distribution"),
+            reference_score=data["reference_score"],
+            settings={key: value for key, value in data.items() if key not in _RESULT_KEYS},
+        )
+
 
 def _check_images(images: Tensor) -> None:
     if images.ndim != 4 or images.shape[0] < 1:
@@ -246,6 +286,74 @@ def _check_images(images: Tensor) -> None:
             f"got pixel values in [{float(images.min()):.4g}, {float(images.max()):.4g}]; the "
             "frequency view works on pixels in [0, 1] (before any mean/std normalisation)"
         )
+
+
+def _check_knobs(num_bands: int, fill: str, pixel_map: str, batch_size: int) -> None:
+    if not 1 <= num_bands <= MAX_BANDS:
+        raise InputError(
+            f"got num_bands={num_bands}; exact Shapley values need 2^M model calls per image, "
+            f"use 1 <= num_bands <= {MAX_BANDS}"
+        )
+    if batch_size < 1:
+        raise InputError(f"got batch_size={batch_size}; use a positive number of images per pass")
+    if fill not in FILLS:
+        raise InputError(f"got fill={fill!r}; use one of {FILLS}")
+    if pixel_map not in PIXEL_MAPS:
+        raise InputError(f"got pixel_map={pixel_map!r}; use one of {PIXEL_MAPS}")
+
+
+def _labels_of(logit_fn: LogitFn, images: Tensor, labels: Tensor | None) -> Tensor:  # (N,)
+    """The given labels as a long tensor on the images' device, or the model's predictions."""
+    if labels is None:
+        with torch.no_grad():
+            labels = logit_fn(images).argmax(dim=1)
+    labels = torch.as_tensor(labels, device=images.device).long()
+    if labels.shape != (images.shape[0],):
+        raise InputError(
+            f"got labels of shape {tuple(labels.shape)} for {images.shape[0]} images; pass one "
+            "integer class per image"
+        )
+    return labels
+
+
+def _coalition_values(
+    logit_fn: LogitFn,
+    images: Tensor,  # (N, C, H, W)
+    labels: Tensor,  # (N,)
+    *,
+    keep: Tensor,  # (2^M, H, W) bool: the frequencies each coalition keeps
+    spectra: Tensor,  # (N, C, H, W) complex
+    fills: Tensor,  # (N, C, H, W) complex
+    pixel_map: PixelMap,
+    batch_size: int,
+) -> Tensor:  # (2^M,) float64 on the CPU
+    """``v(S)``: mean true-label log-probability over the images, per coalition S."""
+    num_images, device = images.shape[0], images.device
+    num_coalitions = keep.shape[0]
+    values = torch.zeros(num_coalitions, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for start in range(0, num_coalitions * num_images, batch_size):
+            item = torch.arange(
+                start, min(start + batch_size, num_coalitions * num_images), device=device
+            )
+            coalition, image = item // num_images, item % num_images
+            mixed = torch.where(keep[coalition, None], spectra[image], fills[image])
+            pixels = to_pixels(torch.fft.ifft2(mixed), pixel_map).to(images.dtype)
+            log_probs = logit_fn(pixels).double().log_softmax(dim=1)
+            if start == 0 and (labels.min() < 0 or labels.max() >= log_probs.shape[1]):
+                raise InputError(
+                    f"got labels in [{int(labels.min())}, {int(labels.max())}] for a model with "
+                    f"{log_probs.shape[1]} classes; pass class indices in [0, K)"
+                )
+            worth = log_probs.gather(1, labels[image, None])[:, 0]
+            values.index_add_(0, coalition, worth / num_images)
+    values = values.cpu()
+    if not torch.isfinite(values).all():
+        raise InputError(
+            "the model produced non-finite log-probabilities on band-filtered images; check the "
+            "model's dtype (float16 overflows easily) and its input range"
+        )
+    return values
 
 
 def spectral_importance(
@@ -284,58 +392,23 @@ def spectral_importance(
         InputError: bad images, labels, num_bands, fill, pixel_map or batch_size.
     """
     _check_images(images)
-    if not 1 <= num_bands <= MAX_BANDS:
-        raise InputError(
-            f"got num_bands={num_bands}; exact Shapley values need 2^M model calls per image, "
-            f"use 1 <= num_bands <= {MAX_BANDS}"
-        )
-    if batch_size < 1:
-        raise InputError(f"got batch_size={batch_size}; use a positive number of images per pass")
-    if fill not in FILLS:
-        raise InputError(f"got fill={fill!r}; use one of {FILLS}")
-    if pixel_map not in PIXEL_MAPS:
-        raise InputError(f"got pixel_map={pixel_map!r}; use one of {PIXEL_MAPS}")
-    num_images, _, height, width = images.shape
-    device = images.device
-    if labels is None:
-        with torch.no_grad():
-            labels = logit_fn(images).argmax(dim=1)
-    labels = torch.as_tensor(labels, device=device).long()
-    if labels.shape != (num_images,):
-        raise InputError(
-            f"got labels of shape {tuple(labels.shape)} for {num_images} images; pass one "
-            "integer class per image"
-        )
+    _check_knobs(num_bands, fill, pixel_map, batch_size)
+    labels = _labels_of(logit_fn, images, labels)
     _score_terms(num_bands, beta)
-    bands = band_index(height, width, num_bands, device=device)
-    masks = coalition_masks(num_bands, device=device)
-    keep = masks[:, bands]  # (2^M, H, W)
+    height, width = images.shape[2:]
+    bands = band_index(height, width, num_bands, device=images.device)
+    masks = coalition_masks(num_bands, device=images.device)
     spectra = torch.fft.fft2(images)
-    fills = fill_spectra(spectra, fill, sigma, seed)
-    num_coalitions = masks.shape[0]
-    values = torch.zeros(num_coalitions, dtype=torch.float64, device=device)
-    with torch.no_grad():
-        for start in range(0, num_coalitions * num_images, batch_size):
-            item = torch.arange(
-                start, min(start + batch_size, num_coalitions * num_images), device=device
-            )
-            coalition, image = item // num_images, item % num_images
-            mixed = torch.where(keep[coalition, None], spectra[image], fills[image])
-            pixels = to_pixels(torch.fft.ifft2(mixed), pixel_map).to(images.dtype)
-            log_probs = logit_fn(pixels).double().log_softmax(dim=1)
-            if start == 0 and (labels.min() < 0 or labels.max() >= log_probs.shape[1]):
-                raise InputError(
-                    f"got labels in [{int(labels.min())}, {int(labels.max())}] for a model with "
-                    f"{log_probs.shape[1]} classes; pass class indices in [0, K)"
-                )
-            worth = log_probs.gather(1, labels[image, None])[:, 0]
-            values.index_add_(0, coalition, worth / num_images)
-    values = values.cpu()
-    if not torch.isfinite(values).all():
-        raise InputError(
-            "the model produced non-finite log-probabilities on band-filtered images; check the "
-            "model's dtype (float16 overflows easily) and its input range"
-        )
+    values = _coalition_values(
+        logit_fn,
+        images,
+        labels,
+        keep=masks[:, bands],
+        spectra=spectra,
+        fills=fill_spectra(spectra, fill, sigma, seed),
+        pixel_map=pixel_map,
+        batch_size=batch_size,
+    )
     phi = shapley_values(values)
     distribution = importance_distribution(phi)
     ref_distribution = reference_distribution(phi)
@@ -353,6 +426,6 @@ def spectral_importance(
             "pixel_map": pixel_map,
             "beta": beta,
             "seed": seed,
-            "num_samples": num_images,
+            "num_samples": images.shape[0],
         },
     )

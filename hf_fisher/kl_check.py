@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from hf_fisher.attacks import check_batch
-from hf_fisher.correlation import json_float
+from hf_fisher.correlation import float_from_json, json_float
 from hf_fisher.errors import InputError
 from hf_fisher.operators import LogitFn, gradient_rows
 
@@ -39,49 +38,106 @@ def kl_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:  # (N, K), (N, 
     return (log_p.exp() * (log_p - log_q)).sum(dim=1).clamp_min(0.0)
 
 
+@dataclass(frozen=True)
+class KLSummary:
+    """Per-radius summaries over samples and directions: what results.json keeps of a check.
+
+    Attributes:
+        num_samples: N.
+        median_relative_error, p90_relative_error: one per radius; NaN where no direction has
+            a positive quadratic form.
+        median_kl, median_quadratic: one per radius.
+    """
+
+    num_samples: int
+    median_relative_error: list[float]
+    p90_relative_error: list[float]
+    median_kl: list[float]
+    median_quadratic: list[float]
+
+    @classmethod
+    def of(cls, kl: Tensor, quadratic: Tensor, relative_error: Tensor) -> KLSummary:
+        """Summarise (R, draws, N) tensors over their last two dimensions."""
+        flat = relative_error.flatten(1)
+        return cls(
+            num_samples=int(kl.shape[-1]),
+            median_relative_error=[float(v) for v in flat.nanmedian(dim=1).values],
+            p90_relative_error=torch.nanquantile(flat, 0.9, dim=1).tolist(),
+            median_kl=[float(v) for v in kl.flatten(1).median(dim=1).values],
+            median_quadratic=[float(v) for v in quadratic.flatten(1).median(dim=1).values],
+        )
+
+
 @dataclass
 class KLCheck:
     """Measured KL vs the Fisher quadratic form at several radii (section ``"kl_check"``).
 
     Attributes:
         radii, draws, seed, tolerance: the settings.
-        kl: (R, draws, N) float64 measured ``KL(p(x) || p(x + r u))``.
-        quadratic: (R, draws, N) float64 ``1/2 r^2 u^T F u``.
-        relative_error: (R, draws, N) ``|kl - quadratic| / quadratic``.
+        kl: (R, draws, N) float64 measured ``KL(p(x) || p(x + r u))``; None when read back
+            from results.json, which keeps only ``summary``.
+        quadratic: (R, draws, N) float64 ``1/2 r^2 u^T F u``; None likewise.
+        relative_error: (R, draws, N) ``|kl - quadratic| / quadratic``; None likewise.
         valid_radius: the largest radius such that it and every smaller radius have median
             relative error <= tolerance; None if the smallest radius already fails.
+        summary: the per-radius summaries; computed from the tensors when not given.
     """
 
     radii: list[float]
     draws: int
     seed: int
     tolerance: float
-    kl: Tensor
-    quadratic: Tensor
-    relative_error: Tensor
+    kl: Tensor | None
+    quadratic: Tensor | None
+    relative_error: Tensor | None
     valid_radius: float | None
+    summary: KLSummary | None = None
+
+    def __post_init__(self) -> None:
+        if self.summary is None:
+            self.summary = KLSummary.of(self.kl, self.quadratic, self.relative_error)
 
     def median_relative_error(self) -> list[float]:
         """Median over samples and draws, one per radius."""
-        return [float(v) for v in self.relative_error.flatten(1).nanmedian(dim=1).values]
+        return list(self.summary.median_relative_error)
 
     def to_json(self) -> dict:
         """Plain-Python dict: per-radius medians and 90th percentiles."""
-        flat = self.relative_error.flatten(1)
+        summary = self.summary
         return {
             "radii": [float(r) for r in self.radii],
             "draws": int(self.draws),
             "seed": int(self.seed),
             "tolerance": float(self.tolerance),
-            "num_samples": int(self.kl.shape[-1]),
-            "median_relative_error": [json_float(v) for v in self.median_relative_error()],
-            "p90_relative_error": [
-                json_float(v) for v in torch.nanquantile(flat, 0.9, dim=1).tolist()
-            ],
-            "median_kl": [float(v) for v in self.kl.flatten(1).median(dim=1).values],
-            "median_quadratic": [float(v) for v in self.quadratic.flatten(1).median(dim=1).values],
+            "num_samples": int(summary.num_samples),
+            "median_relative_error": [json_float(v) for v in summary.median_relative_error],
+            "p90_relative_error": [json_float(v) for v in summary.p90_relative_error],
+            "median_kl": [float(v) for v in summary.median_kl],
+            "median_quadratic": [float(v) for v in summary.median_quadratic],
             "valid_radius": None if self.valid_radius is None else float(self.valid_radius),
         }
+
+    @classmethod
+    def from_json(cls, data: dict) -> KLCheck:
+        """Read back :meth:`to_json`: settings and summaries; the per-draw tensors are None."""
+        summary = KLSummary(
+            num_samples=data["num_samples"],
+            median_relative_error=[float_from_json(v) for v in data["median_relative_error"]],
+            p90_relative_error=[float_from_json(v) for v in data["p90_relative_error"]],
+            median_kl=[float(v) for v in data["median_kl"]],
+            median_quadratic=[float(v) for v in data["median_quadratic"]],
+        )
+        return cls(
+            radii=[float(r) for r in data["radii"]],
+            draws=data["draws"],
+            seed=data["seed"],
+            tolerance=data["tolerance"],
+            kl=None,
+            quadratic=None,
+            relative_error=None,
+            valid_radius=data["valid_radius"],
+            summary=summary,
+        )
 
 
 def kl_check(
@@ -152,99 +208,3 @@ def kl_check(
         valid = radius
     check.valid_radius = valid
     return check
-
-
-def plot_kl_check(section: dict, path: str | Path) -> Path:
-    """Draw the median (and p90) relative error of the quadratic form vs radius, log-log."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    figure, axis = plt.subplots(figsize=(5, 4))
-    radii = section["radii"]
-    for key, label in (("median_relative_error", "median"), ("p90_relative_error", "90th pct")):
-        points = [(r, e) for r, e in zip(radii, section[key], strict=True) if e is not None]
-        if points:
-            axis.plot(*zip(*points, strict=True), marker="o", label=label)
-    axis.axhline(section["tolerance"], color="grey", linestyle="--", label="tolerance")
-    if section["valid_radius"] is not None:
-        axis.axvline(
-            section["valid_radius"],
-            color="green",
-            linestyle=":",
-            label=f"valid up to r={section['valid_radius']:.3g}",
-        )
-    axis.set_xscale("log")
-    axis.set_yscale("log")
-    axis.set_xlabel("perturbation radius (L2)")
-    axis.set_ylabel("|KL - d^T F d / 2| / (d^T F d / 2)")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
-
-
-def card_kl_check(section: dict) -> str:
-    """Markdown card subsection: how well 1/2 d^T F d predicts the measured KL, per radius.
-
-    Says up to which radius the second-order picture behind lambda_max and the KL radius holds,
-    and in plain words what it means when it holds nowhere on the grid.
-
-    Args:
-        section: the ``kl_check`` section of results.json (:meth:`KLCheck.to_json`).
-
-    Returns:
-        Markdown without a heading.
-    """
-    from hf_fisher.report.badge import format_sig
-
-    tolerance = format_sig(section["tolerance"])
-    lines = [
-        "Does the Fisher quadratic form predict the output change? For "
-        f"{section['num_samples']} samples and {section['draws']} random unit directions d "
-        f"each (seed {section['seed']}), the KL divergence KL(p(x) ‖ p(x + r d)) at L2 radius r "
-        "is compared with its second-order prediction ½ r² dᵀF d; the relative error "
-        "|KL − ½ r² dᵀF d| / (½ r² dᵀF d) is summarised over samples and directions.",
-        "",
-        "| radius | median relative error | 90th pct relative error | median KL "
-        "| median ½ r² dᵀF d |",
-        "|---|---|---|---|---|",
-    ]
-    for radius, median, p90, kl, quadratic in zip(
-        section["radii"],
-        section["median_relative_error"],
-        section["p90_relative_error"],
-        section["median_kl"],
-        section["median_quadratic"],
-        strict=True,
-    ):
-        lines.append(
-            f"| {format_sig(radius)} | {format_sig(median)} | {format_sig(p90)} "
-            f"| {format_sig(kl)} | {format_sig(quadratic)} |"
-        )
-    valid, radii = section["valid_radius"], section["radii"]
-    if valid is None:
-        verdict = (
-            f"Valid radius: none. Even at the smallest radius tried ({format_sig(radii[0])}) the "
-            f"median relative error ({format_sig(section['median_relative_error'][0])}) exceeds "
-            f"the tolerance {tolerance}: the second-order picture does not hold here, so "
-            "λ_max and the KL radius summarise the local sensitivity only roughly. This happens "
-            "when the network is not differentiable at the data, e.g. max-pool ties on constant "
-            "backgrounds or ReLUs switching right at the input."
-        )
-    elif valid == radii[-1]:
-        verdict = (
-            f"Valid radius: {format_sig(valid)}, the largest radius tried; the median relative "
-            f"error stays within the tolerance {tolerance} on the whole grid."
-        )
-    else:
-        verdict = (
-            f"Valid radius: {format_sig(valid)}, the largest radius at which the median "
-            f"relative error (and that at every smaller radius) is within the tolerance "
-            f"{tolerance}; beyond it higher-order terms matter."
-        )
-    lines += ["", verdict]
-    return "\n".join(lines)

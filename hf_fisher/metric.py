@@ -485,9 +485,9 @@ class FisherRobustnessEvaluator:
 
 def _model_of(model_or_pipeline: Any, scratch: str) -> Any:
     """A pipeline becomes the directory it is saved to; anything else passes through."""
-    from transformers import Pipeline
+    from hf_fisher.adapters import is_pipeline
 
-    if isinstance(model_or_pipeline, Pipeline):
+    if is_pipeline(model_or_pipeline):
         model_or_pipeline.save_pretrained(scratch)
         return scratch
     return model_or_pipeline

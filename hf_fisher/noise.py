@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor
 
 from hf_fisher.attacks import check_batch, check_clip
-from hf_fisher.correlation import json_float
+from hf_fisher.correlation import float_from_json, json_float
 from hf_fisher.errors import InputError, NotAClassifierError
 from hf_fisher.operators import LogitFn
 
@@ -128,6 +127,28 @@ class NoiseCurves:
             ),
         }
 
+    @classmethod
+    def from_json(cls, data: dict) -> NoiseCurves:
+        """Read back :meth:`to_json`; a null bound is +inf (too few values), a null area NaN."""
+        return cls(
+            sigmas=[float(s) for s in data["sigmas"]],
+            kind=data["kind"],
+            draws=data["draws"],
+            confidence=data["confidence"],
+            tolerance=data["tolerance"],
+            seed=data["seed"],
+            accuracy=[float(v) for v in data["accuracy"]],
+            brier=[float(v) for v in data["brier"]],
+            brier_std=[float(v) for v in data["brier_std"]],
+            hoeffding=[float_from_json(v, math.inf) for v in data["brier_upper_hoeffding"]],
+            bernstein=[float_from_json(v, math.inf) for v in data["brier_upper_bernstein"]],
+            upper=[float(v) for v in data["brier_upper"]],
+            auc_accuracy=float_from_json(data["auc_accuracy"]),
+            auc_brier=float_from_json(data["auc_brier"]),
+            crossing_sigma=data["crossing_sigma"],
+            num_samples=data["num_samples"],
+        )
+
 
 def _normalised_area(sigmas: np.ndarray, values: np.ndarray) -> float:
     if len(sigmas) < 2 or sigmas[-1] == sigmas[0]:
@@ -156,6 +177,74 @@ def _noise(inputs: Tensor, kind: str, generator: torch.Generator) -> Tensor:
         return torch.randn(inputs.shape, generator=generator, device=inputs.device).to(inputs)
     unit = torch.rand(inputs.shape, generator=generator, device=inputs.device).to(inputs)
     return 2.0 * unit - 1.0
+
+
+def _check_settings(
+    sigmas: Sequence[float], kind: str, draws: int, confidence: float
+) -> list[float]:
+    sigmas = [float(s) for s in sigmas]
+    increasing = all(b >= a for a, b in zip(sigmas, sigmas[1:], strict=False))
+    if not sigmas or min(sigmas) < 0 or not increasing:
+        raise InputError(f"got sigmas={sigmas}; pass a non-empty increasing list of levels >= 0")
+    if kind not in ("gaussian", "uniform"):
+        raise InputError(f"got kind={kind!r}; pass 'gaussian' or 'uniform'")
+    if draws < 1:
+        raise InputError(f"got draws={draws}; pass at least 1 noise draw per sample")
+    if not 0.0 < confidence < 1.0:
+        raise InputError(f"got confidence={confidence}; pass a level in (0, 1), e.g. 0.95")
+    return sigmas
+
+
+def _noisy_sums(
+    logit_fn: LogitFn,
+    inputs: Tensor,  # (N, *shape)
+    labels: Tensor,  # (N,)
+    sigma: float,
+    *,
+    kind: str,
+    draws: int,
+    clip: tuple[float, float] | None,
+    mask: Tensor | None,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Over ``draws`` noisy copies of the batch: correct count, sum and sum of squares of Brier."""
+    correct = torch.zeros((), dtype=torch.float64, device=inputs.device)
+    total = torch.zeros_like(correct)
+    total_sq = torch.zeros_like(correct)
+    for _ in range(draws):
+        noise = sigma * _noise(inputs, kind, generator)
+        noisy = inputs + (noise if mask is None else noise * mask)
+        if clip is not None:
+            noisy = noisy.clamp(clip[0], clip[1])
+        logits = logit_fn(noisy)
+        if logits.ndim != 2 or logits.shape[0] != inputs.shape[0]:
+            raise NotAClassifierError(
+                f"the model returned an output of shape {tuple(logits.shape)}; noise "
+                "curves need classifier logits (N, K)"
+            )
+        probs = torch.softmax(logits.double(), dim=1)
+        onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
+        brier = ((probs - onehot) ** 2).sum(dim=1)
+        correct += (logits.argmax(dim=1) == labels).double().sum()
+        total += brier.sum()
+        total_sq += (brier**2).sum()
+    return correct, total, total_sq
+
+
+def _level(correct: Tensor, total: Tensor, total_sq: Tensor, count: int, delta: float) -> dict:
+    """Accuracy, Brier mean and spread, and both upper bounds at one noise level."""
+    mean = float(total) / count
+    variance = max(float(total_sq) - count * mean**2, 0.0) / max(count - 1, 1)
+    hoeffding = hoeffding_upper(mean, count, delta, BRIER_RANGE)
+    bernstein = empirical_bernstein_upper(mean, variance, count, delta, BRIER_RANGE)
+    return {
+        "accuracy": float(correct) / count,
+        "brier": mean,
+        "brier_std": math.sqrt(variance),
+        "hoeffding": hoeffding,
+        "bernstein": bernstein,
+        "upper": min(hoeffding, bernstein, BRIER_RANGE),
+    }
 
 
 def noise_curves(
@@ -194,16 +283,7 @@ def noise_curves(
     """
     check_batch(inputs, labels, space_mask)
     check_clip(clip)
-    sigmas = [float(s) for s in sigmas]
-    increasing = all(b >= a for a, b in zip(sigmas, sigmas[1:], strict=False))
-    if not sigmas or min(sigmas) < 0 or not increasing:
-        raise InputError(f"got sigmas={sigmas}; pass a non-empty increasing list of levels >= 0")
-    if kind not in ("gaussian", "uniform"):
-        raise InputError(f"got kind={kind!r}; pass 'gaussian' or 'uniform'")
-    if draws < 1:
-        raise InputError(f"got draws={draws}; pass at least 1 noise draw per sample")
-    if not 0.0 < confidence < 1.0:
-        raise InputError(f"got confidence={confidence}; pass a level in (0, 1), e.g. 0.95")
+    sigmas = _check_settings(sigmas, kind, draws, confidence)
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
     inputs = inputs.detach()
     mask = None if space_mask is None else space_mask.to(inputs)
@@ -214,36 +294,19 @@ def noise_curves(
     }
     with torch.no_grad():
         for sigma in sigmas:
-            correct = torch.zeros((), dtype=torch.float64, device=inputs.device)
-            total = torch.zeros_like(correct)
-            total_sq = torch.zeros_like(correct)
-            for _ in range(draws):
-                noise = sigma * _noise(inputs, kind, generator)
-                noisy = inputs + (noise if mask is None else noise * mask)
-                if clip is not None:
-                    noisy = noisy.clamp(clip[0], clip[1])
-                logits = logit_fn(noisy)
-                if logits.ndim != 2 or logits.shape[0] != inputs.shape[0]:
-                    raise NotAClassifierError(
-                        f"the model returned an output of shape {tuple(logits.shape)}; noise "
-                        "curves need classifier logits (N, K)"
-                    )
-                probs = torch.softmax(logits.double(), dim=1)
-                onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
-                brier = ((probs - onehot) ** 2).sum(dim=1)
-                correct += (logits.argmax(dim=1) == labels).double().sum()
-                total += brier.sum()
-                total_sq += (brier**2).sum()
-            mean = float(total) / count
-            variance = max(float(total_sq) - count * mean**2, 0.0) / max(count - 1, 1)
-            hoeffding = hoeffding_upper(mean, count, delta, BRIER_RANGE)
-            bernstein = empirical_bernstein_upper(mean, variance, count, delta, BRIER_RANGE)
-            columns["accuracy"].append(float(correct) / count)
-            columns["brier"].append(mean)
-            columns["brier_std"].append(math.sqrt(variance))
-            columns["hoeffding"].append(hoeffding)
-            columns["bernstein"].append(bernstein)
-            columns["upper"].append(min(hoeffding, bernstein, BRIER_RANGE))
+            sums = _noisy_sums(
+                logit_fn,
+                inputs,
+                labels,
+                sigma,
+                kind=kind,
+                draws=draws,
+                clip=clip,
+                mask=mask,
+                generator=generator,
+            )
+            for key, value in _level(*sums, count, delta).items():
+                columns[key].append(value)
     grid = np.asarray(sigmas)
     return NoiseCurves(
         sigmas=sigmas,
@@ -258,94 +321,3 @@ def noise_curves(
         num_samples=inputs.shape[0],
         **columns,
     )
-
-
-def plot_noise_curves(section: dict, path: str | Path) -> Path:
-    """Draw accuracy and Brier error vs sigma, with the upper-bound band, from the JSON."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    sigmas = section["sigmas"]
-    figure, (accuracy, brier) = plt.subplots(1, 2, figsize=(10, 4))
-    accuracy.plot(sigmas, section["accuracy"], marker="o")
-    accuracy.set_ylim(0, 1.02)
-    accuracy.set_xlabel(f"sigma ({section['kind']})")
-    accuracy.set_ylabel("accuracy under noise")
-    area = section["auc_accuracy"]
-    accuracy.set_title("normalised AUC " + ("n/a" if area is None else f"{area:.3f}"))
-    brier.plot(sigmas, section["brier"], marker="o", label="mean Brier error")
-    brier.fill_between(
-        sigmas,
-        section["brier"],
-        section["brier_upper"],
-        alpha=0.3,
-        label=f"{section['confidence']:.0%} upper bound",
-    )
-    brier.axhline(section["tolerance"], color="grey", linestyle="--", label="tolerance")
-    if section["crossing_sigma"] is not None:
-        brier.axvline(
-            section["crossing_sigma"],
-            color="red",
-            linestyle=":",
-            label=f"bound crosses at sigma={section['crossing_sigma']:.3g}",
-        )
-    brier.set_xlabel(f"sigma ({section['kind']})")
-    brier.set_ylabel("Brier error")
-    brier.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
-
-
-def card_noise_curves(section: dict) -> str:
-    """Markdown card subsection: accuracy, Brier error and its upper bound per noise level.
-
-    Args:
-        section: the ``noise_curves`` section of results.json (:meth:`NoiseCurves.to_json`).
-
-    Returns:
-        Markdown without a heading.
-    """
-    from hf_fisher.report.badge import format_sig
-    from hf_fisher.report.card import md_escape
-
-    level = f"{100 * section['confidence']:g}%"
-    lines = [
-        f"Accuracy and Brier error under random {md_escape(section['kind'])} noise of scale "
-        f"σ, {section['draws']} draws on each of {section['num_samples']} samples (seed "
-        f"{section['seed']}); the upper bound on the noise-expected Brier error holds at "
-        f"{level} confidence (the tighter of Hoeffding and empirical Bernstein).",
-        "",
-        f"| σ | accuracy | Brier error | Brier upper bound ({level}) |",
-        "|---|---|---|---|",
-    ]
-    for sigma, accuracy, brier, upper in zip(
-        section["sigmas"],
-        section["accuracy"],
-        section["brier"],
-        section["brier_upper"],
-        strict=True,
-    ):
-        lines.append(
-            f"| {format_sig(sigma)} | {format_sig(accuracy)} | {format_sig(brier)} "
-            f"| {format_sig(upper)} |"
-        )
-    sigma = section["crossing_sigma"]
-    tolerance = format_sig(section["tolerance"])
-    crossing = (
-        f"the bound stays below the tolerance {tolerance} up to σ = "
-        f"{format_sig(section['sigmas'][-1])}, the largest σ tried"
-        if sigma is None
-        else f"the bound crosses the tolerance {tolerance} at σ = {format_sig(sigma)}"
-    )
-    lines += [
-        "",
-        f"Area under the curves, normalised by the σ range: accuracy "
-        f"{format_sig(section['auc_accuracy'])}, Brier error {format_sig(section['auc_brier'])}; "
-        f"{crossing}. Assumptions: {md_escape(section['assumptions'])}.",
-    ]
-    return "\n".join(lines)

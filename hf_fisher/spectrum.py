@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
 
-from hf_fisher.adapters import Classifier, PreparedBatch
+from hf_fisher.adapters import Classifier, PreparedBatch, eval_mode
 from hf_fisher.errors import InputError
 from hf_fisher.estimators.blackbox import rayleigh_max, sketch_fisher
 from hf_fisher.estimators.hutchinson import (
@@ -447,6 +448,10 @@ def fisher_spectrum(
         options: an :class:`~hf_fisher.options.EstimatorOptions` holding method ... seed,
             instead of those keywords (not both).
 
+    A model in train mode is measured in eval mode (BatchNorm on its running statistics,
+    dropout off): an ``nn.Module``'s or Classifier's training flags, submodule by submodule,
+    are restored on return.
+
     Returns:
         A :class:`FisherSpectrum` on the CPU.
 
@@ -477,18 +482,22 @@ def fisher_spectrum(
         raise InputError(f"got batch_size={batch_size}; pass a positive batch size or None")
     if estimator.method != "auto":  # unknown names fail before loading
         resolve_method(estimator.method, estimator.black_box, None, 0, 1)
-    classifier = load_classifier(
-        model, input_space=input_space, device=device, dtype=dtype, likelihood=likelihood
-    )
-    check_compute_dtype(classifier.dtype, "the classifier's dtype")
-    _check_black_box_likelihood(classifier.likelihood, estimator.method, estimator.black_box)
-    batch = classifier.prepare(inputs)
-    ids = list(range(len(batch))) if sample_ids is None else list(sample_ids)
-    if len(ids) != len(batch):
-        raise InputError(f"got {len(ids)} sample_ids for {len(batch)} samples; pass one per sample")
-    return spectrum_of_prepared(
-        classifier, batch, batch_size=batch_size, sample_ids=ids, **estimator.to_settings()
-    )
+    owner = model.model if isinstance(model, Classifier) else model
+    with eval_mode(owner) if isinstance(owner, torch.nn.Module) else nullcontext():
+        classifier = load_classifier(
+            model, input_space=input_space, device=device, dtype=dtype, likelihood=likelihood
+        )
+        check_compute_dtype(classifier.dtype, "the classifier's dtype")
+        _check_black_box_likelihood(classifier.likelihood, estimator.method, estimator.black_box)
+        batch = classifier.prepare(inputs)
+        ids = list(range(len(batch))) if sample_ids is None else list(sample_ids)
+        if len(ids) != len(batch):
+            raise InputError(
+                f"got {len(ids)} sample_ids for {len(batch)} samples; pass one per sample"
+            )
+        return spectrum_of_prepared(
+            classifier, batch, batch_size=batch_size, sample_ids=ids, **estimator.to_settings()
+        )
 
 
 def _check_requested_dtype(model: object, dtype: torch.dtype | None) -> None:
@@ -516,6 +525,8 @@ def spectrum_of_prepared(
 ) -> FisherSpectrum:
     """Chunk a prepared batch through :func:`spectrum_of_batch`, choosing the method once.
 
+    The classifier's model is measured in eval mode (:func:`~hf_fisher.adapters.eval_mode`:
+    BatchNorm on its running statistics, dropout off) and its training flags are restored after.
     Every chunk uses the same concrete method, from :func:`resolve_run_method` with the largest
     chunk (``min(batch_size, len(batch))``) and this batch's per-sample size, so a short last
     chunk cannot switch from Lanczos to exact. A run over many batches should resolve ``auto``
@@ -528,19 +539,20 @@ def spectrum_of_prepared(
         classifier, method, black_box, min(size, len(batch)), batch.inputs[0].numel()
     )
     parts = []
-    for start in range(0, len(batch), size):
-        chunk = batch.select(slice(start, start + size)).to(classifier.device, classifier.dtype)
-        part = spectrum_of_batch(
-            classifier.logit_fn(chunk),
-            chunk.inputs,
-            space_mask=chunk.space_mask,
-            method=chosen,
-            black_box=black_box,
-            sample_ids=sample_ids[start : start + size],
-            num_classes=classifier.num_classes,
-            likelihood=classifier.likelihood,
-            **options,
-        )
-        part.settings["requested_method"] = method
-        parts.append(part)
+    with eval_mode(classifier.model):
+        for start in range(0, len(batch), size):
+            chunk = batch.select(slice(start, start + size)).to(classifier.device, classifier.dtype)
+            part = spectrum_of_batch(
+                classifier.logit_fn(chunk),
+                chunk.inputs,
+                space_mask=chunk.space_mask,
+                method=chosen,
+                black_box=black_box,
+                sample_ids=sample_ids[start : start + size],
+                num_classes=classifier.num_classes,
+                likelihood=classifier.likelihood,
+                **options,
+            )
+            part.settings["requested_method"] = method
+            parts.append(part)
     return FisherSpectrum.concatenate(parts)

@@ -575,3 +575,140 @@ def test_digits_dataset_errors():
 def test_classifier_is_the_public_base_type(vit_dir, bert_dir, mlp):
     for model in (vit_dir, bert_dir, mlp):
         assert isinstance(load_classifier(model, device="cpu"), Classifier)
+
+
+# ------------------------------------------------------------------------ the task registry
+
+
+def test_a_new_task_family_is_one_registry_entry(resnet_dir, tmp_path, monkeypatch):
+    from transformers import ResNetForImageClassification
+
+    from hf_fisher.adapters import ImageClassifier, InputSpace, Task, register_task, tasks
+
+    class ToyForImageScoring(ResNetForImageClassification):
+        """A model class transformers' Auto classes do not know."""
+
+    directory = tmp_path / "toy"
+    shutil.copytree(resnet_dir, directory)
+    model = ToyForImageScoring.from_pretrained(directory, dtype=torch.float32).eval()
+    model.save_pretrained(directory)  # config.json now names the architecture ToyForImageScoring
+    with pytest.raises(NotAClassifierError, match="ToyForImageScoring, which is not a classifier"):
+        load_classifier(directory, device="cpu")
+
+    monkeypatch.setattr(tasks, "TASKS", list(tasks.TASKS))  # the registry is restored afterwards
+    space = InputSpace("pixels", (0.0, 1.0), frozenset({"kl_check", "noise"}))
+    register_task(
+        Task(
+            name="image-scoring",
+            adapter=ImageClassifier,
+            model_class=ToyForImageScoring,
+            spaces=(space,),
+            architecture="ForImageScoring$",
+            example="*ForImageScoring",
+        )
+    )
+    classifier = load_classifier(directory, device="cpu")
+
+    assert type(classifier) is ImageClassifier and type(classifier.model) is ToyForImageScoring
+    assert classifier.source["task"] == "image-scoring"
+    assert classifier.source["architecture"] == "ToyForImageScoring"
+    assert classifier.space is space and classifier.clip == (0.0, 1.0)
+    assert classifier.capabilities == {"kl_check", "noise"}
+    pixels = torch.rand((2, *classifier.input_shape), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(pixel_values=classifier.normalize(pixels)).logits
+        torch.testing.assert_close(classifier(pixels), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(
+        ModelLoadError, match=r"input_space='normalized' .* use one of \['pixels'\]"
+    ):
+        load_classifier(directory, input_space="normalized", device="cpu")
+
+
+def test_unknown_input_spaces_and_companions_are_refused():
+    from hf_fisher.adapters import InputSpace, ModuleClassifier
+
+    with pytest.raises(ValueError, match=r"unknown companions \['attack'\]"):
+        InputSpace("pixels", (0.0, 1.0), frozenset({"attack"}))
+    common = {"input_shape": (2,), "id2label": {}, "source": {}, "device": "cpu"}
+    with pytest.raises(ModelLoadError, match=r"input_space='pixel'; use one of \['pixels'"):
+        ModuleClassifier(torch.nn.Linear(2, 2), input_space="pixel", dtype=torch.float32, **common)
+    classifier = ModuleClassifier(
+        torch.nn.Linear(2, 2), input_space="raw", dtype=torch.float32, **common
+    )
+    assert classifier.capabilities == classifier.space.capabilities and classifier.clip is None
+
+
+def _companion_requests():
+    """One CompanionOptions per companion, each asking for that measurement alone."""
+    from hf_fisher.companions import CompanionOptions
+
+    return {
+        "attacks": CompanionOptions(attacks="l2", eps_max=1.0),
+        "noise": CompanionOptions(noise=True),
+        "kl_check": CompanionOptions(kl_check=True),
+        "clever": CompanionOptions(clever=True),
+        "frequency": CompanionOptions(frequency=True),
+        "bound": CompanionOptions(bound=True),
+    }
+
+
+def test_capabilities_and_clip_agree_with_the_companions(vit_dir, bert_dir):
+    from hf_fisher.adapters import COMPANIONS
+    from hf_fisher.companions import check_companions
+
+    stack = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    classifiers = {
+        "pixels": load_classifier(vit_dir, device="cpu"),
+        "normalized": load_classifier(vit_dir, input_space="normalized", device="cpu"),
+        "embeddings": load_classifier(bert_dir, device="cpu"),
+        "raw": load_classifier(stack, input_shape=(4,)),
+    }
+    expected = {
+        "pixels": COMPANIONS,
+        "normalized": COMPANIONS - {"frequency"},
+        "embeddings": {"kl_check"},
+        "raw": COMPANIONS - {"frequency"},
+    }
+    requests = _companion_requests()
+    assert set(requests) == COMPANIONS
+    for space, classifier in classifiers.items():
+        assert classifier.input_space == space
+        assert classifier.capabilities == expected[space], space
+        assert classifier.clip == ((0.0, 1.0) if space == "pixels" else None)
+        for name, options in requests.items():
+            if name == "bound" and classifier.modality == "image":
+                continue  # the bound also needs a plain nn.Sequential: refused for other reasons
+            if name in classifier.capabilities:
+                check_companions(classifier, options)
+            else:
+                with pytest.raises(InputError):
+                    check_companions(classifier, options)
+
+
+def test_only_the_adapters_import_transformers():
+    """Every transformers model class, processor and tokenizer is reached through adapters/.
+
+    hf_fisher/testing is exempt: its builders create tiny transformers models for tests, the
+    way a user would, and are not used by the library itself.
+    """
+    import ast
+    from pathlib import Path
+
+    import hf_fisher
+
+    root = Path(hf_fisher.__file__).parent
+    exempt = (root / "adapters", root / "testing")
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if any(path.is_relative_to(folder) for folder in exempt):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module or ""]
+            else:
+                continue
+            if any(module.split(".")[0] == "transformers" for module in modules):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == []

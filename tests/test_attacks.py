@@ -12,13 +12,13 @@ from hf_fisher.attacks import (
     fgsm,
     minimal_epsilon,
     pgd,
-    plot_attacks,
     sample_in_ball,
     sanity_flags,
 )
 from hf_fisher.correlation import partial_rank_correlation, rank_correlation
 from hf_fisher.errors import InputError, NotAClassifierError
 from hf_fisher.operators import dual_spectrum, gradient_rows
+from hf_fisher.report.sections.attacks import plot_attacks
 from hf_fisher.testing.models import train_digits_mlp
 
 torch.set_num_threads(1)

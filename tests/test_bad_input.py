@@ -27,19 +27,13 @@ from transformers import AutoModelForImageClassification, AutoTokenizer
 
 from hf_fisher.adapters import load_classifier
 from hf_fisher.cli import main
+from hf_fisher.companions import CompanionOptions
 from hf_fisher.digits import DEFAULT_MODEL_DIR, load_digits_dataset
-from hf_fisher.errors import DatasetError
+from hf_fisher.errors import DatasetError, InputError, ResultsError
 from hf_fisher.results import load_results
 from hf_fisher.runner import evaluate_robustness
 from hf_fisher.testing.dense import dense_fisher, dense_spectrum
 from hf_fisher.testing.models import TEXT_CORPUS, build_bert
-
-from hf_fisher.errors import InputError
-
-from hf_fisher.errors import ResultsError
-
-from hf_fisher.companions import CompanionOptions
-from hf_fisher.errors import DatasetError, InputError, ResultsError
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,15 @@ from torch import nn
 from hf_fisher import companions as companions_module
 from hf_fisher.bounds import (
     bound_report,
-    card_bound,
     lipschitz_bound,
     operator_norm,
-    plot_bound,
 )
 from hf_fisher.companions import CompanionOptions, run_companions
 from hf_fisher.errors import InputError
 from hf_fisher.operators import dual_spectrum, gradient_rows
 from hf_fisher.report import card, plots
 from hf_fisher.report.badge import format_sig
+from hf_fisher.report.sections.bound import card_bound, plot_bound
 from hf_fisher.results import validate_results
 
 torch.set_num_threads(1)

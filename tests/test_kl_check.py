@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from hf_fisher.errors import InputError
-from hf_fisher.kl_check import kl_check, kl_divergence, plot_kl_check
+from hf_fisher.kl_check import kl_check, kl_divergence
+from hf_fisher.report.sections.kl_check import plot_kl_check
 from hf_fisher.testing.dense import dense_fisher, dense_spectrum
 
 torch.set_num_threads(1)

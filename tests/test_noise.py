@@ -6,7 +6,8 @@ import scipy.stats
 import torch
 
 from hf_fisher.errors import InputError
-from hf_fisher.noise import crossing, noise_curves, plot_noise_curves
+from hf_fisher.noise import crossing, noise_curves
+from hf_fisher.report.sections.noise_curves import plot_noise_curves
 
 torch.set_num_threads(1)
 

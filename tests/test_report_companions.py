@@ -7,15 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_fisher.attacks import GRADIENT_MASKING_WARNING, card_attacks
-from hf_fisher.clever import card_clever
+from hf_fisher.attacks import GRADIENT_MASKING_WARNING
 from hf_fisher.errors import ResultsError
-from hf_fisher.frequency import card_frequency
 from hf_fisher.iaside import spectral_robustness_score
-from hf_fisher.kl_check import card_kl_check
-from hf_fisher.noise import card_noise_curves
 from hf_fisher.report.badge import format_sig as sig
 from hf_fisher.report.card import md_escape
+from hf_fisher.report.sections.attacks import card_attacks
+from hf_fisher.report.sections.clever import card_clever
+from hf_fisher.report.sections.frequency import card_frequency
+from hf_fisher.report.sections.kl_check import card_kl_check
+from hf_fisher.report.sections.noise_curves import card_noise_curves
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "model_cards" / "digits-resnet-results" / "results.json"

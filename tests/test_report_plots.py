@@ -59,7 +59,8 @@ def test_registry_is_read_only_and_names_plotter_and_card_renderer():
         # the plot-only view is derived from the same entries
         assert plots.PLOT_REGISTRY[section] == entry.plotter
         assert plots.PLOT_TITLES[section] == entry.title
-    assert plots.PLOT_REGISTRY["noise_curves"] == "hf_fisher.noise:plot_noise_curves"
+    noise_plotter = "hf_fisher.report.sections.noise_curves:plot_noise_curves"
+    assert plots.PLOT_REGISTRY["noise_curves"] == noise_plotter
     with pytest.raises(TypeError):
         plots.PLOT_REGISTRY["x"] = "y"  # type: ignore[index]
     with pytest.raises(TypeError):

@@ -44,24 +44,34 @@ class Companion:
 REPORT_REGISTRY: Mapping[str, Companion] = MappingProxyType(
     {
         "attacks": Companion(
-            "Attack cross-check", "hf_fisher.attacks:plot_attacks", "hf_fisher.attacks:card_attacks"
+            "Attack cross-check",
+            "hf_fisher.report.sections.attacks:plot_attacks",
+            "hf_fisher.report.sections.attacks:card_attacks",
         ),
         "noise_curves": Companion(
-            "Noise curves", "hf_fisher.noise:plot_noise_curves", "hf_fisher.noise:card_noise_curves"
+            "Noise curves",
+            "hf_fisher.report.sections.noise_curves:plot_noise_curves",
+            "hf_fisher.report.sections.noise_curves:card_noise_curves",
         ),
         "kl_check": Companion(
-            "KL check", "hf_fisher.kl_check:plot_kl_check", "hf_fisher.kl_check:card_kl_check"
+            "KL check",
+            "hf_fisher.report.sections.kl_check:plot_kl_check",
+            "hf_fisher.report.sections.kl_check:card_kl_check",
         ),
         "clever": Companion(
-            "CLEVER comparison", "hf_fisher.clever:plot_clever", "hf_fisher.clever:card_clever"
+            "CLEVER comparison",
+            "hf_fisher.report.sections.clever:plot_clever",
+            "hf_fisher.report.sections.clever:card_clever",
         ),
         "frequency": Companion(
             "Frequency bands",
-            "hf_fisher.frequency:plot_frequency",
-            "hf_fisher.frequency:card_frequency",
+            "hf_fisher.report.sections.frequency:plot_frequency",
+            "hf_fisher.report.sections.frequency:card_frequency",
         ),
         "bound": Companion(
-            "Architecture bound", "hf_fisher.bounds:plot_bound", "hf_fisher.bounds:card_bound"
+            "Architecture bound",
+            "hf_fisher.report.sections.bound:plot_bound",
+            "hf_fisher.report.sections.bound:card_bound",
         ),
     }
 )

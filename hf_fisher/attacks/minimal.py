@@ -1,0 +1,182 @@
+"""Per-sample minimal adversarial budget: a batched bisection over PGD's epsilon."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor
+
+from hf_fisher.attacks._geometry import (
+    Loss,
+    Norm,
+    _logits,
+    check_batch,
+    check_clip,
+    check_norm,
+)
+from hf_fisher.attacks.gradient import pgd
+from hf_fisher.errors import InputError
+from hf_fisher.operators import LogitFn
+
+
+@dataclass
+class AttackBudget:
+    """The documented budget of a PGD attack and of the bisection on top of it."""
+
+    norm: str
+    steps: int
+    restarts: int
+    step_size: float
+    loss: str
+    bisection_steps: int
+    eps_max: float
+    seed: int
+    clip: tuple[float, float] | None
+
+    @property
+    def gradient_evaluations_per_sample(self) -> int:
+        """Worst-case forward+backward passes per sample of one minimal-epsilon search."""
+        return (self.bisection_steps + 1) * self.steps * self.restarts
+
+    def to_json(self) -> dict:
+        """Plain-Python dict, including the worst-case cost."""
+        data = asdict(self)
+        data["clip"] = None if self.clip is None else [float(v) for v in self.clip]
+        data["gradient_evaluations_per_sample"] = self.gradient_evaluations_per_sample
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> AttackBudget:
+        """Read back :meth:`to_json` (the derived worst-case cost is recomputed, not read)."""
+        values = {f.name: data[f.name] for f in fields(cls)}
+        values["clip"] = None if data["clip"] is None else tuple(data["clip"])
+        return cls(**values)
+
+
+@dataclass
+class MinimalEpsilon:
+    """Per-sample bisection bracket of the smallest flipping PGD budget.
+
+    Attributes:
+        epsilon: (N,) smallest budget found that flips the label (``upper``); 0 for samples
+            already misclassified; +inf when not flipped at ``eps_max``.
+        lower: (N,) largest budget tried at which the same attack failed (0 if none).
+        budget: the attack and bisection settings.
+    """
+
+    epsilon: Tensor
+    lower: Tensor
+    budget: AttackBudget
+
+
+def _seeded(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def default_eps_max(inputs: Tensor, norm: str, clip: tuple[float, float] | None) -> float:
+    """Largest useful budget in a clipped box: its Linf width, or its L2 diameter."""
+    if clip is None:
+        raise InputError(
+            "got clip=None and eps_max=None; unbounded inputs (embeddings) have no natural "
+            "largest budget: pass eps_max, e.g. a few times the typical embedding norm"
+        )
+    width = clip[1] - clip[0]
+    return width if norm == "linf" else width * math.sqrt(math.prod(inputs.shape[1:]))
+
+
+def _bisect(
+    attack: Callable[[Tensor], Tensor],  # budgets (N,) -> flipped (N,) bool
+    clean_wrong: Tensor,  # (N,) bool
+    eps_max: float,
+    bisection_steps: int,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:  # upper (N,), lower (N,) float64
+    """Halve every sample's bracket ``[lower, upper]`` towards the flip, all samples at once."""
+    lower = torch.zeros(clean_wrong.shape[0], dtype=torch.float64, device=clean_wrong.device)
+    upper = torch.full_like(lower, float(eps_max))
+    flipped = attack(upper.to(dtype)) | clean_wrong
+    for _ in range(bisection_steps):
+        middle = 0.5 * (lower + upper)
+        success = attack(middle.to(dtype))
+        upper = torch.where(success, middle, upper)
+        lower = torch.where(success, lower, middle)
+    upper = torch.where(flipped, upper, torch.full_like(upper, float("inf")))
+    upper = torch.where(clean_wrong, torch.zeros_like(upper), upper)
+    lower = torch.where(clean_wrong, torch.zeros_like(lower), lower)
+    lower = torch.where(flipped, lower, torch.full_like(lower, float(eps_max)))
+    return upper, lower
+
+
+def minimal_epsilon(
+    logit_fn: LogitFn,
+    inputs: Tensor,  # (N, *shape)
+    labels: Tensor,  # (N,)
+    *,
+    norm: Norm = "l2",
+    eps_max: float | None = None,
+    bisection_steps: int = 10,
+    steps: int = 20,
+    restarts: int = 1,
+    step_size: float | None = None,
+    loss: Loss = "ce",
+    clip: tuple[float, float] | None = None,
+    space_mask: Tensor | None = None,
+    seed: int = 0,
+) -> MinimalEpsilon:
+    """Bisect, batched over samples, the smallest budget at which PGD flips each label.
+
+    First PGD at ``eps_max`` for all samples; those not flipped get +inf. Then
+    ``bisection_steps`` rounds: every sample tries the midpoint of its own bracket
+    ``[lower, upper]`` and keeps the half where the flip happens. Every PGD call restarts its
+    random source from ``seed``, so the attack at ``upper`` flips and the one at ``lower`` does
+    not, reproducibly. The final bracket width is ``eps_max / 2^bisection_steps``.
+    Worst-case cost: ``(bisection_steps + 1) * steps * restarts`` gradient passes per sample.
+
+    Raises:
+        InputError: bad norm/clip/shape, or ``eps_max`` missing with ``clip=None``.
+    """
+    check_batch(inputs, labels, space_mask)
+    check_norm(norm)
+    check_clip(clip)
+    if eps_max is None:
+        eps_max = default_eps_max(inputs, norm, clip)
+    if not eps_max > 0 or bisection_steps < 0:
+        raise InputError(
+            f"got eps_max={eps_max}, bisection_steps={bisection_steps}; pass eps_max > 0 and "
+            "bisection_steps >= 0"
+        )
+    budget = AttackBudget(
+        norm,
+        steps,
+        restarts,
+        2.5 / steps if step_size is None else step_size,
+        loss,
+        bisection_steps,
+        float(eps_max),
+        seed,
+        None if clip is None else tuple(clip),
+    )
+
+    def attack(epsilon: Tensor) -> Tensor:
+        return pgd(
+            logit_fn,
+            inputs,
+            labels,
+            epsilon,
+            norm=norm,
+            steps=steps,
+            restarts=restarts,
+            step_size=budget.step_size,
+            loss=loss,
+            clip=clip,
+            space_mask=space_mask,
+            generator=_seeded(seed, inputs.device),
+        ).success
+
+    with torch.no_grad():
+        clean_wrong = _logits(logit_fn, inputs).argmax(dim=1) != labels
+    upper, lower = _bisect(attack, clean_wrong, float(eps_max), bisection_steps, inputs.dtype)
+    return MinimalEpsilon(upper, lower, budget)
