@@ -58,6 +58,11 @@ class Companion:
     applies_to: Callable[[Classifier, CompanionOptions], str | None]
     run: Callable[[CompanionInputs], dict]
 
+    @property
+    def name(self) -> str:
+        """The name ``Classifier.capabilities`` lists it under (``kl_check`` for ``--kl-check``)."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
 
 def _not_text(classifier: Classifier, options: CompanionOptions) -> str | None:
     return TEXT_REASON if classifier.modality == "text" else None
@@ -260,7 +265,7 @@ def run_companions(
         inputs=batch.inputs,
         labels=labels.to(classifier.device),
         spectral_norm=spectral_norm,
-        clip=(0.0, 1.0) if classifier.input_space == "pixels" else None,
+        clip=classifier.clip,
         space_mask=batch.space_mask,
         options=options,
         seed=seed,

@@ -157,3 +157,10 @@ def test_companion_options_are_checked_by_run_companions_too(mlp):
     with pytest.raises(InputError, match="attacks='l3'; choose 'l2' or 'linf'"):
         run_companions(classifier, batch, torch.tensor([0, 1]), torch.ones(2),
                        CompanionOptions(attacks="l3"))
+
+
+def test_registry_names_are_the_adapters_capability_names():
+    from hf_fisher.adapters import COMPANIONS as CAPABILITIES
+    from hf_fisher.companions import COMPANIONS
+
+    assert {c.name for c in COMPANIONS} == set(CAPABILITIES)
