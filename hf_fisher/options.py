@@ -226,7 +226,14 @@ class EstimatorOptions(_Options):
     2
     """
 
-    method: str = knob("auto", type=str, choices=METHODS, check=_method)
+    method: str = knob(
+        "auto",
+        "estimator; auto: exact for K <= 64 when its gradient rows fit, else lanczos "
+        "(sketch with --black-box)",
+        type=str,
+        choices=METHODS,
+        check=_method,
+    )
     black_box: bool = knob(False, "forward queries only")
     top_k: int = knob(
         1,
@@ -260,7 +267,9 @@ class EstimatorOptions(_Options):
         type=int,
         check=integer(1, "probes of the stochastic trace estimators"),
     )
-    seed: int = knob(0, type=int, check=integer(0, "it seeds every random draw"))
+    seed: int = knob(
+        0, "seed of every random draw", type=int, check=integer(0, "it seeds every random draw")
+    )
 
     def validate(self) -> None:
         """Check each knob, then that a black-box run asks for a black-box method.
@@ -290,7 +299,10 @@ class RunOptions(_Options):
         None, "deterministic sample of N rows", type=int, check=_num_samples
     )
     batch_size: int = knob(
-        32, type=int, check=integer(1, "samples per batch (halved on CUDA out-of-memory)")
+        32,
+        "samples per batch (halved on CUDA out-of-memory)",
+        type=int,
+        check=integer(1, "samples per batch (halved on CUDA out-of-memory)"),
     )
     kl_tau: float = knob(
         0.01,
@@ -337,22 +349,37 @@ class CompanionOptions(_Options):
     noise_sigmas: Sequence[float] = knob(
         DEFAULT_SIGMAS, "comma-separated noise levels", type=floats
     )
-    noise_kind: str = knob("gaussian", type=str, choices=("gaussian", "uniform"))
+    noise_kind: str = knob(
+        "gaussian", "noise distribution", type=str, choices=("gaussian", "uniform")
+    )
     noise_draws: int = knob(16, "draws per sample and sigma", type=int, check=integer(1))
     kl_check: bool = knob(False, "measured KL versus the second-order Fisher prediction")
     kl_radii: Sequence[float] = knob(DEFAULT_RADII, "comma-separated radii", type=floats)
     clever: bool = knob(False, "CLEVER scores (Weng et al. 2018)")
-    clever_radius: float = knob(2.0, type=float, check=positive())
+    clever_radius: float = knob(2.0, "CLEVER sampling radius", type=float, check=positive())
     frequency: bool = knob(False, "I-ASIDE band importance and band-restricted Fisher (images)")
-    frequency_bands: int = knob(8, type=int, check=integer(1))
-    frequency_fill: str = knob("other_image", type=str, choices=("zero", "gaussian", "other_image"))
-    frequency_pixel_map: str = knob("paper", type=str, choices=("paper", "clip"))
+    frequency_bands: int = knob(8, "I-ASIDE frequency bands", type=int, check=integer(1))
+    frequency_fill: str = knob(
+        "other_image",
+        "what replaces a band's removed content",
+        type=str,
+        choices=("zero", "gaussian", "other_image"),
+    )
+    frequency_pixel_map: str = knob(
+        "paper", "pixel map of the I-ASIDE spectra", type=str, choices=("paper", "clip")
+    )
     bound: bool = knob(
         False,
         "data-free architecture bound on lambda_max vs the measured values "
         "(plain nn.Sequential stacks only)",
     )
-    num_samples: int = knob(64, type=int, check=integer(1), flag="--companion-samples")
+    num_samples: int = knob(
+        64,
+        "evaluated samples the companions use",
+        type=int,
+        check=integer(1),
+        flag="--companion-samples",
+    )
 
     @property
     def requested(self) -> bool:

@@ -433,3 +433,16 @@ def test_cli_hands_one_options_object_to_the_runner(monkeypatch, capsys) -> None
     assert (seen["kl_tau"], seen["batch_size"], seen["num_samples"]) == (0.2, 32, None)
     assert "method" not in seen and "top_k" not in seen  # only through options=
     assert capsys.readouterr().out.strip() == "summary"
+
+
+def test_every_option_has_a_default_a_help_text_and_a_flag() -> None:
+    from dataclasses import MISSING, fields
+
+    from hf_fisher.options import CompanionOptions, EstimatorOptions, RunOptions, flag_of
+
+    flags = []
+    for options in (EstimatorOptions, RunOptions, CompanionOptions):
+        for item in fields(options):
+            assert item.default is not MISSING and item.metadata["help"], item.name
+            flags.append(flag_of(item))
+    assert len(flags) == len(set(flags))  # no two knobs share a flag
