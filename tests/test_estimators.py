@@ -5,16 +5,11 @@ import torch
 
 from hf_fisher.errors import InputError, NotAClassifierError
 from hf_fisher.estimators.blackbox import rayleigh_max, sketch_fisher
+from hf_fisher.estimators.exact import dual_spectrum, gradient_rows, input_eigenvectors
 from hf_fisher.estimators.hutchinson import class_space_hutchinson, hutchinson, hutchpp
 from hf_fisher.estimators.lanczos import lanczos
 from hf_fisher.estimators.power import power_iteration
-from hf_fisher.operators import (
-    DenseOperator,
-    FisherOperator,
-    dual_spectrum,
-    gradient_rows,
-    input_eigenvectors,
-)
+from hf_fisher.operators import DenseOperator, FisherOperator
 from hf_fisher.testing.dense import dense_fisher, dense_spectrum
 
 
