@@ -176,13 +176,8 @@ def spectrum_of_batch(
 ) -> FisherSpectrum:
     """Fisher spectrum of one batch given a plain ``logit_fn`` (no Hugging Face involved).
 
-    Traces of the Lanczos and power methods are exact (standard error 0) when the exact dual
-    is no dearer than the probes (``K - 1 <= num_probes``, K for multi-label: that many backward
-    passes against ``num_probes``) or when Lanczos's Krylov space spans the Fisher's whole range
-    (then the trace is the sum of the Ritz values); otherwise class-space Hutchinson estimates
-    it. A stochastic trace is raised to the sum of the Ritz values found when it falls below
-    it: that sum is a lower bound on trace(F), so the raise only shrinks the error, and every
-    white-box record has ``trace >= spectral_norm``.
+    The method runs from :mod:`hf_fisher.estimators.registry`; its spec declares what the
+    result holds (e.g. when Lanczos traces are exact: :mod:`hf_fisher.estimators.matrix_free`).
 
     Args:
         logit_fn: maps (N, *shape) inputs to (N, K) logits; samples must be independent.
@@ -219,27 +214,27 @@ def spectrum_of_batch(
     chosen = resolve_method(
         method, black_box, num_classes, dim, num_samples, inputs.element_size(), likelihood
     )
+    options = dict(
+        top_k=top_k,
+        max_iter=max_iter,
+        tol=tol,
+        num_queries=num_queries,
+        num_probes=num_probes,
+        seed=seed,
+    )
     spec = registry.method_spec(chosen)
-    options = {
-        "top_k": top_k,
-        "max_iter": max_iter,
-        "tol": tol,
-        "num_queries": num_queries,
-        "num_probes": num_probes,
-        "seed": seed,
-    }
     result = spec.run(EstimatorCall(logit_fn, inputs, space_mask, ids, likelihood, options))
-    settings = {
-        "method": chosen,
-        "requested_method": method,
-        "black_box": spec.black_box,
-        "top_k": top_k,
-        "tol": tol,
-        "seed": seed,
-    }
+    settings = dict(
+        method=chosen,
+        requested_method=method,
+        black_box=spec.black_box,
+        top_k=top_k,
+        tol=tol,
+        seed=seed,
+    )
     if likelihood != "categorical":
         settings["likelihood"] = likelihood
-    result.settings = {**settings, **result.settings}
+    result.settings = {**settings, **result.settings}  # the method's own knobs last
     return result
 
 

@@ -3,12 +3,16 @@
 Each pairs an eigenvalue estimator (Lanczos, or the paper's power iteration) with a trace
 estimator over one :class:`~hf_fisher.operators.FisherOperator`:
 
-- "lanczos" and "power": the exact trace (one backward per class direction) when that is no
-  dearer than ``num_probes`` class-space probes, else class-space Hutchinson;
+- "lanczos" and "power": the exact trace (standard error 0) when the exact dual is no dearer
+  than the probes (``K - 1 <= num_probes``, K for multi-label: that many backward passes
+  against ``num_probes``), else class-space Hutchinson;
 - "hutchinson" and "hutchpp": input-space probes, for comparison.
 
-A stochastic trace is raised to the sum of the Ritz values when it falls below it, and is exact
-where the Krylov space spans the Fisher's range (:func:`trace_with_ritz_bounds`).
+The trace is also exact where Lanczos's Krylov space spans the Fisher's whole range (then it is
+the sum of the Ritz values). A stochastic trace is raised to the sum of the Ritz values found
+when it falls below it: that sum is a lower bound on trace(F), so the raise only shrinks the
+error, and every white-box record has ``trace >= spectral_norm``
+(:func:`trace_with_ritz_bounds`).
 """
 
 from __future__ import annotations
