@@ -39,12 +39,13 @@ def check_compute_dtype(dtype: torch.dtype, what: str) -> None:
 
 
 def _check_black_box_likelihood(likelihood: str, method: str, black_box: bool) -> None:
-    if likelihood == "bernoulli" and (black_box or method in BLACK_BOX_METHODS):
+    spec = registry.REGISTRY.get(method)
+    if likelihood == "bernoulli" and (black_box or (spec is not None and spec.black_box)):
+        names = ", ".join(registry.method_names(black_box=True))
         raise InputError(
-            f"black-box estimates ({', '.join(BLACK_BOX_METHODS)}) support only softmax "
-            "classifiers, and "
-            "this model is multi-label (bernoulli likelihood); use a white-box method "
-            "(black_box=False, method 'auto', 'exact' or 'lanczos')"
+            f"black-box estimates ({names}) support only softmax classifiers, and this model "
+            "is multi-label (bernoulli likelihood); use a white-box method (black_box=False, "
+            "method 'auto', 'exact' or 'lanczos')"
         )
 
 
@@ -68,7 +69,8 @@ def resolve_method(
         if black_box and not spec.black_box:
             raise InputError(
                 f"method {method!r} needs gradients but black_box=True; use one of "
-                f"{', '.join(BLACK_BOX_METHODS)} (or 'auto') for black-box estimates"
+                f"{', '.join(registry.method_names(black_box=True))} (or 'auto') for black-box "
+                "estimates"
             )
         return method
     if black_box:  # black-box costs do not depend on K, which may be unknown here
