@@ -25,9 +25,10 @@ from hf_fisher.estimators import (
     rayleigh_max,
     sketch_fisher,
 )
+from hf_fisher.estimators.exact import dual_spectrum, gradient_rows
 from hf_fisher.metric import ensure_metric_installed as _ensure_metric_installed
 from hf_fisher.metric import fisher_evaluator, fisher_robustness_scores, install_metric
-from hf_fisher.operators import DenseOperator, FisherOperator, dual_spectrum, gradient_rows
+from hf_fisher.operators import DenseOperator, FisherOperator
 from hf_fisher.results import load_results, validate_results
 from hf_fisher.runner import RobustnessReport, evaluate_robustness
 from hf_fisher.spectrum import FisherSpectrum, fisher_spectrum
