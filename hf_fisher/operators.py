@@ -25,7 +25,6 @@ input eigenvectors) is :mod:`hf_fisher.estimators.exact`.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
@@ -327,23 +326,3 @@ def dual_eigenvalues(factor: Tensor, gram: Tensor) -> Tensor:  # (..., m, m) -> 
     """Descending eigenvalues of ``B^T G B``: the nonzero spectrum of ``R^T (B B^T) R``."""
     dual = factor.transpose(-1, -2) @ gram @ factor
     return torch.linalg.eigvalsh(0.5 * (dual + dual.transpose(-1, -2))).flip(-1).clamp_min(0)
-
-
-# The exact estimator moved to hf_fisher.estimators.exact; these names still import from here.
-_MOVED_TO_EXACT = (
-    "DualSpectrum",
-    "GradientRows",
-    "dual_spectrum",
-    "gradient_rows",
-    "input_eigenvectors",
-)
-
-
-def __getattr__(name: str) -> object:
-    """Resolve the exact estimator's names, which moved to :mod:`hf_fisher.estimators.exact`.
-
-    Imported lazily: that module builds on this one.
-    """
-    if name in _MOVED_TO_EXACT:
-        return getattr(importlib.import_module("hf_fisher.estimators.exact"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -548,13 +548,3 @@ def test_auto_keeps_exact_up_to_64_classes_and_2_gib_of_rows(likelihood, monkeyp
     monkeypatch.setattr(spectrum_module, "EXACT_MAX_CLASSES", 8)
     assert auto(8, dim=2) == "exact" and auto(9, dim=2) == "lanczos"
     assert resolve_method("auto", True, None, 10**6, 10**3) == "sketch"
-
-
-def test_exact_dual_still_imports_from_operators():
-    from hf_fisher import operators
-    from hf_fisher.estimators import exact
-
-    for name in ("gradient_rows", "dual_spectrum", "input_eigenvectors", "GradientRows"):
-        assert getattr(operators, name) is getattr(exact, name)
-    with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        operators.nope  # noqa: B018
