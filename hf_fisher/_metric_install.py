@@ -90,7 +90,7 @@ def install_metric(cache_dir: str | os.PathLike | None = None, *, force: bool = 
 
 
 def ensure_metric_installed() -> None:
-    """Install the metric if missing: one stat when present; never raises (called on import)."""
+    """Install the metric if missing (else: hash the script, one stat); never raises (on import)."""
     try:
         if not installed_script_path().exists():
             install_metric()
