@@ -49,6 +49,8 @@ def floats_from_json(values: list[float | None], missing: float = math.nan) -> T
     Why ``missing``: the file cannot say which non-finite value a None was; the caller knows
     (a never-flipped minimal epsilon is +inf, an undefined statistic NaN).
     """
+    import torch
+
     return torch.tensor([float_from_json(v, missing) for v in values], dtype=torch.float64)
 
 
