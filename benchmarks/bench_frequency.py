@@ -16,9 +16,9 @@ import time
 import torch
 from transformers import ResNetConfig, ResNetForImageClassification
 
+from hf_fisher.estimators.exact import gradient_rows
 from hf_fisher.frequency_bands import band_fisher
 from hf_fisher.iaside import spectral_importance
-from hf_fisher.operators import gradient_rows
 
 
 def tiny_resnet(channels: int = 3, num_classes: int = 10, large: bool = False):

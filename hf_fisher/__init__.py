@@ -3,39 +3,18 @@
 ``F(x) = J^T (diag(p) - p p^T) J`` with J the logits Jacobian w.r.t. the input and p the
 softmax; per sample, lambda_max(F) is the worst-case local sensitivity (second order,
 ``KL(p(x) || p(x + d)) ~ d^T F d / 2``) and trace(F) the average one.
+
+The public names below are imported on first use (PEP 562), so ``import hf_fisher`` and
+``hf-fisher --help`` do not pay for torch, transformers, datasets or scipy.
 """
 
-from hf_fisher.adapters import Classifier, PreparedBatch, load_classifier
-from hf_fisher.bounds import bound_report, lipschitz_bound
-from hf_fisher.companions import CompanionOptions
-from hf_fisher.errors import (
-    DatasetError,
-    HfFisherError,
-    InputError,
-    ModelLoadError,
-    NotAClassifierError,
-    ResultsError,
-)
-from hf_fisher.estimators import (
-    class_space_hutchinson,
-    hutchinson,
-    hutchpp,
-    lanczos,
-    power_iteration,
-    rayleigh_max,
-    sketch_fisher,
-)
-from hf_fisher.metric import ensure_metric_installed as _ensure_metric_installed
-from hf_fisher.metric import fisher_evaluator, fisher_robustness_scores, install_metric
-from hf_fisher.operators import DenseOperator, FisherOperator, dual_spectrum, gradient_rows
-from hf_fisher.results import load_results, validate_results
-from hf_fisher.runner import RobustnessReport, evaluate_robustness
-from hf_fisher.spectrum import FisherSpectrum, fisher_spectrum
+from hf_fisher._lazy import lazy_exports as _lazy_exports
+from hf_fisher._metric_install import ensure_metric_installed as _ensure_metric_installed
 
 __version__ = "0.1.0"
 
 # evaluate.load("fisher_robustness") works offline: install the metric script into evaluate's
-# modules cache when it is missing (a single stat when it is present; never raises).
+# modules cache when it is missing (when present: hash the 5 kB script, one stat; never raises).
 _ensure_metric_installed()
 
 __all__ = [
@@ -78,3 +57,41 @@ __all__ = [
     "DatasetError",
     "ResultsError",
 ]
+
+_SOURCES = {
+    "fisher_spectrum": "hf_fisher.spectrum",
+    "FisherSpectrum": "hf_fisher.spectrum",
+    "evaluate_robustness": "hf_fisher.runner",
+    "RobustnessReport": "hf_fisher.runner",
+    "CompanionOptions": "hf_fisher.companions",
+    "lipschitz_bound": "hf_fisher.bounds",
+    "bound_report": "hf_fisher.bounds",
+    "load_classifier": "hf_fisher.adapters",
+    "Classifier": "hf_fisher.adapters",
+    "PreparedBatch": "hf_fisher.adapters",
+    "FisherOperator": "hf_fisher.operators",
+    "DenseOperator": "hf_fisher.operators",
+    "gradient_rows": "hf_fisher.estimators.exact",
+    "dual_spectrum": "hf_fisher.estimators.exact",
+    "lanczos": "hf_fisher.estimators",
+    "power_iteration": "hf_fisher.estimators",
+    "hutchinson": "hf_fisher.estimators",
+    "hutchpp": "hf_fisher.estimators",
+    "class_space_hutchinson": "hf_fisher.estimators",
+    "sketch_fisher": "hf_fisher.estimators",
+    "rayleigh_max": "hf_fisher.estimators",
+    "fisher_robustness_scores": "hf_fisher.metric",
+    "fisher_evaluator": "hf_fisher.metric",
+    "install_metric": "hf_fisher._metric_install",
+    "load_results": "hf_fisher.results",
+    "validate_results": "hf_fisher.results",
+    "HfFisherError": "hf_fisher.errors",
+    "ModelLoadError": "hf_fisher.errors",
+    "NotAClassifierError": "hf_fisher.errors",
+    "InputError": "hf_fisher.errors",
+    "DatasetError": "hf_fisher.errors",
+    "ResultsError": "hf_fisher.errors",
+}
+"""Where each name of ``__all__`` is defined: ``__getattr__`` imports it from there."""
+
+__getattr__, __dir__ = _lazy_exports(__name__, _SOURCES)

@@ -158,7 +158,7 @@ class CleverScores:
         norm, radius, num_batches, batch_points, seed: settings.
         forward_equivalents: per sample, counting a backward pass as 2 forwards:
             ``num_batches * batch_points * (1 + 2T)``; compare ``1 + 2(K-1)`` for exact
-            ``spectral_norm`` (:func:`hf_fisher.operators.gradient_rows`).
+            ``spectral_norm`` (:func:`hf_fisher.estimators.exact.gradient_rows`).
         spectral_norm_forward_equivalents: that exact-engine cost, ``1 + 2(K-1)``.
         seconds_per_sample: measured wall time of CLEVER per sample.
         spectral_norm: (N,) the engine's values, if given; correlations: "untargeted" and

@@ -8,17 +8,19 @@ with each other, and the count of them is reported.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.stats
-import torch
-from torch import Tensor
 
 from hf_fisher.errors import InputError
 
-ArrayLike = Tensor | np.ndarray | list[float]
+if TYPE_CHECKING:  # torch and scipy are imported where used: ``import hf_fisher`` stays light
+    from torch import Tensor
+
+    ArrayLike = Tensor | np.ndarray | list[float]
 
 
 def json_float(value: float) -> float | None:
@@ -47,11 +49,14 @@ def floats_from_json(values: list[float | None], missing: float = math.nan) -> T
     Why ``missing``: the file cannot say which non-finite value a None was; the caller knows
     (a never-flipped minimal epsilon is +inf, an undefined statistic NaN).
     """
+    import torch
+
     return torch.tensor([float_from_json(v, missing) for v in values], dtype=torch.float64)
 
 
 def _as_array(values: ArrayLike, name: str) -> np.ndarray:
-    if isinstance(values, Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch has been imported
+    if torch is not None and isinstance(values, torch.Tensor):
         values = values.detach().to("cpu", torch.float64).numpy()
     array = np.asarray(values, dtype=np.float64).reshape(-1)
     if np.isnan(array).any():
@@ -160,6 +165,8 @@ def rank_correlation(
     >>> round(rank_correlation([1, 2, 3, 4], [1, 3, 2, float("inf")]).spearman, 3)
     0.8
     """
+    import scipy.stats
+
     x_arr, y_arr = _pair(x, y)
     if not 0.0 < confidence < 1.0:
         raise InputError(f"got confidence={confidence}; pass a level in (0, 1), e.g. 0.95")
@@ -236,6 +243,8 @@ def partial_rank_correlation(x: ArrayLike, y: ArrayLike, z: ArrayLike) -> Partia
     >>> partial_rank_correlation(x, x, [2.0, 1.0, 4.0, 3.0, 6.0, 5.0]).value
     1.0
     """
+    import scipy.stats
+
     x_arr, y_arr = _pair(x, y)
     z_arr, _ = _pair(z, y)
     size = x_arr.size

@@ -8,12 +8,14 @@ default model in :data:`DEFAULT_MODEL_DIR` was trained on the "train" split by
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
-from PIL import Image
 
 from hf_fisher.errors import DatasetError
+
+if TYPE_CHECKING:  # imported in load_digits_dataset: DEFAULT_MODEL_DIR alone stays light
+    import datasets
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "digits-resnet"
 """Directory of the bundled digits ResNet; ``load_classifier(DEFAULT_MODEL_DIR)`` loads it."""
@@ -63,6 +65,8 @@ def load_digits_dataset(split: str = "test", *, upsample: int = 32) -> datasets.
             f"got upsample={upsample!r}; pass an integer side length >= {_NATIVE_SIZE} "
             "(the default model expects 32)"
         )
+    import datasets
+    from PIL import Image
     from sklearn.datasets import load_digits
 
     digits = load_digits()

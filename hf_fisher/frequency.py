@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from hf_fisher.errors import InputError
+from hf_fisher.estimators.exact import gradient_rows
 from hf_fisher.frequency_bands import (
     BandFisher,
     BandFisherSummary,
@@ -27,7 +28,7 @@ from hf_fisher.frequency_bands import (
     band_sides,
 )
 from hf_fisher.iaside import Fill, PixelMap, SpectralImportance, spectral_importance
-from hf_fisher.operators import LogitFn, gradient_rows
+from hf_fisher.operators import LogitFn
 
 
 @dataclass

@@ -10,7 +10,8 @@ and is the orthogonal projector onto the real Fourier basis vectors (cos/sin pai
 Everything outside the largest square (the Nyquist row/column, the extra frequencies of the longer
 side of a non-square image) belongs to the last band, so the projectors sum to the identity.
 
-With ``F = R^T W R`` (:func:`hf_fisher.operators.gradient_rows`), the band-restricted Fisher is
+With ``F = R^T W R`` (:func:`~hf_fisher.estimators.exact.gradient_rows`), the band-restricted
+Fisher is
 ``P_B F P_B = (R P_B)^T W (R P_B)``: its trace and its nonzero spectrum come from the
 (K-1) x (K-1) matrices ``W`` and ``G_B = (R P_B)(R P_B)^T``, and Parseval gives
 ``G_B = Re(R_hat_B R_hat_B^H)`` from an orthonormal FFT of each row, restricted to the band.
@@ -24,12 +25,8 @@ import torch
 from torch import Tensor
 
 from hf_fisher.errors import InputError
-from hf_fisher.operators import (
-    GradientRows,
-    dual_eigenvalues,
-    dual_spectrum,
-    input_eigenvectors,
-)
+from hf_fisher.estimators.exact import GradientRows, dual_spectrum, input_eigenvectors
+from hf_fisher.operators import dual_eigenvalues
 
 
 def band_sides(size: int, num_bands: int) -> list[int]:

@@ -24,7 +24,8 @@ from torch import Tensor
 from hf_fisher.attacks import check_batch
 from hf_fisher.correlation import float_from_json, json_float
 from hf_fisher.errors import InputError
-from hf_fisher.operators import LogitFn, gradient_rows
+from hf_fisher.estimators.exact import gradient_rows
+from hf_fisher.operators import LogitFn
 
 
 def kl_divergence(logits_p: Tensor, logits_q: Tensor) -> Tensor:  # (N, K), (N, K) -> (N,)
@@ -153,7 +154,7 @@ def kl_check(
     """Compare ``KL(p(x) || p(x + r u))`` with ``1/2 r^2 u^T F(x) u`` for random unit u.
 
     ``u^T F u = (R u)^T W (R u)`` uses the exact dual factors of F (one forward and K-1 batched
-    backward passes, see :func:`hf_fisher.operators.gradient_rows`), so every extra direction
+    backward passes, see :func:`hf_fisher.estimators.exact.gradient_rows`), so every extra direction
     costs only a small matrix product; each radius and draw costs one forward pass.
 
     Args:

@@ -10,7 +10,8 @@ The metric script ``metrics/fisher_robustness/fisher_robustness.py`` (shipped in
   computes the Fisher spectra of its own shard; process 0 only summarises.
 - :func:`fisher_robustness_scores` does both in one call, for direct use.
 - :func:`install_metric` / :func:`ensure_metric_installed` put the script where
-  ``evaluate.load("fisher_robustness")`` finds it offline (evaluate's modules cache).
+  ``evaluate.load("fisher_robustness")`` finds it offline (evaluate's modules cache); they live
+  in the torch-free :mod:`hf_fisher._metric_install` (``import hf_fisher`` runs the check).
 - :class:`FisherRobustnessEvaluator` is the evaluator-style entry point (model or pipeline plus
   a dataset), a wrapper rather than an ``evaluate.Evaluator`` subclass: see ``docs/metric.md``.
 
@@ -23,32 +24,27 @@ round them through float32 images, and go through the runner's own per-batch ste
 from __future__ import annotations
 
 import difflib
-import logging
 import math
-import os
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from hashlib import sha256
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from hf_fisher._metric_install import (
+    CACHE_FOLDER,
+    METRIC_NAME,
+    SCRIPT_PATH,
+    ensure_metric_installed,
+    install_metric,
+    installed_script_path,
+    modules_cache,
+    script_hash,
+)
 from hf_fisher.errors import InputError
 from hf_fisher.options import EstimatorOptions
 from hf_fisher.summary import QUANTITIES, summarize
-
-logger = logging.getLogger(__name__)
-
-METRIC_NAME = "fisher_robustness"
-"""The name ``evaluate.load`` takes."""
-
-SCRIPT_PATH = Path(__file__).resolve().parent / "metric_module" / f"{METRIC_NAME}.py"
-"""The metric script shipped inside the package (a byte-identical copy of the Space's script)."""
-
-CACHE_FOLDER = f"evaluate-metric--{METRIC_NAME}"
 
 ESTIMATOR_OPTIONS = (
     "batch_size",
@@ -326,82 +322,6 @@ def fisher_robustness_scores(
 
 
 # --------------------------------------------------------------------------------------------
-# Installing the script into evaluate's modules cache.
-
-
-def modules_cache(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The modules cache of evaluate, found as ``evaluate.config`` does (without importing it).
-
-    ``HF_MODULES_CACHE``, else ``$HF_HOME/modules``, else ``$XDG_CACHE_HOME/huggingface/modules``
-    (``~/.cache/huggingface/modules``).
-    """
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.getenv("HF_MODULES_CACHE"):
-        return Path(os.environ["HF_MODULES_CACHE"])
-    xdg = os.getenv("XDG_CACHE_HOME", "~/.cache")
-    home = os.path.expanduser(os.getenv("HF_HOME", os.path.join(xdg, "huggingface")))
-    return Path(home) / "modules"
-
-
-def script_hash(path: str | os.PathLike = SCRIPT_PATH) -> str:
-    """The hash evaluate names a cached script's folder by (``evaluate.loading.files_to_hash``).
-
-    SHA-256 of the script's lines with ``#`` comments removed, joined by newlines.
-    """
-    with open(path, encoding="utf-8") as handle:
-        lines = [re.sub(r"#.*", "", line) for line in handle.readlines()]
-    return sha256("\n".join(line for line in lines if line).encode("utf-8")).hexdigest()
-
-
-def installed_script_path(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where :func:`install_metric` puts the script for ``cache_dir`` (default: evaluate's)."""
-    folder = modules_cache(cache_dir) / "evaluate_modules" / "metrics" / CACHE_FOLDER
-    return folder / script_hash() / f"{METRIC_NAME}.py"
-
-
-def install_metric(cache_dir: str | os.PathLike | None = None, *, force: bool = False) -> Path:
-    """Install the metric script so that ``evaluate.load("fisher_robustness")`` works offline.
-
-    evaluate falls back to ``<modules cache>/evaluate_modules/metrics/
-    evaluate-metric--fisher_robustness/<hash>/fisher_robustness.py`` when the Hub cannot be
-    reached (or ``HF_EVALUATE_OFFLINE=1``); this writes that file and the ``__init__.py`` files
-    that make each folder importable.
-
-    Args:
-        cache_dir: the modules cache (default: ``HF_MODULES_CACHE`` / ``HF_HOME`` as evaluate).
-        force: rewrite the script even if it is already there.
-
-    Returns:
-        The installed script's path.
-    """
-    root = modules_cache(cache_dir)
-    target = installed_script_path(root)
-    if target.exists() and not force:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    folder = root
-    for part in target.parent.relative_to(root).parts:
-        folder = folder / part
-        (folder / "__init__.py").touch()
-    (root / "__init__.py").touch()
-    with tempfile.NamedTemporaryFile("wb", dir=target.parent, delete=False) as handle:
-        handle.write(SCRIPT_PATH.read_bytes())
-    os.replace(handle.name, target)  # atomic; the new mtime makes it evaluate's latest
-    logger.debug("installed the %s metric at %s", METRIC_NAME, target)
-    return target
-
-
-def ensure_metric_installed() -> None:
-    """Install the metric if missing: one stat when present; never raises (called on import)."""
-    try:
-        if not installed_script_path().exists():
-            install_metric()
-    except OSError as error:  # a read-only or unreadable cache must not break ``import``
-        logger.debug("could not install the %s metric: %s", METRIC_NAME, error)
-
-
-# --------------------------------------------------------------------------------------------
 # Evaluator-style entry point.
 
 TASKS = ("image-classification", "text-classification")
@@ -503,15 +423,20 @@ def fisher_evaluator(task: str = "image-classification") -> FisherRobustnessEval
 
 
 __all__ = [
+    "CACHE_FOLDER",
     "ESTIMATOR_OPTIONS",
     "FisherRobustnessEvaluator",
     "METRIC_NAME",
+    "SCRIPT_PATH",
     "ensure_metric_installed",
     "fisher_evaluator",
     "fisher_robustness_scores",
     "flatten_results",
     "install_metric",
+    "installed_script_path",
+    "modules_cache",
     "per_sample_columns",
     "per_sample_records",
     "scores_from_columns",
+    "script_hash",
 ]

@@ -1,4 +1,4 @@
-"""Per-sample input-space Fisher operators: matrix-free products and the K x K dual Gram form.
+"""Per-sample input-space Fisher operators: matrix-free products and the class-space weights.
 
 For a classifier with logits z(x) (K classes) and p = softmax(z), the input-space Fisher is
 
@@ -16,13 +16,17 @@ Every operator here is *batched over samples*: sample i owns its own d x d block
 product takes one vector per sample, ``V`` of shape (N, d), to ``F V`` of shape (N, d). Operators
 know nothing about transformers: they take a plain ``logit_fn`` from a continuous input batch
 (N, *input_shape) to logits (N, K), where sample i's logits depend on x_i alone (eval mode).
+
+The class-space algebra shared by every estimator lives here too: the class covariance, its
+closed-form square root :func:`covariance_factor` and the eigenvalues of a dual Gram form
+:func:`dual_eigenvalues`. The exact estimator built on them (gradient rows, the dual spectrum,
+input eigenvectors) is :mod:`hf_fisher.estimators.exact`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -290,118 +294,11 @@ class FisherOperator:
         return (jv * self.class_covariance(jv)).sum(dim=1)
 
 
-@dataclass
-class GradientRows:
-    """The gradient rows per sample, and the class weights that make F.
-
-    Categorical: ``F_i = R_i^T W_i R_i`` with ``R_i`` the rows ``grad_x (z_k - z_top)`` for the
-    K-1 classes k != top and ``W_i = diag(q) - q q^T``, q the probabilities of those classes.
-    This is exact: ``diag(p) - p p^T`` annihilates the ones vector, so subtracting the top row
-    changes nothing. Bernoulli: the K rows ``grad_x z_k`` and ``W_i = diag(s (1 - s))``.
-
-    Attributes:
-        rows: (N, K-1, d) (bernoulli: (N, K, d)) in the input dtype.
-        weights: (N, K-1, K-1) (bernoulli: (N, K, K)) float64.
-        classes: (N, K-1) (bernoulli: (N, K)) the class index of each row.
-        probs: (N, K) float64 probabilities (softmax, or sigmoids); logits: (N, K) detached.
-        top_class: (N,).
-        likelihood: "categorical" or "bernoulli".
-
-    """
-
-    rows: Tensor
-    weights: Tensor
-    classes: Tensor
-    probs: Tensor
-    logits: Tensor
-    top_class: Tensor
-    likelihood: str = "categorical"
-
-
 def other_classes(top_class: Tensor, num_classes: int) -> Tensor:  # (N,) -> (N, K-1)
     """Return the K-1 class indices other than each sample's top class, in increasing order."""
     all_classes = torch.arange(num_classes, device=top_class.device).expand(len(top_class), -1)
     keep = all_classes != top_class[:, None]
     return all_classes[keep].reshape(len(top_class), num_classes - 1)
-
-
-def gradient_rows(
-    logit_fn: LogitFn,
-    inputs: Tensor,
-    space_mask: Tensor | None = None,
-    likelihood: str = "categorical",
-) -> GradientRows:
-    """Compute the exact dual factors of F: one forward, then K-1 (bernoulli: K) backward passes.
-
-    Args:
-        logit_fn: maps (N, *input_shape) to (N, K) logits.
-        inputs: (N, *input_shape).
-        space_mask: optional (N, *input_shape) 0/1 mask of coordinates in the space.
-        likelihood: "categorical" (softmax) or "bernoulli" (multi-label sigmoids).
-
-    Returns:
-        The :class:`GradientRows` of the batch.
-
-    """
-    check_likelihood(likelihood)
-    bernoulli = likelihood == "bernoulli"
-    num_samples = inputs.shape[0]
-    leaf = inputs.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = logit_fn(leaf)
-        _check_logits(logits, num_samples)
-        probs = class_probabilities(logits.detach(), likelihood)
-        top_class = probs.argmax(dim=1)
-        num_classes = logits.shape[1]
-        if bernoulli:
-            classes = torch.arange(num_classes, device=logits.device).expand(num_samples, -1)
-        else:
-            classes = other_classes(top_class, num_classes)
-        num_rows = classes.shape[1]
-        mask = _as_mask(space_mask, inputs)
-        rows = inputs.new_empty(num_samples, num_rows, inputs[0].numel())
-        sample_index = torch.arange(num_samples, device=logits.device)
-        selector = torch.zeros_like(logits)
-        if not bernoulli:
-            selector[sample_index, top_class] = -1.0
-        for step in range(num_rows):
-            selector[sample_index, classes[:, step]] = 1.0
-            grad = _input_gradient(logits, leaf, selector, retain_graph=step < num_rows - 1)
-            selector[sample_index, classes[:, step]] = 0.0
-            rows[:, step] = grad.reshape(num_samples, -1)
-        if mask is not None:
-            rows *= mask[:, None, :]
-    if bernoulli:
-        weights = torch.diag_embed(bernoulli_variances(logits.detach()))
-    else:
-        weights = centered_class_covariance(probs.gather(1, classes))
-    return GradientRows(
-        rows=rows,
-        weights=weights,
-        classes=classes,
-        probs=probs,
-        logits=logits.detach(),
-        top_class=top_class,
-        likelihood=likelihood,
-    )
-
-
-@dataclass
-class DualSpectrum:
-    """Eigen-decomposition of F through its (K-1) x (K-1) (bernoulli: K x K) dual Gram matrix.
-
-    Attributes:
-        eigenvalues: (N, K-1) (bernoulli: (N, K)) float64, descending.
-        trace: (N,) float64, exact.
-        class_vectors: (N, K-1, K-1) float64; column j maps to the j-th input-space eigenvector
-            by :func:`input_eigenvectors`.
-        weight_factor: (N, K-1, K-1) float64 ``B`` with ``B B^T = W``.
-    """
-
-    eigenvalues: Tensor
-    trace: Tensor
-    class_vectors: Tensor
-    weight_factor: Tensor
 
 
 def covariance_factor(probs: Tensor) -> Tensor:  # (N, m) -> (N, m, m) float64
@@ -429,33 +326,3 @@ def dual_eigenvalues(factor: Tensor, gram: Tensor) -> Tensor:  # (..., m, m) -> 
     """Descending eigenvalues of ``B^T G B``: the nonzero spectrum of ``R^T (B B^T) R``."""
     dual = factor.transpose(-1, -2) @ gram @ factor
     return torch.linalg.eigvalsh(0.5 * (dual + dual.transpose(-1, -2))).flip(-1).clamp_min(0)
-
-
-def dual_spectrum(factors: GradientRows) -> DualSpectrum:
-    """Exact nonzero spectrum of ``F = R^T W R`` from the small matrix ``B^T (R R^T) B``.
-
-    ``W = B B^T`` in closed form (:func:`covariance_factor`, or ``sqrt(W)`` for the diagonal
-    bernoulli weights); the Gram ``R R^T`` is formed in
-    the rows' dtype and everything after it in float64.
-    """
-    gram = (factors.rows @ factors.rows.transpose(1, 2)).double()  # (N, K-1, K-1)
-    if factors.likelihood == "bernoulli":
-        factor = torch.diag_embed(factors.weights.diagonal(dim1=1, dim2=2).sqrt())
-    else:
-        factor = covariance_factor(factors.probs.gather(1, factors.classes))
-    dual = factor.transpose(1, 2) @ gram @ factor
-    dual = 0.5 * (dual + dual.transpose(1, 2))
-    values, vectors = torch.linalg.eigh(dual)
-    values, vectors = values.flip(-1).clamp_min(0), vectors.flip(-1)
-    trace = (factors.weights * gram).sum(dim=(1, 2))
-    return DualSpectrum(values, trace, vectors, factor)
-
-
-def input_eigenvectors(factors: GradientRows, spectrum: DualSpectrum, top_k: int = 1) -> Tensor:
-    """Return the top-k unit input-space eigenvectors of F, shape (N, d, top_k), float64.
-
-    ``F u = lambda u`` with ``u = R^T B y / sqrt(lambda)`` for a dual eigenvector y.
-    """
-    coefficients = spectrum.weight_factor @ spectrum.class_vectors[:, :, :top_k]
-    vectors = factors.rows.double().transpose(1, 2) @ coefficients  # (N, d, top_k)
-    return vectors / vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)

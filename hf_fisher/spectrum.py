@@ -5,112 +5,28 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
 
 from hf_fisher.adapters import Classifier, PreparedBatch, eval_mode
 from hf_fisher.errors import InputError
-from hf_fisher.estimators.blackbox import rayleigh_max, sketch_fisher
-from hf_fisher.estimators.hutchinson import (
-    TraceEstimate,
-    class_space_hutchinson,
-    hutchinson,
-    hutchpp,
-)
-from hf_fisher.estimators.lanczos import EigenEstimate, lanczos
-from hf_fisher.estimators.power import power_iteration
-from hf_fisher.operators import (
-    FisherOperator,
-    LogitFn,
-    check_likelihood,
-    class_probabilities,
-    dual_spectrum,
-    gradient_rows,
-)
+from hf_fisher.estimators import registry
+from hf_fisher.estimators.result import FisherSpectrum
+from hf_fisher.estimators.spec import AutoBudget, EstimatorCall, Problem
+from hf_fisher.operators import LogitFn, check_likelihood
 from hf_fisher.options import EstimatorOptions
 
-WHITE_BOX_METHODS = ("exact", "lanczos", "power", "hutchinson", "hutchpp")
-BLACK_BOX_METHODS = ("sketch", "rayleigh-max")
+# Views of the registry (hf_fisher.estimators.registry), in its order.
+WHITE_BOX_METHODS = registry.method_names(black_box=False)
+BLACK_BOX_METHODS = registry.method_names(black_box=True)
 METHODS = ("auto", *WHITE_BOX_METHODS, *BLACK_BOX_METHODS)
 
+# The budget of method="auto": the cost of the exact method (a forward and a backward pass per
+# class direction) at EXACT_MAX_CLASSES classes, and gradient rows of at most 2 GiB per batch.
 EXACT_MAX_CLASSES = 64
 EXACT_MAX_ROW_BYTES = 2 * 1024**3
 COMPUTE_DTYPES = (torch.float32, torch.float64)
-
-
-@dataclass
-class FisherSpectrum:
-    """Per-sample Fisher summaries, with the error information of the method that made them.
-
-    Attributes:
-        spectral_norm: (N,) float64, lambda_max(F).
-        trace: (N,) float64, trace(F); ``trace >= spectral_norm`` for every white-box method.
-        eigenvalues: (N, top_k) float64, descending (zero-padded past the rank K-1).
-        logits: (N, K) float64 logits at the clean inputs.
-        method: the method actually used.
-        converged: (N,) bool for iterative methods, else None. True means every reported
-            eigenvalue is within ``tol`` (relative) of an eigenvalue of F, by residual norms
-            (see :class:`~hf_fisher.estimators.lanczos.EigenEstimate`).
-        iterations: (N,) products per sample for iterative methods, else None.
-        trace_standard_error: (N,) for stochastic trace estimates (0 where exact), else None.
-        spectral_norm_ci: (N, 2) interval for black-box sketches, else None.
-        trace_ci: (N, 2) interval for black-box sketches, else None.
-        num_queries: forward queries per sample (black-box only), else None.
-        settings: the estimator knobs used (for provenance).
-        likelihood: "categorical" (softmax) or "bernoulli" (multi-label sigmoids): which Fisher
-            was measured and how :attr:`probabilities` are formed.
-    """
-
-    spectral_norm: Tensor
-    trace: Tensor
-    eigenvalues: Tensor
-    logits: Tensor
-    method: str
-    converged: Tensor | None = None
-    iterations: Tensor | None = None
-    trace_standard_error: Tensor | None = None
-    spectral_norm_ci: Tensor | None = None
-    trace_ci: Tensor | None = None
-    num_queries: int | None = None
-    settings: dict = field(default_factory=dict)
-    likelihood: str = "categorical"
-
-    def __len__(self) -> int:
-        return self.spectral_norm.shape[0]
-
-    @property
-    def probabilities(self) -> Tensor:  # (N, K) float64
-        """Class probabilities at the clean inputs.
-
-        The softmax of the logits; for a multi-label (bernoulli) model, each class's own
-        sigmoid (they need not sum to 1).
-        """
-        return class_probabilities(self.logits, self.likelihood)
-
-    @property
-    def predicted(self) -> Tensor:  # (N,)
-        """The predicted class of each sample: the largest logit.
-
-        For a multi-label model this is the most probable label, and its probability is the
-        sigmoid of that logit.
-        """
-        return self.logits.argmax(dim=1)
-
-    @staticmethod
-    def concatenate(parts: Sequence[FisherSpectrum]) -> FisherSpectrum:
-        """Join per-batch results in order."""
-        first = parts[0]
-        joined = {}
-        for item in fields(FisherSpectrum):
-            values = [getattr(part, item.name) for part in parts]
-            if isinstance(values[0], Tensor):
-                joined[item.name] = torch.cat([value.cpu() for value in values])
-            else:
-                joined[item.name] = values[0]
-        joined["method"] = first.method
-        return FisherSpectrum(**joined)
 
 
 def check_compute_dtype(dtype: torch.dtype, what: str) -> None:
@@ -124,11 +40,13 @@ def check_compute_dtype(dtype: torch.dtype, what: str) -> None:
 
 
 def _check_black_box_likelihood(likelihood: str, method: str, black_box: bool) -> None:
-    if likelihood == "bernoulli" and (black_box or method in BLACK_BOX_METHODS):
+    spec = registry.REGISTRY.get(method)
+    if likelihood == "bernoulli" and (black_box or (spec is not None and spec.black_box)):
+        names = ", ".join(registry.method_names(black_box=True))
         raise InputError(
-            "black-box estimates (sketch, rayleigh-max) support only softmax classifiers, and "
-            "this model is multi-label (bernoulli likelihood); use a white-box method "
-            "(black_box=False, method 'auto', 'exact' or 'lanczos')"
+            f"black-box estimates ({names}) support only softmax classifiers, and this model "
+            "is multi-label (bernoulli likelihood); use a white-box method (black_box=False, "
+            "method 'auto', 'exact' or 'lanczos')"
         )
 
 
@@ -143,30 +61,37 @@ def resolve_method(
 ) -> str:
     """Turn ``method`` (maybe "auto") into a concrete one, checking it fits ``black_box``.
 
-    ``auto`` picks ``exact`` (K-1 backward passes, K for multi-label) for K <= 64 when the
-    (batch, K-1 or K, dim) gradient rows fit in 2 GiB, ``lanczos`` otherwise; black-box
-    ``auto`` is ``sketch``.
+    ``auto`` takes the first registered candidate whose cost model fits :func:`auto_budget`:
+    ``exact`` (K-1 backward passes, K for multi-label) for K <= 64 when the (batch, K-1 or K,
+    dim) gradient rows fit in 2 GiB, ``lanczos`` otherwise; black-box ``auto`` is ``sketch``.
     """
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if method in BLACK_BOX_METHODS:
-        return method
-    if black_box:
-        if method != "auto":
+    if method != "auto":
+        spec = registry.method_spec(method)
+        if black_box and not spec.black_box:
             raise InputError(
                 f"method {method!r} needs gradients but black_box=True; use one of "
-                f"{', '.join(BLACK_BOX_METHODS)} (or 'auto') for black-box estimates"
+                f"{', '.join(registry.method_names(black_box=True))} (or 'auto') for black-box "
+                "estimates"
             )
-        return "sketch"
-    if method != "auto":
         return method
+    if black_box:  # black-box costs do not depend on K, which may be unknown here
+        problem = Problem(num_classes or 2, dim, itemsize)
+        return registry.choose_auto(True, problem, auto_budget(batch))
     if num_classes is None:
         raise InputError("method='auto' needs num_classes")
-    num_rows = num_classes if likelihood == "bernoulli" else num_classes - 1
-    row_bytes = batch * num_rows * dim * itemsize
-    if num_classes <= EXACT_MAX_CLASSES and row_bytes <= EXACT_MAX_ROW_BYTES:
-        return "exact"
-    return "lanczos"
+    problem = Problem(num_classes, dim, itemsize, likelihood)
+    return registry.choose_auto(False, problem, auto_budget(batch, likelihood))
+
+
+def auto_budget(batch: int, likelihood: str = "categorical") -> AutoBudget:
+    """What ``auto`` may spend: the exact method's cost at :data:`EXACT_MAX_CLASSES` classes.
+
+    That is one forward and one backward pass per class direction (EXACT_MAX_CLASSES - 1, or
+    EXACT_MAX_CLASSES for multi-label), and :data:`EXACT_MAX_ROW_BYTES` of working memory per
+    batch. Read at call time, so both limits can be changed at run time.
+    """
+    directions = Problem(EXACT_MAX_CLASSES, 0, likelihood=likelihood).rank_bound
+    return AutoBudget(1 + directions, EXACT_MAX_ROW_BYTES, batch)
 
 
 def _max_input_dim(classifier: Classifier) -> int:
@@ -235,12 +160,6 @@ def resolve_run_method(
     )
 
 
-def _pad(values: Tensor, top_k: int) -> Tensor:  # (N, m) -> (N, top_k)
-    if values.shape[1] >= top_k:
-        return values[:, :top_k]
-    return torch.nn.functional.pad(values, (0, top_k - values.shape[1]))
-
-
 def spectrum_of_batch(
     logit_fn: LogitFn,
     inputs: Tensor,
@@ -260,13 +179,8 @@ def spectrum_of_batch(
 ) -> FisherSpectrum:
     """Fisher spectrum of one batch given a plain ``logit_fn`` (no Hugging Face involved).
 
-    Traces of the Lanczos and power methods are exact (standard error 0) when the exact dual
-    is no dearer than the probes (``K - 1 <= num_probes``, K for multi-label: that many backward
-    passes against ``num_probes``) or when Lanczos's Krylov space spans the Fisher's whole range
-    (then the trace is the sum of the Ritz values); otherwise class-space Hutchinson estimates
-    it. A stochastic trace is raised to the sum of the Ritz values found when it falls below
-    it: that sum is a lower bound on trace(F), so the raise only shrinks the error, and every
-    white-box record has ``trace >= spectral_norm``.
+    The method runs from :mod:`hf_fisher.estimators.registry`; its spec declares what the
+    result holds (e.g. when Lanczos traces are exact: :mod:`hf_fisher.estimators.matrix_free`).
 
     Args:
         logit_fn: maps (N, *shape) inputs to (N, K) logits; samples must be independent.
@@ -303,98 +217,28 @@ def spectrum_of_batch(
     chosen = resolve_method(
         method, black_box, num_classes, dim, num_samples, inputs.element_size(), likelihood
     )
-    settings = {
-        "method": chosen,
-        "requested_method": method,
-        "black_box": chosen in BLACK_BOX_METHODS,
-        "top_k": top_k,
-        "tol": tol,
-        "seed": seed,
-    }
+    options = dict(
+        top_k=top_k,
+        max_iter=max_iter,
+        tol=tol,
+        num_queries=num_queries,
+        num_probes=num_probes,
+        seed=seed,
+    )
+    spec = registry.method_spec(chosen)
+    result = spec.run(EstimatorCall(logit_fn, inputs, space_mask, ids, likelihood, options))
+    settings = dict(
+        method=chosen,
+        requested_method=method,
+        black_box=spec.black_box,
+        top_k=top_k,
+        tol=tol,
+        seed=seed,
+    )
     if likelihood != "categorical":
         settings["likelihood"] = likelihood
-    if chosen in BLACK_BOX_METHODS:
-        queries = 201 if num_queries is None else num_queries
-        estimator = sketch_fisher if chosen == "sketch" else rayleigh_max
-        extra = {"top_k": top_k} if chosen == "sketch" else {}
-        sketch = estimator(
-            logit_fn,
-            inputs,
-            num_queries=queries,
-            space_mask=space_mask,
-            seed=seed,
-            sample_ids=ids,
-            **extra,
-        )
-        settings.update(num_queries=sketch.num_queries, scheme=sketch.scheme, step=sketch.step)
-        return FisherSpectrum(
-            spectral_norm=sketch.eigenvalues[:, 0],
-            trace=sketch.trace,
-            eigenvalues=_pad(sketch.eigenvalues, top_k),
-            logits=sketch.logits.double(),
-            method=chosen if sketch.scheme != "coordinates" else "sketch-coordinates",
-            spectral_norm_ci=sketch.spectral_norm_ci,
-            trace_ci=sketch.trace_ci,
-            num_queries=sketch.num_queries,
-            settings=settings,
-        )
-    if chosen == "exact":
-        factors = gradient_rows(logit_fn, inputs, space_mask, likelihood)
-        exact = dual_spectrum(factors)
-        return FisherSpectrum(
-            spectral_norm=exact.eigenvalues[:, 0],
-            trace=torch.maximum(exact.trace, exact.eigenvalues[:, 0]),  # equal up to rounding
-            eigenvalues=_pad(exact.eigenvalues, top_k),
-            logits=factors.logits.double(),
-            method="exact",
-            settings=settings,
-            likelihood=likelihood,
-        )
-    operator = FisherOperator(logit_fn, inputs, space_mask, likelihood)
-    iterations_cap = 100 if max_iter is None else max_iter
-    settings["max_iter"] = iterations_cap
-    if chosen == "power":
-        top = power_iteration(operator, max_iter=iterations_cap, tol=tol, seed=seed, sample_ids=ids)
-    else:
-        top = lanczos(
-            operator, top_k=top_k, max_iter=iterations_cap, tol=tol, seed=seed, sample_ids=ids
-        )
-    settings["num_probes"] = num_probes
-    if chosen == "hutchinson":
-        trace = hutchinson(operator, num_matvecs=num_probes, seed=seed, sample_ids=ids)
-    elif chosen == "hutchpp":
-        trace = hutchpp(operator, num_matvecs=num_probes, seed=seed, sample_ids=ids)
-    elif operator.rank_bound <= num_probes:
-        exact_trace = operator.exact_trace()
-        trace = TraceEstimate(exact_trace, torch.zeros_like(exact_trace), operator.rank_bound)
-    else:
-        trace = class_space_hutchinson(operator, num_probes=num_probes, seed=seed, sample_ids=ids)
-    trace_value, trace_error = _trace_with_ritz_bounds(trace, top)
-    return FisherSpectrum(
-        spectral_norm=top.eigenvalues[:, 0],
-        trace=trace_value,
-        eigenvalues=_pad(top.eigenvalues, top_k),
-        logits=operator.logits.detach().double(),
-        method=chosen,
-        converged=top.converged,
-        iterations=top.iterations,
-        trace_standard_error=trace_error,
-        settings=settings,
-        likelihood=likelihood,
-    )
-
-
-def _trace_with_ritz_bounds(trace: TraceEstimate, top: EigenEstimate) -> tuple[Tensor, Tensor]:
-    """Exact trace where the Krylov space spans the range, else ``max(estimate, Ritz sum)``.
-
-    The sum of the Ritz values is the trace of a compression of the PSD Fisher, so it never
-    exceeds trace(F): raising an estimate to it only moves it toward the truth, and the standard
-    error of the estimate stays a valid (conservative) error bar.
-    """
-    bounded = torch.maximum(trace.trace, top.ritz_sum)
-    value = torch.where(top.complete, top.ritz_sum, bounded)
-    error = torch.where(top.complete, torch.zeros_like(trace.standard_error), trace.standard_error)
-    return value, error
+    result.settings = {**settings, **result.settings}  # the method's own knobs last
+    return result
 
 
 def fisher_spectrum(

@@ -17,7 +17,7 @@ from hf_fisher.attacks import (
 )
 from hf_fisher.correlation import partial_rank_correlation, rank_correlation
 from hf_fisher.errors import InputError, NotAClassifierError
-from hf_fisher.operators import dual_spectrum, gradient_rows
+from hf_fisher.estimators.exact import dual_spectrum, gradient_rows
 from hf_fisher.report.sections.attacks import plot_attacks
 from hf_fisher.testing.models import train_digits_mlp
 

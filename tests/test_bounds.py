@@ -18,7 +18,7 @@ from hf_fisher.bounds import (
 )
 from hf_fisher.companions import CompanionOptions, run_companions
 from hf_fisher.errors import InputError
-from hf_fisher.operators import dual_spectrum, gradient_rows
+from hf_fisher.estimators.exact import dual_spectrum, gradient_rows
 from hf_fisher.report import card, plots
 from hf_fisher.report.badge import format_sig
 from hf_fisher.report.sections.bound import card_bound, plot_bound

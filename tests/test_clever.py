@@ -8,7 +8,7 @@ import torch
 from hf_fisher.attacks import minimal_epsilon
 from hf_fisher.clever import clever_scores, reverse_weibull_fit
 from hf_fisher.errors import InputError
-from hf_fisher.operators import dual_spectrum, gradient_rows
+from hf_fisher.estimators.exact import dual_spectrum, gradient_rows
 from hf_fisher.report.sections.clever import plot_clever
 from hf_fisher.testing.models import train_digits_mlp
 

@@ -3,18 +3,19 @@
 import pytest
 import torch
 
+from hf_fisher import fisher_spectrum
+from hf_fisher import spectrum as spectrum_module
 from hf_fisher.errors import InputError, NotAClassifierError
+from hf_fisher.estimators import registry
 from hf_fisher.estimators.blackbox import rayleigh_max, sketch_fisher
+from hf_fisher.estimators.exact import dual_spectrum, gradient_rows, input_eigenvectors
 from hf_fisher.estimators.hutchinson import class_space_hutchinson, hutchinson, hutchpp
 from hf_fisher.estimators.lanczos import lanczos
 from hf_fisher.estimators.power import power_iteration
-from hf_fisher.operators import (
-    DenseOperator,
-    FisherOperator,
-    dual_spectrum,
-    gradient_rows,
-    input_eigenvectors,
-)
+from hf_fisher.estimators.result import FisherSpectrum
+from hf_fisher.estimators.spec import OPTIONAL_FIELDS, Cost, MethodSpec, Returns
+from hf_fisher.operators import DenseOperator, FisherOperator
+from hf_fisher.spectrum import resolve_method, spectrum_of_batch
 from hf_fisher.testing.dense import dense_fisher, dense_spectrum
 
 
@@ -452,3 +453,98 @@ def test_categorical_products_are_bitwise_the_softmax_formula(cnn_case):
 def test_unknown_likelihood_is_refused():
     with pytest.raises(InputError, match="likelihood='poisson'.*'categorical'.*'bernoulli'"):
         FisherOperator(lambda inp: inp @ torch.ones(3, 2), torch.randn(2, 3), likelihood="poisson")
+
+
+# --- the method registry -------------------------------------------------------------------
+
+
+def _run_dense(call):
+    """A toy method for the registry tests: eigenvalues of the dense float64 Fisher."""
+    values, trace = dense_spectrum(dense_fisher(call.logit_fn, call.inputs, call.space_mask))
+    with torch.no_grad():
+        logits = call.logit_fn(call.inputs).double()
+    top_k = call.options["top_k"]
+    return FisherSpectrum(values[:, 0], trace, values[:, :top_k], logits, "dense")
+
+
+DENSE = MethodSpec(
+    name="dense",
+    black_box=False,
+    returns=Returns(eigenvalues="all", eigenvalue_error="exact", trace="exact"),
+    cost=lambda problem: Cost(problem.dim, problem.dim**2 * 8),
+    run=_run_dense,
+)
+
+
+def test_a_method_needs_only_its_spec_and_one_registry_entry(cnn_case, monkeypatch):
+    net, x, _, values, trace = cnn_case
+    monkeypatch.setitem(registry.REGISTRY, "dense", DENSE)
+    result = fisher_spectrum(net, x, method="dense", top_k=4, dtype=torch.float64, batch_size=3)
+    assert result.method == "dense" and result.settings["method"] == "dense"
+    assert result.settings["black_box"] is False and result.settings["top_k"] == 4
+    torch.testing.assert_close(result.eigenvalues, values[:, :4], rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(result.trace, trace, rtol=1e-10, atol=0)
+    with pytest.raises(InputError, match="method 'dense' needs gradients but black_box=True"):
+        fisher_spectrum(net, x, method="dense", black_box=True, dtype=torch.float64)
+    assert fisher_spectrum(net, x, dtype=torch.float64).method == "exact"  # auto=False
+
+
+def _check_declared_claims(spec, result, values, trace):
+    """What ``spec.returns`` promises beyond which fields are filled, against dense truth."""
+    declared = spec.returns
+    if declared.eigenvalue_error == "exact":
+        torch.testing.assert_close(result.spectral_norm, values[:, 0], rtol=1e-9, atol=0)
+    if declared.eigenvalues == "all":
+        torch.testing.assert_close(result.eigenvalues, values[:, :4], rtol=1e-9, atol=1e-14)
+    if declared.eigenvalues == "top-1":
+        assert (result.eigenvalues[:, 1:] == 0).all()
+    if declared.eigenvalue_error == "converged":
+        hit = result.converged
+        error = (result.spectral_norm - values[:, 0]).abs()
+        assert hit.any() and (error[hit] <= 1e-3 * values[hit, 0]).all()
+    if declared.eigenvalue_error == "lower-bound":
+        assert (result.spectral_norm <= values[:, 0] * (1 + 1e-6)).all()
+    if declared.trace == "exact":
+        torch.testing.assert_close(result.trace, trace, rtol=1e-10, atol=0)
+    if declared.trace == "standard-error":
+        assert torch.isfinite(result.trace_standard_error).all()
+        assert (result.trace_standard_error >= 0).all()
+    for interval in (result.spectral_norm_ci, result.trace_ci):
+        if interval is not None:
+            assert interval.shape == (4, 2) and (interval[:, 0] <= interval[:, 1]).all()
+
+
+@pytest.mark.parametrize("name", list(registry.REGISTRY))
+def test_every_method_returns_what_its_spec_declares(cnn_case, name):
+    net, x, _, values, trace = cnn_case
+    spec = registry.REGISTRY[name]
+    result = spectrum_of_batch(net, x, method=name, top_k=4, num_probes=2, num_queries=41)
+    filled = {field for field in OPTIONAL_FIELDS if getattr(result, field) is not None}
+    assert filled == spec.returns.filled_fields
+    assert result.settings["black_box"] is spec.black_box
+    _check_declared_claims(spec, result, values, trace)
+
+
+def test_method_views_and_auto_candidates_follow_the_registry():
+    assert spectrum_module.METHODS == ("auto", *registry.REGISTRY)
+    assert spectrum_module.BLACK_BOX_METHODS == tuple(
+        name for name, spec in registry.REGISTRY.items() if spec.black_box
+    )
+    for black_box in (False, True):
+        assert any(spec.auto and spec.black_box == black_box for spec in registry.REGISTRY.values())
+    with pytest.raises(InputError, match="unknown method 'nope'; choose one of auto, exact"):
+        registry.method_spec("nope")
+
+
+@pytest.mark.parametrize("likelihood", ["categorical", "bernoulli"])
+def test_auto_keeps_exact_up_to_64_classes_and_2_gib_of_rows(likelihood, monkeypatch):
+    def auto(num_classes, dim=10, batch=4):
+        return resolve_method("auto", False, num_classes, dim, batch, 4, likelihood)
+
+    assert auto(64) == "exact" and auto(65) == "lanczos" and auto(2) == "exact"
+    rows = 10 if likelihood == "bernoulli" else 9
+    monkeypatch.setattr(spectrum_module, "EXACT_MAX_ROW_BYTES", 4 * rows * 100 * 4)
+    assert auto(10, dim=100) == "exact" and auto(10, dim=101) == "lanczos"
+    monkeypatch.setattr(spectrum_module, "EXACT_MAX_CLASSES", 8)
+    assert auto(8, dim=2) == "exact" and auto(9, dim=2) == "lanczos"
+    assert resolve_method("auto", True, None, 10**6, 10**3) == "sketch"

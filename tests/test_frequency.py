@@ -7,6 +7,7 @@ import torch
 from torch.func import jacrev, vmap
 
 from hf_fisher.errors import InputError, ResultsError
+from hf_fisher.estimators.exact import gradient_rows
 from hf_fisher.frequency import analyze_frequency
 from hf_fisher.frequency_bands import (
     band_energy,
@@ -24,7 +25,6 @@ from hf_fisher.iaside import (
     spectral_robustness_score,
     to_pixels,
 )
-from hf_fisher.operators import gradient_rows
 from hf_fisher.report.sections.frequency import plot_frequency, plot_frequency_comparison
 
 torch.set_num_threads(1)

@@ -219,3 +219,32 @@ def test_frequency_with_one_half_missing_and_bad_section(results):
     assert f"trace {sig(section['fisher']['trace'])}" in text
     with pytest.raises(ResultsError, match="not a frequency section"):
         card_frequency({"iaside": None})
+
+
+def test_bound_card_escapes_layer_names_and_types():
+    section = {
+        "layers": [
+            {
+                "name": "head|<script>alert(1)</script>",
+                "type": "Linear\n# injected",
+                "norm": 2.0,
+                "method": "exact",
+                "relative_change": None,
+            }
+        ],
+        "input_scale": 1.0,
+        "jacobian_bound": 2.0,
+        "lambda_bound": 2.0,
+        "num_samples": 3,
+        "measured_max": 1.0,
+        "measured_median": 0.5,
+        "ratio_to_max": 2.0,
+        "ratio_to_median": 4.0,
+        "num_above_bound": 0,
+    }
+    from hf_fisher.report.sections.bound import card_bound
+
+    text = card_bound(section)
+    assert "<script>" not in text and "\n# injected" not in text
+    name, kind = md_escape("head|<script>alert(1)</script>"), md_escape("Linear # injected")
+    assert f"| {name} | {kind} |" in text

@@ -14,10 +14,10 @@ import torch
 from hf_fisher.attacks import AttackReport, attack_report
 from hf_fisher.bounds import BoundReport, bound_report
 from hf_fisher.clever import CleverScores, clever_scores
+from hf_fisher.estimators.exact import dual_spectrum, gradient_rows
 from hf_fisher.frequency import FrequencyReport, analyze_frequency
 from hf_fisher.kl_check import KLCheck, kl_check
 from hf_fisher.noise import NoiseCurves, noise_curves
-from hf_fisher.operators import dual_spectrum, gradient_rows
 from hf_fisher.testing.models import train_digits_mlp
 
 torch.set_num_threads(1)

@@ -114,34 +114,14 @@ def lanczos(
     basis = [_start_vectors(op, streams)]
     alphas: list[Tensor] = []
     betas: list[Tensor] = []
-    device = op.device
-    done = torch.zeros(num_samples, dtype=torch.bool, device=device)
-    values = torch.zeros(num_samples, top_k, dtype=torch.float64, device=device)
-    residuals = torch.full_like(values, float("inf"))
-    residual = torch.full((num_samples,), float("inf"), dtype=torch.float64, device=device)
-    ritz_sum = torch.zeros(num_samples, dtype=torch.float64, device=device)
-    complete = torch.zeros(num_samples, dtype=torch.bool, device=device)
-    ritz_coefficients: list[Tensor | None] = [None] * num_samples
-    iterations = torch.zeros(num_samples, dtype=torch.long, device=device)
+    state = _LanczosState.empty(num_samples, top_k, op.device, return_eigenvectors)
     tiny = torch.finfo(torch.float64).tiny
     for step in range(limit):
-        current = basis[-1]
-        product = op.matvec(current.to(op.dtype)).double()
-        alpha = (product * current).sum(dim=1)
-        stacked = torch.stack(basis, dim=1)  # (N, m, d)
-        for _ in range(2):  # full reorthogonalisation, twice is enough
-            overlaps = torch.einsum("nmd,nd->nm", stacked, product)
-            product = product - torch.einsum("nm,nmd->nd", overlaps, stacked)
-        beta = product.norm(dim=1)
+        product, alpha, beta = _next_product(op, basis)
         alphas.append(alpha)
         betas.append(beta)
         size = step + 1
-        tridiagonal = torch.diag_embed(torch.stack(alphas, dim=1))
-        if size > 1:
-            off = torch.stack(betas[:-1], dim=1)
-            tridiagonal = tridiagonal + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
-        theta, coefficients = torch.linalg.eigh(tridiagonal)
-        theta, coefficients = theta.flip(-1), coefficients.flip(-1)
+        theta, coefficients = _ritz_pairs(alphas, betas)
         count = min(top_k, size)
         pair_residuals = beta[:, None] * coefficients[:, -1, :count].abs()  # (N, count)
         relative = pair_residuals / theta[:, :count].clamp_min(tiny)
@@ -152,40 +132,114 @@ def lanczos(
         if count < top_k and not spans_range:
             relative = torch.full_like(relative, float("inf"))
         relative = torch.where(exact, torch.zeros_like(relative), relative)
-        newly_done = ~done & ((relative <= tol) | invariant | (step == limit - 1))
+        newly_done = ~state.done & ((relative <= tol) | invariant | (step == limit - 1))
         if newly_done.any():
-            values[newly_done, :count] = theta[newly_done, :count].clamp_min(0)
-            residuals[newly_done, :count] = pair_residuals[newly_done]
-            if spans_range:
-                residuals[newly_done, count:] = 0.0
-            residual[newly_done] = relative[newly_done]
-            ritz_sum[newly_done] = theta[newly_done].clamp_min(0).sum(dim=1)
-            complete[newly_done] = spans_range
-            iterations[newly_done] = size
-            if return_eigenvectors:
-                for index in newly_done.nonzero().flatten().tolist():
-                    ritz_coefficients[index] = coefficients[index, :, :count].clone()
-            done |= newly_done
-        if done.all():
+            state.freeze(newly_done, theta, coefficients, pair_residuals, relative, spans_range)
+        if state.done.all():
             break
         safe_beta = torch.where(invariant, torch.ones_like(beta), beta)
         following = product / safe_beta[:, None]
         following[invariant] = 0.0
         basis.append(following)
-    eigenvectors = None
-    if return_eigenvectors:
-        eigenvectors = torch.zeros(num_samples, dim, top_k, dtype=torch.float64, device=device)
-        stacked = torch.stack(basis, dim=1)
-        for index, coefficients in enumerate(ritz_coefficients):
-            size, count = coefficients.shape
-            eigenvectors[index, :, :count] = stacked[index, :size].T @ coefficients
     return EigenEstimate(
-        eigenvalues=values,
-        converged=residual <= tol,
-        iterations=iterations,
-        residual=residual,
-        residuals=residuals,
-        ritz_sum=ritz_sum,
-        complete=complete,
-        eigenvectors=eigenvectors,
+        eigenvalues=state.values,
+        converged=state.residual <= tol,
+        iterations=state.iterations,
+        residual=state.residual,
+        residuals=state.residuals,
+        ritz_sum=state.ritz_sum,
+        complete=state.complete,
+        eigenvectors=None
+        if state.ritz_coefficients is None
+        else _ritz_vectors(basis, state.ritz_coefficients, top_k),
     )
+
+
+def _next_product(op: BatchedOperator, basis: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """``F q`` for the newest basis vector q, orthogonalised against the basis; alpha, beta."""
+    current = basis[-1]
+    product = op.matvec(current.to(op.dtype)).double()
+    alpha = (product * current).sum(dim=1)
+    stacked = torch.stack(basis, dim=1)  # (N, m, d)
+    for _ in range(2):  # full reorthogonalisation, twice is enough
+        overlaps = torch.einsum("nmd,nd->nm", stacked, product)
+        product = product - torch.einsum("nm,nmd->nd", overlaps, stacked)
+    return product, alpha, product.norm(dim=1)
+
+
+def _ritz_pairs(alphas: list[Tensor], betas: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Descending eigenpairs of the (N, m, m) tridiagonal Lanczos matrix."""
+    tridiagonal = torch.diag_embed(torch.stack(alphas, dim=1))
+    if len(alphas) > 1:
+        off = torch.stack(betas[:-1], dim=1)
+        tridiagonal = tridiagonal + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+    theta, coefficients = torch.linalg.eigh(tridiagonal)
+    return theta.flip(-1), coefficients.flip(-1)
+
+
+@dataclass
+class _LanczosState:
+    """Per-sample results, frozen sample by sample as each one stops."""
+
+    values: Tensor  # (N, top_k)
+    residuals: Tensor  # (N, top_k)
+    residual: Tensor  # (N,)
+    ritz_sum: Tensor  # (N,)
+    complete: Tensor  # (N,) bool
+    iterations: Tensor  # (N,) long
+    done: Tensor  # (N,) bool
+    ritz_coefficients: list[Tensor | None] | None  # kept only when eigenvectors are wanted
+
+    @staticmethod
+    def empty(
+        num_samples: int, top_k: int, device: torch.device, keep_vectors: bool
+    ) -> _LanczosState:
+        values = torch.zeros(num_samples, top_k, dtype=torch.float64, device=device)
+        zeros = torch.zeros(num_samples, dtype=torch.float64, device=device)
+        return _LanczosState(
+            values=values,
+            residuals=torch.full_like(values, float("inf")),
+            residual=torch.full_like(zeros, float("inf")),
+            ritz_sum=zeros,
+            complete=torch.zeros(num_samples, dtype=torch.bool, device=device),
+            iterations=torch.zeros(num_samples, dtype=torch.long, device=device),
+            done=torch.zeros(num_samples, dtype=torch.bool, device=device),
+            ritz_coefficients=[None] * num_samples if keep_vectors else None,
+        )
+
+    def freeze(
+        self,
+        newly_done: Tensor,
+        theta: Tensor,
+        coefficients: Tensor,
+        pair_residuals: Tensor,
+        relative: Tensor,
+        spans_range: bool,
+    ) -> None:
+        """Record the samples in ``newly_done`` at the current Krylov size."""
+        size, count = theta.shape[1], pair_residuals.shape[1]
+        self.values[newly_done, :count] = theta[newly_done, :count].clamp_min(0)
+        self.residuals[newly_done, :count] = pair_residuals[newly_done]
+        if spans_range:
+            self.residuals[newly_done, count:] = 0.0
+        self.residual[newly_done] = relative[newly_done]
+        self.ritz_sum[newly_done] = theta[newly_done].clamp_min(0).sum(dim=1)
+        self.complete[newly_done] = spans_range
+        self.iterations[newly_done] = size
+        if self.ritz_coefficients is not None:
+            for index in newly_done.nonzero().flatten().tolist():
+                self.ritz_coefficients[index] = coefficients[index, :, :count].clone()
+        self.done |= newly_done
+
+
+def _ritz_vectors(
+    basis: list[Tensor], ritz_coefficients: list[Tensor], top_k: int
+) -> Tensor:  # (N, d, top_k) float64
+    """Unit Ritz vectors ``Q s_j`` from each sample's frozen coefficients."""
+    stacked = torch.stack(basis, dim=1)
+    num_samples, _, dim = stacked.shape
+    eigenvectors = stacked.new_zeros(num_samples, dim, top_k)
+    for index, coefficients in enumerate(ritz_coefficients):
+        size, count = coefficients.shape
+        eigenvectors[index, :, :count] = stacked[index, :size].T @ coefficients
+    return eigenvectors

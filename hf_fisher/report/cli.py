@@ -2,6 +2,8 @@
 
 Each ``add_*_parser`` registers a subcommand and sets ``func`` to its ``run_*``; each ``run_*``
 returns an exit code and lets :class:`hf_fisher.errors.HfFisherError` propagate to the caller.
+The ``run_*`` functions import their report modules, so that registering the subcommands (and
+``hf-fisher --help``) loads neither huggingface_hub nor matplotlib.
 """
 
 from __future__ import annotations
@@ -9,11 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-from hf_fisher.report.card import write_card
-from hf_fisher.report.leaderboard import build_leaderboard, make_submission
-from hf_fisher.report.push import push_card
-from hf_fisher.report.results_io import load_reportable_results
 
 
 def add_card_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -60,6 +57,10 @@ def add_card_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 def run_card(args: argparse.Namespace) -> int:
     """Write the card (and push it when ``--push`` is given)."""
+    from hf_fisher.report.card import write_card
+    from hf_fisher.report.push import push_card
+    from hf_fisher.report.results_io import load_reportable_results
+
     results = load_reportable_results(args.results)
     out = args.out or args.card or Path("README.md")
     outputs = write_card(
@@ -100,6 +101,9 @@ def add_submit_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 def run_submit(args: argparse.Namespace) -> int:
     """Write one submission JSON."""
+    from hf_fisher.report.leaderboard import make_submission
+    from hf_fisher.report.results_io import load_reportable_results
+
     submission = make_submission(
         load_reportable_results(args.results),
         name=args.name,
@@ -135,6 +139,8 @@ def add_leaderboard_parser(subparsers: argparse._SubParsersAction) -> argparse.A
 
 def run_leaderboard(args: argparse.Namespace) -> int:
     """Build the leaderboard site."""
+    from hf_fisher.report.leaderboard import build_leaderboard
+
     md_path, html_path = build_leaderboard(args.directory, args.out, args.title)
     print(f"wrote {md_path} and {html_path}")
     return 0

@@ -16,10 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # matplotlib is imported by the plotters: importing the registry stays light
+    from matplotlib.figure import Figure
 
 Plotter = Callable[[dict, Path], Path]
 CardRenderer = Callable[[dict], str]
@@ -186,6 +188,8 @@ def plot_spectral_norm_distribution(results: dict[str, Any], path: Path) -> Path
     if low == high:
         low, high = low / 2, high * 2
     bins = np.geomspace(low, high, 25)
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6.4, 3.6))
     ax = fig.add_subplot()
     for mask, label, color in (
@@ -213,6 +217,8 @@ def plot_per_class(results: dict[str, Any], path: Path) -> Path:
         if np.isfinite(value) and value > 0:
             by_class.setdefault(int(row["label"]), []).append(value)
     classes = sorted(by_class)
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(max(6.4, 0.5 * len(classes)), 3.6))
     ax = fig.add_subplot()
     if classes:

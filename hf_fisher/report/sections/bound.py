@@ -6,7 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from hf_fisher.report.sections._common import format_sig, new_figure, paragraphs, save_figure, table
+from hf_fisher.report.sections._common import (
+    format_sig,
+    md_escape,
+    new_figure,
+    paragraphs,
+    save_figure,
+    table,
+)
 
 
 def plot_bound(section: dict, path: str | Path) -> Path:
@@ -50,7 +57,9 @@ def card_bound(section: dict) -> str:
         method = layer["method"]
         if layer["relative_change"] is not None:
             method += f" (last change {format_sig(layer['relative_change'], 2)})"
-        rows.append([layer["name"], layer["type"], format_sig(layer["norm"]), method])
+        rows.append(
+            [md_escape(layer["name"]), md_escape(layer["type"]), format_sig(layer["norm"]), method]
+        )
     summary = (
         f"Input scale {format_sig(section['input_scale'])}; ‖J‖₂ ≤ "
         f"{format_sig(section['jacobian_bound'])}, so λ_max ≤ "

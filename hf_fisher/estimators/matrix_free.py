@@ -1,0 +1,171 @@
+"""The white-box matrix-free methods: Fisher products by double backward, never the rows.
+
+Each pairs an eigenvalue estimator (Lanczos, or the paper's power iteration) with a trace
+estimator over one :class:`~hf_fisher.operators.FisherOperator`:
+
+- "lanczos" and "power": the exact trace (standard error 0) when the exact dual is no dearer
+  than the probes (``K - 1 <= num_probes``, K for multi-label: that many backward passes
+  against ``num_probes``), else class-space Hutchinson;
+- "hutchinson" and "hutchpp": input-space probes, for comparison.
+
+The trace is also exact where Lanczos's Krylov space spans the Fisher's whole range (then it is
+the sum of the Ritz values). A stochastic trace is raised to the sum of the Ritz values found
+when it falls below it: that sum is a lower bound on trace(F), so the raise only shrinks the
+error, and every white-box record has ``trace >= spectral_norm``
+(:func:`trace_with_ritz_bounds`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from hf_fisher.estimators.hutchinson import (
+    TraceEstimate,
+    class_space_hutchinson,
+    hutchinson,
+    hutchpp,
+)
+from hf_fisher.estimators.lanczos import EigenEstimate, lanczos
+from hf_fisher.estimators.power import power_iteration
+from hf_fisher.estimators.result import FisherSpectrum, pad_eigenvalues
+from hf_fisher.estimators.spec import Cost, EstimatorCall, MethodSpec, Problem, Returns
+from hf_fisher.operators import FisherOperator
+
+DEFAULT_MAX_ITER = 100
+PRODUCT_FORWARD_EQUIVALENTS = 2  # a double-backward J v and a backward J^T w (measured ~2.1)
+FLOAT64_BYTES = 8
+
+TopEstimator = Callable[[FisherOperator, EstimatorCall, int], EigenEstimate]
+TraceEstimator = Callable[[FisherOperator, EstimatorCall], TraceEstimate]
+
+
+def _lanczos_top(operator: FisherOperator, call: EstimatorCall, max_iter: int) -> EigenEstimate:
+    options = call.options
+    return lanczos(
+        operator,
+        top_k=options["top_k"],
+        max_iter=max_iter,
+        tol=options["tol"],
+        seed=options["seed"],
+        sample_ids=call.sample_ids,
+    )
+
+
+def _power_top(operator: FisherOperator, call: EstimatorCall, max_iter: int) -> EigenEstimate:
+    options = call.options
+    return power_iteration(
+        operator,
+        max_iter=max_iter,
+        tol=options["tol"],
+        seed=options["seed"],
+        sample_ids=call.sample_ids,
+    )
+
+
+def _class_space_trace(operator: FisherOperator, call: EstimatorCall) -> TraceEstimate:
+    """Exact when ``rank_bound <= num_probes`` backward passes, else class-space probes."""
+    num_probes = call.options["num_probes"]
+    if operator.rank_bound <= num_probes:
+        exact_trace = operator.exact_trace()
+        return TraceEstimate(exact_trace, torch.zeros_like(exact_trace), operator.rank_bound)
+    seed = call.options["seed"]
+    return class_space_hutchinson(
+        operator, num_probes=num_probes, seed=seed, sample_ids=call.sample_ids
+    )
+
+
+def _input_trace(
+    estimator: Callable[..., TraceEstimate], operator: FisherOperator, call: EstimatorCall
+) -> TraceEstimate:
+    options = call.options
+    return estimator(
+        operator,
+        num_matvecs=options["num_probes"],
+        seed=options["seed"],
+        sample_ids=call.sample_ids,
+    )
+
+
+def trace_with_ritz_bounds(trace: TraceEstimate, top: EigenEstimate) -> tuple[Tensor, Tensor]:
+    """Exact trace where the Krylov space spans the range, else ``max(estimate, Ritz sum)``.
+
+    The sum of the Ritz values is the trace of a compression of the PSD Fisher, so it never
+    exceeds trace(F): raising an estimate to it only moves it toward the truth, and the standard
+    error of the estimate stays a valid (conservative) error bar.
+    """
+    bounded = torch.maximum(trace.trace, top.ritz_sum)
+    value = torch.where(top.complete, top.ritz_sum, bounded)
+    error = torch.where(top.complete, torch.zeros_like(trace.standard_error), trace.standard_error)
+    return value, error
+
+
+def _run(
+    call: EstimatorCall, *, name: str, top: TopEstimator, trace: TraceEstimator
+) -> FisherSpectrum:
+    """Run one matrix-free method: ``top`` for the eigenvalues, ``trace`` for the trace."""
+    operator = FisherOperator(call.logit_fn, call.inputs, call.space_mask, call.likelihood)
+    max_iter = call.options["max_iter"]
+    max_iter = DEFAULT_MAX_ITER if max_iter is None else max_iter
+    eigen = top(operator, call, max_iter)
+    trace_value, trace_error = trace_with_ritz_bounds(trace(operator, call), eigen)
+    return FisherSpectrum(
+        spectral_norm=eigen.eigenvalues[:, 0],
+        trace=trace_value,
+        eigenvalues=pad_eigenvalues(eigen.eigenvalues, call.options["top_k"]),
+        logits=operator.logits.detach().double(),
+        method=name,
+        converged=eigen.converged,
+        iterations=eigen.iterations,
+        trace_standard_error=trace_error,
+        settings={"max_iter": max_iter, "num_probes": call.options["num_probes"]},
+        likelihood=call.likelihood,
+    )
+
+
+def _products(problem: Problem, krylov: bool) -> int:
+    """Fisher products at the budget: Lanczos is exact after rank + 1, power may use all."""
+    max_iter = DEFAULT_MAX_ITER if problem.max_iter is None else problem.max_iter
+    return min(max_iter, problem.rank_bound + 1) if krylov else max_iter
+
+
+def _cost(problem: Problem, *, krylov: bool, input_probes: bool) -> Cost:
+    """One forward, the eigenvalue products, and the trace's backward passes or products."""
+    products = _products(problem, krylov)
+    vectors = products + 1 if krylov else 3  # Krylov basis, or power's few vectors (float64)
+    if input_probes:
+        trace_cost = PRODUCT_FORWARD_EQUIVALENTS * problem.num_probes
+        vectors += problem.num_probes
+    else:
+        trace_cost = min(problem.rank_bound, problem.num_probes)  # one backward each
+    return Cost(
+        forward_equivalents=1 + PRODUCT_FORWARD_EQUIVALENTS * products + trace_cost,
+        memory_bytes=vectors * problem.dim * FLOAT64_BYTES,
+    )
+
+
+def _spec(
+    name: str, top: TopEstimator, trace: TraceEstimator, *, krylov: bool, auto: bool = False
+) -> MethodSpec:
+    input_probes = trace is not _class_space_trace
+    return MethodSpec(
+        name=name,
+        black_box=False,
+        returns=Returns(
+            eigenvalues="top-k" if krylov else "top-1",
+            eigenvalue_error="converged",
+            trace="standard-error",
+        ),
+        cost=partial(_cost, krylov=krylov, input_probes=input_probes),
+        run=partial(_run, name=name, top=top, trace=trace),
+        auto=auto,
+    )
+
+
+LANCZOS = _spec("lanczos", _lanczos_top, _class_space_trace, krylov=True, auto=True)
+POWER = _spec("power", _power_top, _class_space_trace, krylov=False)
+HUTCHINSON = _spec("hutchinson", _lanczos_top, partial(_input_trace, hutchinson), krylov=True)
+HUTCHPP = _spec("hutchpp", _lanczos_top, partial(_input_trace, hutchpp), krylov=True)
