@@ -446,3 +446,17 @@ def test_every_option_has_a_default_a_help_text_and_a_flag() -> None:
             assert item.default is not MISSING and item.metadata["help"], item.name
             flags.append(flag_of(item))
     assert len(flags) == len(set(flags))  # no two knobs share a flag
+
+
+def test_building_the_parser_and_an_argument_error_load_no_torch() -> None:
+    code = (
+        "import sys\nfrom hf_fisher.cli import build_parser, main\nbuild_parser()\n"
+        "try:\n    main(['evaluate', '--top-k', 'many'])\nexcept SystemExit as exit:\n"
+        "    print(exit.code, 'torch' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "2 False", done.stderr
+    assert "argument --top-k: invalid int value: 'many'" in done.stderr
