@@ -170,8 +170,8 @@ def test_class_space_hutchinson_is_unbiased(cnn_case):
 
 def test_blackbox_coordinates_match_exact_up_to_finite_differences(cnn_case):
     net, x, _, values, trace = cnn_case
-    est = sketch_fisher(net, x, num_queries=2 * 50 + 1, step=1e-4)
-    assert est.scheme == "coordinates"
+    est = sketch_fisher(net, x, num_queries=4 * 50 + 1, step=1e-4)
+    assert est.scheme == "coordinates" and est.num_queries == 201
     torch.testing.assert_close(est.eigenvalues[:, 0], values[:, 0], rtol=1e-6, atol=0)
     torch.testing.assert_close(est.trace, trace, rtol=1e-6, atol=0)
 
@@ -244,23 +244,6 @@ def test_logits_that_ignore_the_input_get_a_clear_error(logit_fn):
         gradient_rows(logit_fn, x)
     with pytest.raises(NotAClassifierError, match="do not depend on its input"):
         FisherOperator(logit_fn, x)
-
-
-@pytest.mark.parametrize("num_classes", [3, 40], ids=["class-space", "direction-space"])
-def test_bootstrap_top_eigenvalue_matches_naive_resampling(num_classes, monkeypatch):
-    import hf_fisher.estimators.blackbox as blackbox
-
-    monkeypatch.setattr(blackbox, "BOOTSTRAP_BYTES", 1)  # one sample per chunk
-    generator = torch.Generator().manual_seed(0)
-    whitened = torch.randn(3, num_classes, 12, generator=generator, dtype=torch.float64)
-    resamples = torch.randint(0, 12, (3, 5, 12), generator=generator)
-    naive = torch.stack(
-        [
-            torch.stack([torch.linalg.eigvalsh(w[:, r] @ w[:, r].T / 12)[-1] for r in picks])
-            for w, picks in zip(whitened, resamples, strict=True)
-        ]
-    )
-    torch.testing.assert_close(blackbox._bootstrap_top_eigenvalue(whitened, resamples), naive)
 
 
 # --- convergence flags: what ``converged`` claims, checked against dense eigvalsh --------------
