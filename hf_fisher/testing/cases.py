@@ -325,10 +325,14 @@ def _check_sketch(m: Measurement) -> None:
     assert result.method == "sketch-coordinates", f"got the {result.method} scheme"
     _check_eigenvalues(m, m.finite_differences, "sketch eigenvalues")
     _check_relative(result.trace, m.trace, m.finite_differences, "sketch trace")
+    truths = {"spectral_norm": m.eigenvalues[:, 0], "trace": m.trace}
     for name, value in (("spectral_norm", result.spectral_norm), ("trace", result.trace)):
         interval = getattr(result, f"{name}_ci")
         inside = (interval[:, 0] <= value) & (value <= interval[:, 1])
         assert inside.all(), _fail(f"sketch {name} inside its interval", ~inside, "")
+        truth = truths[name].to(interval.dtype)
+        covered = (interval[:, 0] <= truth) & (truth <= interval[:, 1])
+        assert covered.all(), _fail(f"dense {name} inside the sketch's interval", ~covered, "")
 
 
 def _check_rayleigh_max(m: Measurement) -> None:
@@ -378,9 +382,9 @@ _ESTIMATORS = (
     ),
     EstimatorCase(
         "sketch",
-        "with 2d + 1 queries every coordinate is differenced: the dense values up to the "
-        "finite-difference error, inside its (zero-width) intervals",
-        lambda dim: {"top_k": 2, "num_queries": 2 * dim + 1},
+        "with 4d + 1 queries every coordinate is differenced at steps h and h/2: the dense "
+        "values up to the finite-difference error, and intervals widened by that error",
+        lambda dim: {"top_k": 2, "num_queries": 4 * dim + 1},
         _check_sketch,
         finite_differences=True,
     ),
