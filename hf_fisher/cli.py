@@ -66,18 +66,33 @@ def _companions(args: argparse.Namespace) -> CompanionOptions:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Run ``hf-fisher evaluate`` and print the summary table."""
+    """Run ``hf-fisher evaluate`` and print the summary table.
+
+    The options are checked before the runner (and with it torch) is imported, so a bad flag
+    is a one-line error in well under a second.
+    """
     from hf_fisher.labels import read_label_mapping
+
+    estimator = EstimatorOptions.from_namespace(args)
+    run = RunOptions.from_namespace(args)
+    companions = _companions(args)
+    for options in (estimator, run, companions):
+        options.validate()
+    label_mapping = None if args.label_mapping is None else read_label_mapping(args.label_mapping)
+
+    from hf_fisher.adapters import quiet_transformers
     from hf_fisher.runner import evaluate_robustness
 
-    label_mapping = None if args.label_mapping is None else read_label_mapping(args.label_mapping)
+    if not args.verbose:
+        quiet_transformers()  # no per-load progress bars or backend notices on the command line
+
     report = evaluate_robustness(
         args.model,
         args.dataset,
         split=args.split,
         config=args.config,
-        options=EstimatorOptions.from_namespace(args),
-        **RunOptions.from_namespace(args).to_settings(),
+        options=estimator,
+        **run.to_settings(),
         input_columns=args.input_columns,
         label_column=args.label_column,
         label_mapping=label_mapping,
@@ -89,7 +104,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         trust_remote_code=args.trust_remote_code,
-        companions=_companions(args),
+        companions=companions,
     )
     if report.out_dir is None or _is_main():
         print(report.format_summary())
@@ -180,10 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if not args.verbose:
-        from hf_fisher.adapters import quiet_transformers
-
-        quiet_transformers()
     try:
         return args.func(args)
     except HfFisherError as error:

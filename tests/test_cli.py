@@ -460,3 +460,27 @@ def test_building_the_parser_and_an_argument_error_load_no_torch() -> None:
     )
     assert done.stdout.strip() == "2 False", done.stderr
     assert "argument --top-k: invalid int value: 'many'" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch-size", "0"], "batch_size (--batch-size) must be an integer >= 1"),
+        (["--kl-tau", "nan"], "kl_tau (--kl-tau) must be a finite number > 0"),
+        (["--companion-samples", "-3"], "--companion-samples"),
+        (["--black-box", "--method", "exact"], "needs gradients but black_box=True"),
+    ],
+    ids=["batch-size", "kl-tau", "companion-samples", "black-box-method"],
+)
+def test_bad_option_values_are_refused_before_torch_is_imported(flags, message) -> None:
+    code = (
+        "import sys\nfrom hf_fisher.cli import main\n"
+        f"code = main(['evaluate', '--no-progress', *{flags!r}])\n"
+        "print(code, 'torch' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "2 False", done.stderr
+    assert message in done.stderr and done.stderr.count("\n") == 1
