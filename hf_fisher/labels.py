@@ -215,17 +215,44 @@ def align_labels(
     """
     label_mapping = check_label_mapping(label_mapping)
     exact, normal, generic = _model_index(id2label)
-    if names is not None:
-        domain = {position: str(name) for position, name in enumerate(names)}
-    else:
-        domain = {value: str(value) for value in (values or ()) if value is not None}
-    named = names is not None or any(isinstance(value, str) for value in domain)
+    domain = _label_domain(names, values)
+    named = _is_named(names, domain)
     model_names = [id2label[key] for key in sorted(id2label)]
     to_model: dict[Any, int] = {}
     if label_mapping:
         to_model = _given(label_mapping, id2label, exact, normal, domain, names is not None)
     elif not named:
         return LabelAlignment(None, None, "ids")
+    unmatched = _match_by_name(domain, to_model, exact, normal, named)
+    if unmatched and not label_mapping and generic and names is not None:
+        return _generic_ids(model_names, names)
+    if unmatched:
+        raise _unmatched_error(unmatched, model_names)
+    _check_one_to_one(to_model, domain, id2label)
+    recorded = {domain.get(value, str(value)): model_id for value, model_id in to_model.items()}
+    return LabelAlignment(to_model, recorded, "given" if label_mapping else "by-name")
+
+
+def _label_domain(names: Sequence[str] | None, values: Sequence[Any] | None) -> dict[Any, str]:
+    """Every dataset label value -> its name: ClassLabel positions, else the column's values."""
+    if names is not None:
+        return {position: str(name) for position, name in enumerate(names)}
+    return {value: str(value) for value in (values or ()) if value is not None}
+
+
+def _is_named(names: Sequence[str] | None, domain: Mapping[Any, str]) -> bool:
+    """Whether the dataset names its labels (a ClassLabel or any string value), so match by name."""
+    return names is not None or any(isinstance(value, str) for value in domain)
+
+
+def _match_by_name(
+    domain: Mapping[Any, str],
+    to_model: dict[Any, int],
+    exact: Mapping[str, int],
+    normal: Mapping[str, int],
+    named: bool,
+) -> list[str]:
+    """Add to ``to_model`` every label not yet mapped whose name matches; return the rest."""
     unmatched = []
     for value, name in domain.items():
         if value in to_model:
@@ -235,29 +262,35 @@ def align_labels(
             unmatched.append(name)
         else:
             to_model[value] = model_id
-    if unmatched and not label_mapping and generic and names is not None:
-        logger.warning(
-            "the model's labels are generic (%s), so the dataset's label names %s cannot be "
-            "matched to them: taking the dataset's ClassLabel ids as the model's class ids. "
-            "Pass --label-mapping if that is not the model's order",
-            f"{model_names[0]}, ..." if model_names else "it has no id2label",
-            _listed(names),
-        )
-        recorded = {str(name): position for position, name in enumerate(names)}
-        return LabelAlignment(None, recorded, "ids")
-    if unmatched:
-        raise DatasetError(
-            f"dataset labels {_listed(unmatched)} match none of the model's labels "
-            f"{_listed(model_names)} (compared exactly, then ignoring case and punctuation); "
-            "pass --label-mapping / label_mapping= as a JSON object from the model's label "
-            f'to the dataset\'s label, e.g. {{"{model_names[0]}": "{unmatched[0]}"}}'
-            if model_names
-            else f"dataset labels {_listed(unmatched)} are names, but the model has no label "
+    return unmatched
+
+
+def _generic_ids(model_names: Sequence[str], names: Sequence[str]) -> LabelAlignment:
+    """Generic model labels cannot be matched by name: take ClassLabel ids as model ids, loudly."""
+    logger.warning(
+        "the model's labels are generic (%s), so the dataset's label names %s cannot be "
+        "matched to them: taking the dataset's ClassLabel ids as the model's class ids. "
+        "Pass --label-mapping if that is not the model's order",
+        f"{model_names[0]}, ..." if model_names else "it has no id2label",
+        _listed(names),
+    )
+    recorded = {str(name): position for position, name in enumerate(names)}
+    return LabelAlignment(None, recorded, "ids")
+
+
+def _unmatched_error(unmatched: Sequence[str], model_names: Sequence[str]) -> DatasetError:
+    """The refusal for dataset names that match no model label, with a mapping to copy."""
+    if not model_names:
+        return DatasetError(
+            f"dataset labels {_listed(unmatched)} are names, but the model has no label "
             "names (id2label) to match them to; use integer labels in the model's order"
         )
-    _check_one_to_one(to_model, domain, id2label)
-    recorded = {domain.get(value, str(value)): model_id for value, model_id in to_model.items()}
-    return LabelAlignment(to_model, recorded, "given" if label_mapping else "by-name")
+    return DatasetError(
+        f"dataset labels {_listed(unmatched)} match none of the model's labels "
+        f"{_listed(model_names)} (compared exactly, then ignoring case and punctuation); "
+        "pass --label-mapping / label_mapping= as a JSON object from the model's label "
+        f'to the dataset\'s label, e.g. {{"{model_names[0]}": "{unmatched[0]}"}}'
+    )
 
 
 def _given(
@@ -273,41 +306,79 @@ def _given(
     ``domain`` is every label a ``ClassLabel`` has, or the values a column holds (a batch of
     references may lack some classes, so a value it does not hold is not an error).
     """
-    kind = "class" if class_label else "names" if any(isinstance(v, str) for v in domain) else "ids"
+    kind = _domain_kind(domain, class_label)
     by_name = {name: value for value, name in domain.items()}
-    by_normal: dict[str, list[Any]] = {}
-    for value, name in domain.items():
-        by_normal.setdefault(normalize_label(name), []).append(value)
+    by_normal = _normal_index(domain)
     resolved: dict[Any, int] = {}
     owners: dict[Any, str] = {}
     for key, target in label_mapping.items():
-        model_id = _match_name(key, exact, normal)
-        if model_id is None:
-            hint = (
-                f" ({key!r} is a dataset label: the mapping goes from the model's label to the "
-                "dataset's label, as in evaluate's evaluators)"
-                if key in by_name or normalize_label(key) in by_normal
-                else ""
-            )
-            raise DatasetError(
-                f"label_mapping key {key!r} is not one of the model's labels "
-                f"{_listed([id2label[k] for k in sorted(id2label)])}{hint}"
-            )
+        model_id = _mapping_key_id(key, id2label, exact, normal, by_name, by_normal)
         value = _dataset_value(key, target, kind, by_name, by_normal, len(domain))
-        if value in owners:
-            raise DatasetError(
-                f"label_mapping sends both {owners[value]!r} and {key!r} to the dataset label "
-                f"{domain.get(value, value)!r}; each dataset label needs one model label"
-            )
+        _check_unowned(value, key, owners, domain)
         owners[value] = key
         resolved[value] = model_id
+    _check_ids_complete(kind, domain, resolved)
+    return resolved
+
+
+def _domain_kind(domain: Mapping[Any, str], class_label: bool) -> str:
+    """What the dataset's labels are: ClassLabel ids ("class"), "names" or plain "ids"."""
+    if class_label:
+        return "class"
+    return "names" if any(isinstance(value, str) for value in domain) else "ids"
+
+
+def _normal_index(domain: Mapping[Any, str]) -> dict[str, list[Any]]:
+    """Normalised dataset label name -> the label values that have it."""
+    by_normal: dict[str, list[Any]] = {}
+    for value, name in domain.items():
+        by_normal.setdefault(normalize_label(name), []).append(value)
+    return by_normal
+
+
+def _mapping_key_id(
+    key: str,
+    id2label: Mapping[int, str],
+    exact: Mapping[str, int],
+    normal: Mapping[str, int],
+    by_name: Mapping[str, Any],
+    by_normal: Mapping[str, list[Any]],
+) -> int:
+    """The model class id a ``label_mapping`` key names; refuse a key that is no model label."""
+    model_id = _match_name(key, exact, normal)
+    if model_id is not None:
+        return model_id
+    hint = (
+        f" ({key!r} is a dataset label: the mapping goes from the model's label to the "
+        "dataset's label, as in evaluate's evaluators)"
+        if key in by_name or normalize_label(key) in by_normal
+        else ""
+    )
+    raise DatasetError(
+        f"label_mapping key {key!r} is not one of the model's labels "
+        f"{_listed([id2label[k] for k in sorted(id2label)])}{hint}"
+    )
+
+
+def _check_unowned(
+    value: Any, key: str, owners: Mapping[Any, str], domain: Mapping[Any, str]
+) -> None:
+    """Refuse a ``label_mapping`` that sends two model labels to one dataset label."""
+    if value in owners:
+        raise DatasetError(
+            f"label_mapping sends both {owners[value]!r} and {key!r} to the dataset label "
+            f"{domain.get(value, value)!r}; each dataset label needs one model label"
+        )
+
+
+def _check_ids_complete(kind: str, domain: Mapping[Any, str], resolved: Mapping[Any, int]) -> None:
+    """Integer dataset labels cannot be matched by name, so the mapping must cover them all."""
     missing = [name for value, name in domain.items() if value not in resolved]
     if kind == "ids" and missing:
         raise DatasetError(
             f"the dataset's integer labels {_listed(missing)} are not in label_mapping; give "
             "every dataset label a model label"
         )
-    return resolved
 
 
 def _dataset_value(
