@@ -133,6 +133,20 @@ def _is_ours(metric: Any, metric_type: str) -> bool:
     return isinstance(metric, dict) and metric.get("type") == metric_type
 
 
+def _split_results(results: list[Any], metric_type: str) -> tuple[list[Any], list[Any]]:
+    """(kept, ours): ``results`` without our groups and metric items, and our groups."""
+    kept, ours = [], []
+    for group in results:
+        metrics = group.get("metrics") if isinstance(group, dict) else None
+        if isinstance(metrics, list) and metrics:
+            if all(_is_ours(m, metric_type) for m in metrics):
+                ours.append(group)
+                continue
+            group["metrics"] = [m for m in metrics if not _is_ours(m, metric_type)]
+        kept.append(group)
+    return kept, ours
+
+
 def _strip_ours(data: Any, metric_type: str) -> tuple[Any, list[Any]]:
     """``data`` without our groups and metric items, and the list of our groups."""
     data = copy.deepcopy(data)
@@ -142,17 +156,121 @@ def _strip_ours(data: Any, metric_type: str) -> tuple[Any, list[Any]]:
         results = entry.get("results") if isinstance(entry, dict) else None
         if not isinstance(results, list):
             continue
-        kept = []
-        for group in results:
-            metrics = group.get("metrics") if isinstance(group, dict) else None
-            if isinstance(metrics, list) and metrics:
-                if all(_is_ours(m, metric_type) for m in metrics):
-                    ours.append(group)
-                    continue
-                group["metrics"] = [m for m in metrics if not _is_ours(m, metric_type)]
-            kept.append(group)
-        entry["results"] = kept
+        entry["results"], found = _split_results(results, metric_type)
+        ours += found
     return data, ours
+
+
+_Edit = tuple[int, int, str]  # (start, end, replacement) of the front matter text
+
+
+def _terminated(yaml_text: str, newline: str) -> tuple[str, bool]:
+    """``yaml_text`` with a break after its last line, and whether it lacked one.
+
+    Edits are of whole lines; the break is taken off again at the end (the closing ``---`` line
+    brings its own).
+    """
+    unterminated = yaml_text[-1:] not in ("\n", "\r")
+    if yaml_text and unterminated:
+        yaml_text += newline
+    return yaml_text, unterminated
+
+
+def _compose(yaml_text: str, source: str) -> tuple[MappingNode | None, Any]:
+    """The node tree (to find positions) and the loaded data (to check the result against)."""
+    try:
+        root = yaml.compose(yaml_text, Loader=yaml.SafeLoader)
+        before = yaml.safe_load(yaml_text)
+    except yaml.YAMLError as err:
+        detail = " ".join(str(err).split())
+        raise InputError(
+            f"{source}: the YAML front matter does not parse ({detail}); fix it."
+        ) from err
+    if root is not None and not isinstance(root, MappingNode):
+        raise InputError(f"{source}: the YAML front matter is not a mapping; fix or remove it.")
+    return root, before
+
+
+def _metric_cuts(
+    yaml_text: str, metrics: SequenceNode, types: list[Any], metric_type: str, source: str
+) -> list[_Edit]:
+    """Edits cutting our items out of a ``metrics`` list that also holds other metrics."""
+    if metrics.flow_style:
+        raise _unsupported(source, "a model-index metrics list is in flow style")
+    cuts = []
+    for metric, kind in zip(metrics.value, types, strict=True):
+        if kind == metric_type:
+            start, end, _ = _item_span(yaml_text, metric, source)
+            cuts.append((start, end, ""))
+    return cuts
+
+
+def _scan_results(
+    yaml_text: str, results: list[Node], metric_type: str, source: str
+) -> tuple[list[Node], list[_Edit]]:
+    """Our groups among ``results``, and the edits cutting our items out of mixed groups."""
+    groups, cuts = [], []
+    for item in results:
+        metrics = _get(item, "metrics")
+        types = [_scalar(_get(m, "type")) for m in getattr(metrics, "value", [])]
+        if not isinstance(metrics, SequenceNode) or metric_type not in types:
+            continue
+        if all(t == metric_type for t in types):
+            groups.append(item)
+        else:
+            cuts += _metric_cuts(yaml_text, metrics, types, metric_type, source)
+    return groups, cuts
+
+
+def _group_edits(
+    yaml_text: str,
+    groups: list[Node],
+    last: Node,
+    group: dict[str, Any],
+    newline: str,
+    source: str,
+) -> list[_Edit]:
+    """Replace our first old group by ``group`` and drop the others, or add it after ``last``."""
+    if groups:
+        start, end, column = _item_span(yaml_text, groups[0], source)
+        return [
+            (start, end, dump_block([group], column, newline)),
+            *[(*_item_span(yaml_text, g, source)[:2], "") for g in groups[1:]],
+        ]
+    _, end, column = _item_span(yaml_text, last, source)
+    return [(end, end, dump_block([group], column, newline))]
+
+
+def _index_edits(
+    yaml_text: str,
+    index: Node,
+    group: dict[str, Any],
+    metric_type: str,
+    newline: str,
+    source: str,
+) -> list[_Edit]:
+    """Edits of an existing ``model-index`` that leave ``group`` as our only results group."""
+    entries = _block_list(index)
+    if entries is None:
+        raise _unsupported(source, "its model-index is empty or a flow-style [...] list")
+    groups, edits, last = [], [], None
+    for entry in entries:
+        results = _block_list(_get(entry, "results"))
+        found, cuts = _scan_results(yaml_text, results or [], metric_type, source)
+        groups += found
+        edits += cuts
+        if last is None:
+            if results is None:
+                raise _unsupported(source, "its first model-index entry has no block results")
+            last = results[-1]
+    return edits + _group_edits(yaml_text, groups, last, group, newline, source)
+
+
+def _apply(text: str, edits: list[_Edit]) -> str:
+    """``text`` with the non-overlapping ``edits`` made, back to front so indices stay valid."""
+    for start, end, replacement in sorted(edits, key=lambda e: e[0], reverse=True):
+        text = text[:start] + replacement + text[end:]
+    return text
 
 
 def splice_group(
@@ -177,61 +295,15 @@ def splice_group(
         InputError: The front matter is not YAML or not a mapping, or its model-index is not in
             a block layout that can be edited in place.
     """
-    # Edit whole lines: give the last line a break here and take it off again at the end (the
-    # closing "---" line brings its own).
-    unterminated = yaml_text[-1:] not in ("\n", "\r")
-    if yaml_text and unterminated:
-        yaml_text += newline
-    try:
-        root = yaml.compose(yaml_text, Loader=yaml.SafeLoader)
-        before = yaml.safe_load(yaml_text)
-    except yaml.YAMLError as err:
-        detail = " ".join(str(err).split())
-        raise InputError(
-            f"{source}: the YAML front matter does not parse ({detail}); fix it."
-        ) from err
-    if root is not None and not isinstance(root, MappingNode):
-        raise InputError(f"{source}: the YAML front matter is not a mapping; fix or remove it.")
+    yaml_text, unterminated = _terminated(yaml_text, newline)
+    root, before = _compose(yaml_text, source)
     index = None if root is None else _get(root, "model-index")
-    edits: list[tuple[int, int, str]] = []  # (start, end, replacement), non-overlapping
     if index is None:
         block = dump_block({"model-index": [{"name": model_name, "results": [group]}]}, 0, newline)
-        edits.append((len(yaml_text), len(yaml_text), block))
+        edits = [(len(yaml_text), len(yaml_text), block)]
     else:
-        entries = _block_list(index)
-        if entries is None:
-            raise _unsupported(source, "its model-index is empty or a flow-style [...] list")
-        groups, last = [], None
-        for entry in entries:
-            results = _block_list(_get(entry, "results"))
-            for item in results or []:
-                metrics = _get(item, "metrics")
-                types = [_scalar(_get(m, "type")) for m in getattr(metrics, "value", [])]
-                if not isinstance(metrics, SequenceNode) or metric_type not in types:
-                    continue
-                if all(t == metric_type for t in types):
-                    groups.append(item)
-                    continue
-                if metrics.flow_style:
-                    raise _unsupported(source, "a model-index metrics list is in flow style")
-                for metric, kind in zip(metrics.value, types, strict=True):
-                    if kind == metric_type:
-                        start, end, _ = _item_span(yaml_text, metric, source)
-                        edits.append((start, end, ""))
-            if last is None:
-                if results is None:
-                    raise _unsupported(source, "its first model-index entry has no block results")
-                last = results[-1]
-        if groups:
-            start, end, column = _item_span(yaml_text, groups[0], source)
-            edits.append((start, end, dump_block([group], column, newline)))
-            edits += [(*_item_span(yaml_text, g, source)[:2], "") for g in groups[1:]]
-        else:
-            _, end, column = _item_span(yaml_text, last, source)
-            edits.append((end, end, dump_block([group], column, newline)))
-    text = yaml_text
-    for start, end, replacement in sorted(edits, key=lambda e: e[0], reverse=True):
-        text = text[:start] + replacement + text[end:]
+        edits = _index_edits(yaml_text, index, group, metric_type, newline, source)
+    text = _apply(yaml_text, edits)
     if unterminated and text.endswith(newline):
         text = text[: -len(newline)]
     _check(before, text, group, model_name, metric_type, source)
