@@ -127,3 +127,39 @@ def test_registry_names_only_section_renderers():
             module = dotted.partition(":")[0]
             assert module.startswith("hf_fisher.report.sections."), (section, dotted)
             assert (PACKAGE.parent / (module.replace(".", "/") + ".py")).is_file()
+
+
+MAX_COMPLEXITY = 15
+MAX_CODE_LINES = 80  # lines of a function's body, its docstring excluded
+# (module, function) -> why it may exceed the limits; empty means every function fits.
+EXCEPTIONS: dict[tuple[str, str], str] = {}
+
+
+def _function_sizes(path: Path) -> dict[str, int]:
+    """Lines of code of every function in a module, docstrings excluded."""
+    sizes = {}
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1
+            first = node.body[0]
+            if ast.get_docstring(node, clean=False) is not None:
+                lines -= first.end_lineno - first.lineno + 1
+            sizes[node.name] = max(lines, sizes.get(node.name, 0))
+    return sizes
+
+
+def test_no_function_is_too_complex_or_too_long():
+    """Every function in hf_fisher/ stays small: radon complexity <= 15, <= 80 lines of code."""
+    from radon.complexity import cc_visit
+
+    too_big = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = path.relative_to(PACKAGE.parent).as_posix()
+        sizes = _function_sizes(path)
+        for block in cc_visit(path.read_text(encoding="utf-8")):
+            if block.complexity > MAX_COMPLEXITY and (module, block.name) not in EXCEPTIONS:
+                too_big.append(f"{module}:{block.name} has complexity {block.complexity}")
+        for name, lines in sizes.items():
+            if lines > MAX_CODE_LINES and (module, name) not in EXCEPTIONS:
+                too_big.append(f"{module}:{name} has {lines} lines of code")
+    assert not too_big, "split these into named helpers:\n" + "\n".join(too_big)
