@@ -37,7 +37,7 @@ def kl_check_figure(section: dict, context: PlotContext | None = None) -> Figure
     axis.set_yscale("log")
     axis.set_title(context.title("Second-order KL check: error of ½ r² dᵀF d"), fontsize=10)
     axis.set_xlabel(context.distance_label("radius r", "l2"))
-    axis.set_ylabel("|KL - d^T F d / 2| / (d^T F d / 2)")
+    axis.set_ylabel("relative error |KL − ½ r² dᵀF d| / (½ r² dᵀF d)")
     axis.legend()
     return figure
 
