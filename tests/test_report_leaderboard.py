@@ -590,6 +590,10 @@ def test_repeated_submissions_keep_the_newest_and_say_so(tmp_path, results, capl
         ({"likelihood": "poisson"}, r"at likelihood: 'poisson' is not one of"),
         ({"kl_tau": 0}, r"at kl_tau: 0 is less than or equal to the minimum of 0"),
         ({"n": 0}, r"at n: 0 is less than the minimum of 1"),
+        (
+            {"median_kl_radius_ci": [0.3, 0.2]},
+            r"at median_kl_radius_ci: the low end 0\.3 is above the high end 0\.2; write",
+        ),
     ],
 )
 def test_more_bad_fields_are_typed_and_name_the_fix(tmp_path, results, change, match):

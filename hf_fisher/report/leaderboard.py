@@ -150,8 +150,9 @@ def validate_submission(submission: Any, source: str = "submission") -> dict[str
     Why here and not only in ``hf-fisher submit``: submissions are files that people edit and
     send in, and a leaderboard built from a bad one would rank it silently. Every number must be
     finite (JSON has no NaN or Infinity: write null), ``clean_acc`` a percentage in [0, 100],
-    KL radii and spectral norms (λ_max) >= 0, ``kl_tau`` > 0 and ``created`` an ISO-8601 time
-    (it decides which of repeated submissions is kept).
+    KL radii and spectral norms (λ_max) >= 0, ``kl_tau`` > 0, the CI of the median KL radius
+    ordered [low, high], and ``created`` an ISO-8601 time (it decides which of repeated
+    submissions is kept).
 
     Raises:
         SubmissionError: Wrong ``schema_version``, a schema violation, a non-finite number or an
@@ -181,6 +182,15 @@ def validate_submission(submission: Any, source: str = "submission") -> dict[str
             "clean_acc",
             f"{submission['clean_acc']!r} is not a percentage in [0, 100]",
             'write the accuracy in percent (accuracy 0.975 is written "97.50")',
+        )
+    low, high = submission["median_kl_radius_ci"]
+    if low is not None and high is not None and low > high:
+        raise _fail(
+            source,
+            "median_kl_radius_ci",
+            f"the low end {low!r} is above the high end {high!r}",
+            "write the interval as [low, high] (results.json summary.metrics.kl_radius "
+            "median_ci_low, median_ci_high)",
         )
     created_time(submission, source)
     return submission
