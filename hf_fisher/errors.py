@@ -23,3 +23,7 @@ class DatasetError(HfFisherError):
 
 class ResultsError(HfFisherError):
     """A results file is missing fields, has the wrong schema version or cannot be resumed."""
+
+
+class SubmissionError(ResultsError):
+    """A leaderboard submission is invalid; the message names the file, the field and the fix."""

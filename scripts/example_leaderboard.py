@@ -245,14 +245,20 @@ def main() -> None:
     parser.add_argument("--site-dir", type=Path, default=SITE_DIR, help="submissions and site")
     parser.add_argument("--screenshot", type=Path, default=SCREENSHOT)
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
-    parser.add_argument("--window-size", default="1910,410", help="WIDTH,HEIGHT in pixels")
+    parser.add_argument("--window-size", default="1910,470", help="WIDTH,HEIGHT in pixels")
+    parser.add_argument(
+        "--site-only",
+        action="store_true",
+        help="rebuild the site and screenshot from the committed submissions, without training",
+    )
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     start = time.perf_counter()
-    checkpoints = train_entries(args.runs_dir)
-    write_submissions(checkpoints, args.runs_dir, args.site_dir)
+    if not args.site_only:
+        checkpoints = train_entries(args.runs_dir)
+        write_submissions(checkpoints, args.runs_dir, args.site_dir)
     md_path, html_path = build_leaderboard(args.site_dir / "submissions", args.site_dir, TITLE)
     screenshot(html_path, args.screenshot, args.chromium, args.window_size)
     print(

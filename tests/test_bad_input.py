@@ -29,7 +29,7 @@ from hf_fisher.adapters import load_classifier
 from hf_fisher.cli import main
 from hf_fisher.companions import CompanionOptions
 from hf_fisher.digits import DEFAULT_MODEL_DIR, load_digits_dataset
-from hf_fisher.errors import DatasetError, InputError, ResultsError
+from hf_fisher.errors import DatasetError, InputError, ResultsError, SubmissionError
 from hf_fisher.results import load_results
 from hf_fisher.runner import evaluate_robustness
 from hf_fisher.testing.dense import dense_fisher, dense_spectrum
@@ -1230,6 +1230,35 @@ def _expect(expected: Any) -> Callable[[Any], None]:
     return check
 
 
+def _negative_lambda(tmp_path: Path) -> list:
+    from hf_fisher.report import make_submission
+
+    submission = make_submission(_report_results())
+    submission["metrics"]["spectral_norm"]["median"] = -3.0
+    return _leaderboard_with(tmp_path, metrics=submission["metrics"])
+
+
+def _pixel_and_embedding_tables(tmp_path: Path) -> list[list[str]]:
+    from hf_fisher.report import make_submission
+    from hf_fisher.report.leaderboard import group_submissions
+
+    base = make_submission(_report_results())
+    entries = [
+        dict(base, name="image", median_kl_radius=0.1),
+        dict(base, name="text", input_space="embeddings", median_kl_radius=2.0),
+    ]
+    return [[s["name"] for s in group] for group in group_submissions(entries).values()]
+
+
+def _resubmitted(tmp_path: Path) -> list[float]:
+    from hf_fisher.report import make_submission
+    from hf_fisher.report.leaderboard import merge_resubmissions
+
+    base = make_submission(_report_results())
+    newer = dict(base, created="2099-01-01T00:00:00+00:00", median_kl_radius=0.5)
+    return [s["median_kl_radius"] for s in merge_resubmissions([newer, base]).kept]
+
+
 REPORT_CASES: list[Case] = [
     Case(
         "report-card-without-card-or-out-merges-into-existing-readme",
@@ -1269,6 +1298,34 @@ REPORT_CASES: list[Case] = [
         "report-leaderboard-ranks-inf-kl-radius-first-and-nan-last",
         _rank_inf_and_nan,
         check=_expect(["flat", "finite", "unknown"]),
+    ),
+    Case(
+        "report-leaderboard-refuses-negative-lambda-max",
+        _negative_lambda,
+        error=SubmissionError,
+        match=r"entry\.json: invalid submission at metrics/spectral_norm/median: -3\.0 is less",
+    ),
+    Case(
+        "report-leaderboard-refuses-nan-kl-tau",
+        lambda tmp_path: _leaderboard_with(tmp_path, kl_tau=float("nan")),
+        error=SubmissionError,
+        match=r"entry\.json: invalid submission at kl_tau = nan: not a finite number; write null",
+    ),
+    Case(
+        "report-leaderboard-refuses-unparseable-created-time",
+        lambda tmp_path: _leaderboard_with(tmp_path, created="last Tuesday"),
+        error=SubmissionError,
+        match=r"entry\.json: invalid submission at created: 'last Tuesday' is not an ISO-8601",
+    ),
+    Case(
+        "report-leaderboard-never-ranks-pixels-against-embeddings",
+        _pixel_and_embedding_tables,
+        check=_expect([["text"], ["image"]]),
+    ),
+    Case(
+        "report-leaderboard-keeps-only-the-newest-resubmission",
+        _resubmitted,
+        check=_expect([0.5]),
     ),
 ]
 

@@ -15,11 +15,12 @@ import jsonschema
 import pytest
 
 from hf_fisher import cli as hf_cli
-from hf_fisher.errors import InputError, ResultsError
+from hf_fisher.errors import InputError, ResultsError, SubmissionError
 from hf_fisher.report import cli, leaderboard
 from hf_fisher.report.results_io import load_reportable_results
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_example.json"
+EXAMPLE_PAGE = Path(__file__).parent.parent / "docs" / "leaderboard" / "index.html"
 CHROMIUM = next(
     (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
     None,
@@ -50,6 +51,7 @@ def results():
 
 def _submission(results, name, kl, acc, n):
     data = copy.deepcopy(results)
+    data["model"]["id"] = f"org/{name}"
     data["summary"]["accuracy"] = acc
     data["summary"]["num_samples"] = n
     kl_stats = data["summary"]["metrics"]["kl_radius"]
@@ -458,7 +460,8 @@ def test_ranking_puts_flat_models_first_and_unknown_last(tmp_path, results):
     page = leaderboard.leaderboard_html(subs, "t")
     assert 'data-sort="Infinity"' in page and 'data-sort=""' in page
     markdown = leaderboard.leaderboard_markdown(subs, "t")
-    names = [line.split("|")[2].strip() for line in markdown.splitlines()[4:7]]
+    rows = [line for line in markdown.splitlines() if re.match(r"\| \d+ \|", line)]
+    names = [line.split("|")[2].strip() for line in rows]
     assert names == ["flat", "big (1)", "unknown"]  # (1): its footnote
 
 
@@ -490,3 +493,193 @@ def test_unknown_values_sort_last_both_ways_in_real_chromium(tmp_path, results):
         "median_kl_radius": ["big", "flat", "unknown"],
         "-median_kl_radius": ["flat", "big", "unknown"],
     }
+
+
+# groups, merged resubmissions, narrow windows (issue 17) ------------------------------------
+
+
+def _variant(results, name, kl, created="2026-11-22T01:00:00+00:00", **fields):
+    sub = _submission(results, name, kl, 0.9, 40)
+    sub.update(created=created, footnote=None, **fields)
+    return leaderboard.validate_submission(sub)
+
+
+def _mixed(results):
+    """Two pixel entries, one normalized-space entry, one at another τ, one multi-label."""
+    return [
+        _variant(results, "p-small", 0.05),
+        _variant(results, "n-big", 0.9, input_space="normalized"),
+        _variant(results, "p-big", 0.2),
+        _variant(results, "tau", 0.5, kl_tau=0.1),
+        _variant(results, "multi", 0.4, likelihood="bernoulli"),
+        _variant(results, "val", 0.3, split="validation"),
+    ]
+
+
+GROUPS = {
+    "sklearn-digits (test) · input space normalized · τ = 0.01 · categorical likelihood": ["n-big"],
+    "sklearn-digits (test) · input space pixels · τ = 0.01 · bernoulli likelihood": ["multi"],
+    "sklearn-digits (test) · input space pixels · τ = 0.01 · categorical likelihood": [
+        "p-big",
+        "p-small",
+    ],
+    "sklearn-digits (test) · input space pixels · τ = 0.1 · categorical likelihood": ["tau"],
+    "sklearn-digits (validation) · input space pixels · τ = 0.01 · categorical likelihood": ["val"],
+}
+
+
+def test_each_setup_gets_its_own_ranked_table(results):
+    subs = _mixed(results)
+    groups = leaderboard.group_submissions(subs)
+    assert {setup.heading: [s["name"] for s in group] for setup, group in groups.items()} == {
+        heading: sorted(names, reverse=True) for heading, names in GROUPS.items()
+    }
+    markdown = leaderboard.leaderboard_markdown(subs, "t")
+    found, heading = {}, None
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            heading = line[3:].replace("\\", "")
+            found[heading] = []
+        elif re.match(r"\| \d+ \|", line):
+            cells = [c.strip() for c in line.split("|")]
+            found[heading].append((int(cells[1]), cells[2]))
+    # ranks restart at 1 in every table; n-big (0.9) never outranks p-big (0.2) in one table
+    assert found == {h: list(enumerate(names, start=1)) for h, names in GROUPS.items()}
+    page = _Collector()
+    page.feed(leaderboard.leaderboard_html(subs, "t"))
+    assert page.names == [name for names in GROUPS.values() for name in names]
+    scrollers = [a for tag, a in page.tags if tag == "div" and a.get("class") == "table-scroll"]
+    assert [a["aria-label"] for a in scrollers] == list(GROUPS)
+
+
+def test_repeated_submissions_keep_the_newest_and_say_so(tmp_path, results, caplog):
+    old = _variant(results, "m", 0.1, created="2026-11-20T10:00:00+00:00")
+    new = _variant(results, "m", 0.3, created="2026-11-21T10:00:00")  # no offset: UTC
+    other_estimator = _variant(results, "m", 0.2, estimator="lanczos")
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    for i, sub in enumerate([new, old, other_estimator]):  # the newest is not the last file
+        (folder / f"{i}.json").write_text(json.dumps(sub))
+    merged = leaderboard.merge_resubmissions(leaderboard.load_submissions(folder))
+    assert [(s["median_kl_radius"], s["estimator"]) for s in merged.kept] == [
+        (0.3, "exact"),
+        (0.2, "lanczos"),
+    ]
+    assert [(a["created"], b["created"]) for a, b in merged.replaced] == [
+        ("2026-11-20T10:00:00+00:00", "2026-11-21T10:00:00")
+    ]
+    with caplog.at_level("WARNING", logger="hf_fisher.report.leaderboard"):
+        md_path, html_path = leaderboard.build_leaderboard(folder, tmp_path / "site")
+    assert "Merged 1 repeated submission of the same model" in caplog.text
+    assert "m (2026-11-20T10:00:00+00:00) replaced by 2026-11-21T10:00:00" in caplog.text
+    assert "Merged 1 repeated submission" in md_path.read_text()
+    page = _Collector()
+    page.feed(html_path.read_text())
+    assert ("p", {"class": "merged", "data-replaced": "1"}) in page.tags
+    assert page.names == ["m", "m"]  # exact (0.3) and lanczos: one table, two estimators
+    # equal times: the later submission wins; different estimators are never merged
+    tie = leaderboard.merge_resubmissions([old, dict(old, median_kl_radius=0.25)])
+    assert [s["median_kl_radius"] for s in tie.kept] == [0.25]
+    assert leaderboard.merge_resubmissions([old, other_estimator]).note() is None
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"created": "yesterday"}, r"at created: 'yesterday' is not an ISO-8601 time; write"),
+        ({"likelihood": "poisson"}, r"at likelihood: 'poisson' is not one of"),
+        ({"kl_tau": 0}, r"at kl_tau: 0 is less than or equal to the minimum of 0"),
+        ({"n": 0}, r"at n: 0 is less than the minimum of 1"),
+        (
+            {"median_kl_radius_ci": [0.3, 0.2]},
+            r"at median_kl_radius_ci: the low end 0\.3 is above the high end 0\.2; write",
+        ),
+    ],
+)
+def test_more_bad_fields_are_typed_and_name_the_fix(tmp_path, results, change, match):
+    sub = dict(leaderboard.make_submission(results), **change)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(sub))
+    with pytest.raises(SubmissionError, match=re.escape(str(path)) + ": invalid .*" + match):
+        leaderboard.load_submissions(tmp_path)
+    with pytest.raises(SubmissionError, match="(fix|write)"):
+        leaderboard.validate_submission(sub)
+
+
+LAYOUT = """(() => {
+  const page = document.documentElement;
+  return {
+    viewport: window.innerWidth,
+    page: page.scrollWidth,
+    groups: Array.from(document.querySelectorAll('section.group')).map(s => [
+      s.querySelector('h2').textContent,
+      Array.from(s.querySelectorAll('tbody tr')).map(r => r.dataset.name),
+    ]),
+    scrollers: Array.from(document.querySelectorAll('.table-scroll')).map(c => {
+      const before = c.scrollLeft;
+      c.scrollLeft = 80;
+      const moved = c.scrollLeft - before;
+      c.scrollLeft = 0;
+      return {
+        overflow: getComputedStyle(c).overflowX,
+        inside: c.getBoundingClientRect().right <= window.innerWidth,
+        wider: c.scrollWidth > c.clientWidth,
+        moved: moved,
+      };
+    }),
+  };
+})()"""
+
+
+def _layout_at(cdp, page, width):
+    """Load ``page`` in a ``width`` px wide viewport and measure it with LAYOUT."""
+    cdp.send(
+        "Emulation.setDeviceMetricsOverride",
+        width=width,
+        height=800,
+        deviceScaleFactor=1,
+        mobile=False,
+    )
+    cdp.send("Page.navigate", url=page.as_uri())
+    cdp.wait_event("Page.loadEventFired")
+    return cdp.evaluate(LAYOUT)
+
+
+def test_groups_and_narrow_windows_in_real_chromium(tmp_path, results):
+    binary = _need_chromium()
+    subs = _mixed(results)
+    subs[0]["model_id"] = "org/" + "a-very-long-checkpoint-name-" * 8  # wider than 1400 px
+    subs[1]["model_id"] = "org/" + "another-long-checkpoint-name-" * 8
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    for i, sub in enumerate(subs):
+        (folder / f"{i}.json").write_text(json.dumps(sub))
+    _, html_path = leaderboard.build_leaderboard(folder, tmp_path / "site")
+    cdp = _Cdp(binary, tmp_path / "profile")
+    try:
+        target = cdp.send("Target.createTarget", url="about:blank")["targetId"]
+        cdp.session = cdp.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        cdp.send("Page.enable")
+        for width in (1400, 600):
+            layout = _layout_at(cdp, html_path, width)
+            assert layout["viewport"] == width
+            assert layout["page"] <= width, layout  # no page-level horizontal overflow
+            assert [tuple(g) for g in layout["groups"]] == [
+                (heading, names) for heading, names in GROUPS.items()
+            ]
+            assert all(s["overflow"] == "auto" and s["inside"] for s in layout["scrollers"])
+            wide = [layout["groups"][i][1] for i, s in enumerate(layout["scrollers"]) if s["wider"]]
+            assert ["n-big"] in wide and ["p-big", "p-small"] in wide, layout
+            assert all(s["moved"] > 0 for s in layout["scrollers"] if s["wider"]), layout
+            if width == 600:
+                assert all(s["wider"] and s["moved"] > 0 for s in layout["scrollers"]), layout
+        _click_header(cdp, "n")  # sorts inside every table: no row changes table
+        assert [names for _, names in cdp.evaluate(LAYOUT)["groups"]] == list(GROUPS.values())
+        for width in (1400, 600):  # the committed example page (docs/leaderboard/) too
+            layout = _layout_at(cdp, EXAMPLE_PAGE, width)
+            assert layout["page"] <= width == layout["viewport"], layout
+            assert all(s["overflow"] == "auto" and s["inside"] for s in layout["scrollers"])
+            if width == 600:
+                assert all(s["wider"] and s["moved"] > 0 for s in layout["scrollers"]), layout
+    finally:
+        cdp.close()

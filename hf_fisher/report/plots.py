@@ -3,14 +3,18 @@
 Core plots come from ``per_sample``. Optional measurements (attacks, noise curves, ...) write
 their own top-level section of results.json and report it through :data:`REPORT_REGISTRY`: each
 :class:`Companion` entry names, as dotted ``"module:function"`` strings, a plotter
-``f(section: dict, path: Path) -> Path`` and a card renderer ``f(section: dict) -> str``
-(Markdown). Both are imported only when their section is present, so a report never imports a
-measurement module it does not need, and one that fails is skipped with a warning.
+``f(section: dict, path: Path, context: PlotContext | None = None) -> Path`` (``context`` is
+optional: a plotter without it is called with two arguments) and a card renderer
+``f(section: dict) -> str`` (Markdown). Every plot's title names the model and the dataset, and
+every radius or noise axis its units (:class:`~hf_fisher.report.sections._common.PlotContext`).
+Both are imported only when their section is present, so a report never imports a measurement
+module it does not need, and one that fails is skipped with a warning.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +26,8 @@ import numpy as np
 
 if TYPE_CHECKING:  # matplotlib is imported by the plotters: importing the registry stays light
     from matplotlib.figure import Figure
+
+    from hf_fisher.report.sections._common import PlotContext
 
 Plotter = Callable[[dict, Path], Path]
 CardRenderer = Callable[[dict], str]
@@ -174,12 +180,14 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plot_spectral_norm_distribution(results: dict[str, Any], path: Path) -> Path:
+def spectral_norm_figure(results: dict[str, Any]) -> Figure:
     """Histogram of per-sample ``spectral_norm`` on a log axis, correct vs misclassified.
 
     Misclassified samples tend to sit near a decision boundary, where the Fisher is large;
     showing the two groups apart makes that visible and keeps them from hiding each other.
     """
+    from hf_fisher.report.sections._common import PlotContext
+
     rows = results["per_sample"]
     values = np.array([float(r["spectral_norm"]) for r in rows])
     correct = np.array([bool(r["correct"]) for r in rows])
@@ -190,7 +198,7 @@ def plot_spectral_norm_distribution(results: dict[str, Any], path: Path) -> Path
     bins = np.geomspace(low, high, 25)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 3.6))
+    fig = Figure(figsize=(6.4, 3.8))
     ax = fig.add_subplot()
     for mask, label, color in (
         (correct, "correct", "tab:blue"),
@@ -203,13 +211,20 @@ def plot_spectral_norm_distribution(results: dict[str, Any], path: Path) -> Path
     ax.set_xscale("log")
     ax.set_xlabel("spectral norm λ_max(F)  (log scale; larger = less robust)")
     ax.set_ylabel("samples")
-    ax.set_title(f"{results['model']['id']} on {results['dataset']['name']}")
+    ax.set_title(PlotContext.of(results).title("Per-sample λ_max(F), correct vs misclassified"))
     ax.legend()
-    return _save(fig, path)
+    return fig
 
 
-def plot_per_class(results: dict[str, Any], path: Path) -> Path:
+def plot_spectral_norm_distribution(results: dict[str, Any], path: Path) -> Path:
+    """Draw :func:`spectral_norm_figure` into ``path``."""
+    return _save(spectral_norm_figure(results), path)
+
+
+def per_class_figure(results: dict[str, Any]) -> Figure:
     """Box plot of per-sample ``spectral_norm`` for each true class, on a log axis."""
+    from hf_fisher.report.sections._common import PlotContext
+
     id2label = results["model"]["id2label"]
     by_class: dict[int, list[float]] = {}
     for row in results["per_sample"]:
@@ -219,7 +234,7 @@ def plot_per_class(results: dict[str, Any], path: Path) -> Path:
     classes = sorted(by_class)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(6.4, 0.5 * len(classes)), 3.6))
+    fig = Figure(figsize=(max(6.4, 0.5 * len(classes)), 3.8))
     ax = fig.add_subplot()
     if classes:
         ax.boxplot([by_class[c] for c in classes], showfliers=True)
@@ -227,9 +242,28 @@ def plot_per_class(results: dict[str, Any], path: Path) -> Path:
         ax.set_xticklabels([str(id2label.get(str(c), c)) for c in classes], rotation=45)
     ax.set_yscale("log")
     ax.set_xlabel("true class")
-    ax.set_ylabel("spectral norm (log scale)")
-    ax.set_title("Spectral norm by class")
-    return _save(fig, path)
+    ax.set_ylabel("spectral norm λ_max(F) (log scale)")
+    ax.set_title(PlotContext.of(results).title("Spectral norm λ_max(F) by true class"))
+    return fig
+
+
+def plot_per_class(results: dict[str, Any], path: Path) -> Path:
+    """Draw :func:`per_class_figure` into ``path``."""
+    return _save(per_class_figure(results), path)
+
+
+def call_plotter(func: Callable[..., Any], section: dict, path: Path, context: PlotContext) -> Path:
+    """Call a section plotter, with ``context=`` when its signature takes it.
+
+    Why: plotters written for the two-argument form (``f(section, path)``) keep working.
+    """
+    try:
+        takes_context = "context" in inspect.signature(func).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        takes_context = False
+    if takes_context:
+        return Path(func(section, path, context=context))
+    return Path(func(section, path))
 
 
 def make_plots(
@@ -250,7 +284,10 @@ def make_plots(
     Returns:
         Plot name -> path of the written PNG.
     """
+    from hf_fisher.report.sections._common import PlotContext
+
     out_dir = Path(out_dir)
+    context = PlotContext.of(results)
     plots = {
         "spectral_norm": plot_spectral_norm_distribution(results, out_dir / "spectral_norm.png"),
         "per_class": plot_per_class(results, out_dir / "per_class.png"),
@@ -260,7 +297,9 @@ def make_plots(
             results,
             REPORT_REGISTRY if registry is None else registry,
             "plotter",
-            lambda func, section, name: Path(func(section, out_dir / f"{name}.png")),
+            lambda func, section, name: call_plotter(
+                func, section, out_dir / f"{name}.png", context
+            ),
         )
     )
     return plots

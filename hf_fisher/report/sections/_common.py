@@ -9,8 +9,10 @@ state, no GUI backend, safe in threads and servers) and every number goes throug
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -19,6 +21,8 @@ from hf_fisher.report.badge import format_sig
 from hf_fisher.report.card import md_escape
 
 __all__ = [
+    "PlotContext",
+    "Units",
     "format_sig",
     "md_escape",
     "new_figure",
@@ -29,6 +33,77 @@ __all__ = [
     "paragraphs",
     "estimate_with_ci",
 ]
+
+
+@dataclass(frozen=True)
+class Units:
+    """How a distance and a per-coordinate noise scale in one input space are named on axes."""
+
+    distance: str
+    coordinate: str
+    scale: str
+
+
+INPUT_UNITS: Mapping[str | None, Units] = MappingProxyType(
+    {
+        "pixels": Units("pixel units [0,1]", "pixel", "[0,1] scale"),
+        "normalized": Units(
+            "normalised model-input units", "coordinate", "normalised model-input units"
+        ),
+        "embeddings": Units("token-embedding units", "coordinate", "token-embedding units"),
+        "raw": Units("raw input units", "coordinate", "raw input units"),
+        None: Units("input units", "coordinate", "input units"),
+    }
+)
+"""Units per ``settings.input_space``: every companion measures in the Fisher's input space."""
+
+NORM_NAMES = MappingProxyType({"l2": "L2", "linf": "L∞", "l1": "L1"})
+
+
+@dataclass(frozen=True)
+class PlotContext:
+    """Which model, data and input space a plot shows: its title and the units of its axes.
+
+    Why: a PNG is shared on its own (in a card, a chat, a paper draft) and must say what it is
+    about; a radius or noise level without its units cannot be read.
+
+    >>> ctx = PlotContext("org/net", "digits (test)", "pixels")
+    >>> ctx.distance_label("ε", "l2"), ctx.sigma_label("gaussian")
+    ('ε (L2, pixel units [0,1])', 'σ (pixel std, [0,1] scale)')
+    """
+
+    model: str | None = None
+    dataset: str | None = None
+    input_space: str | None = None
+
+    @classmethod
+    def of(cls, results: dict[str, Any]) -> PlotContext:
+        """The context of validated results: model id, dataset name (split) and input space."""
+        data = results["dataset"]
+        split = data.get("split")
+        dataset = str(data["name"]) + (f" ({split})" if split else "")
+        return cls(str(results["model"]["id"]), dataset, results["settings"].get("input_space"))
+
+    @property
+    def units(self) -> Units:
+        """The input space's units; generic "input units" for an unknown or new space."""
+        return INPUT_UNITS.get(self.input_space, INPUT_UNITS[None])
+
+    def title(self, what: str) -> str:
+        """``what`` and, on a second line, ``model on dataset`` when they are known."""
+        if self.model is None:
+            return what
+        return f"{what}\n{self.model} on {self.dataset}"
+
+    def distance_label(self, symbol: str, norm: str = "l2", note: str | None = None) -> str:
+        """An axis label for a perturbation size, e.g. ``ε (L2, pixel units [0,1])``."""
+        extra = f"; {note}" if note else ""
+        return f"{symbol} ({NORM_NAMES.get(norm, norm)}, {self.units.distance}{extra})"
+
+    def sigma_label(self, kind: str) -> str:
+        """An axis label for a noise level: a Gaussian std or a uniform half-width."""
+        what = "std" if kind == "gaussian" else "half-width"
+        return f"σ ({self.units.coordinate} {what}, {self.units.scale})"
 
 
 def new_figure(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from hf_fisher.attacks import GRADIENT_MASKING_WARNING
 from hf_fisher.report.sections._common import (
+    PlotContext,
     estimate_with_ci,
     format_sig,
     log_scatter,
@@ -25,13 +28,16 @@ PREDICTOR_LABELS = {
 SIGN_WORDS = {-1: "negative", 1: "positive"}
 
 
-def plot_attacks(section: dict, path: str | Path) -> Path:
-    """Draw robust accuracy vs epsilon and spectral_norm vs minimal epsilon from the JSON."""
-    figure, (curve, scatter) = new_figure(10, 4, columns=2)
+def attacks_figure(section: dict, context: PlotContext | None = None) -> Figure:
+    """Robust accuracy vs ε, and λ_max vs each correct sample's minimal ε."""
+    context = context or PlotContext()
+    norm = section["norm"]
+    figure, (curve, scatter) = new_figure(10, 4.4, columns=2)
+    figure.suptitle(context.title("Gradient attacks: robust accuracy and minimal ε"))
     epsilons = [0.0, *section["epsilons"]]
     for name, values in section["robust_accuracy"].items():
         curve.plot(epsilons, [section["clean_accuracy"], *values], marker="o", label=name.upper())
-    curve.set_xlabel(f"epsilon ({section['norm']})")
+    curve.set_xlabel(context.distance_label("ε", norm))
     curve.set_ylabel("robust accuracy")
     curve.set_ylim(0, 1.02)
     curve.legend()
@@ -44,9 +50,14 @@ def plot_attacks(section: dict, path: str | Path) -> Path:
     )
     rho = or_na(section["correlations"]["spectral_norm"]["spearman"], ".2f")
     scatter.set_title(f"Spearman {rho}; {section['num_not_flipped']} not flipped (not shown)")
-    scatter.set_xlabel("spectral_norm (lambda_max)")
-    scatter.set_ylabel("minimal PGD epsilon")
-    return save_figure(figure, path)
+    scatter.set_xlabel("λ_max(F) (log scale)")
+    scatter.set_ylabel(context.distance_label("minimal PGD ε", norm))
+    return figure
+
+
+def plot_attacks(section: dict, path: str | Path, context: PlotContext | None = None) -> Path:
+    """Draw :func:`attacks_figure` into ``path``."""
+    return save_figure(attacks_figure(section, context), path)
 
 
 def card_attacks(section: dict) -> str:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from hf_fisher.report.sections._common import (
+    PlotContext,
     format_sig,
     md_escape,
     new_figure,
@@ -16,9 +18,10 @@ from hf_fisher.report.sections._common import (
 )
 
 
-def plot_bound(section: dict, path: str | Path) -> Path:
-    """Draw the measured lambda_max distribution and the architecture bound, log scale."""
-    figure, axis = new_figure(5, 4)
+def bound_figure(section: dict, context: PlotContext | None = None) -> Figure:
+    """The measured λ_max distribution and the architecture bound, log scale."""
+    context = context or PlotContext()
+    figure, axis = new_figure(5.5, 4.4)
     values = np.array([v for v in section["spectral_norm"] if v is not None and v > 0])
     bound = section["lambda_bound"]
     if len(values):
@@ -31,10 +34,16 @@ def plot_bound(section: dict, path: str | Path) -> Path:
             label += f" ({section['ratio_to_max']:.3g}× max)"
         axis.axvline(bound, color="tab:red", linestyle="--", label=label)
     axis.set_xscale("log")
+    axis.set_title(context.title("Measured λ_max vs the data-free bound"), fontsize=10)
     axis.set_xlabel("λ_max of the input Fisher")
     axis.set_ylabel("samples")
     axis.legend()
-    return save_figure(figure, path)
+    return figure
+
+
+def plot_bound(section: dict, path: str | Path, context: PlotContext | None = None) -> Path:
+    """Draw :func:`bound_figure` into ``path``."""
+    return save_figure(bound_figure(section, context), path)
 
 
 def card_bound(section: dict) -> str:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from hf_fisher.report.sections._common import (
+    PlotContext,
     estimate_with_ci,
     format_sig,
     log_scatter,
@@ -18,22 +21,36 @@ from hf_fisher.report.sections._common import (
 SCORE_LABELS = {"untargeted": "untargeted (all classes)", "top2": "top-2 class"}
 
 
-def plot_clever(section: dict, path: str | Path) -> Path:
-    """Scatter CLEVER against spectral_norm (log-log) from the JSON section."""
-    figure, axis = new_figure(5, 4)
+def clever_figure(section: dict, context: PlotContext | None = None) -> Figure:
+    """Scatter each sample's CLEVER score against its λ_max (log-log), cost in a corner."""
+    context = context or PlotContext()
+    figure, axis = new_figure(6.4, 4.4)
     per_sample = section["per_sample"]
     key = "untargeted" if per_sample["untargeted"] is not None else "top2"
     if per_sample["spectral_norm"] is not None:
         log_scatter(axis, per_sample["spectral_norm"], per_sample[key], log_y=True)
-    cost = section["cost"]
     axis.set_title(
-        f"cost/sample: CLEVER {cost['clever_forward_equivalents_per_sample']} vs "
-        f"lambda_max {cost['spectral_norm_forward_equivalents_per_sample']} fwd-eq",
+        context.title(f"CLEVER {SCORE_LABELS[key]} score vs λ_max, per sample"),
         fontsize=9,
     )
-    axis.set_xlabel("spectral_norm (lambda_max)")
-    axis.set_ylabel(f"CLEVER {key} ({section['norm']}, R={section['radius']:g})")
-    return save_figure(figure, path)
+    cost = section["cost"]
+    axis.text(
+        0.02,
+        0.02,
+        f"cost/sample: CLEVER {cost['clever_forward_equivalents_per_sample']} vs "
+        f"λ_max {cost['spectral_norm_forward_equivalents_per_sample']} forward-equivalents",
+        transform=axis.transAxes,
+        fontsize=7,
+    )
+    axis.set_xlabel("λ_max(F) (log scale; larger = less robust)")
+    note = f"R = {section['radius']:g}"
+    axis.set_ylabel(context.distance_label("CLEVER score", section["norm"], note))
+    return figure
+
+
+def plot_clever(section: dict, path: str | Path, context: PlotContext | None = None) -> Path:
+    """Draw :func:`clever_figure` into ``path``."""
+    return save_figure(clever_figure(section, context), path)
 
 
 def card_clever(section: dict) -> str:

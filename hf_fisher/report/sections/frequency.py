@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from hf_fisher.errors import ResultsError
 from hf_fisher.report.sections._common import (
+    PlotContext,
     format_sig,
     md_escape,
     new_figure,
@@ -32,19 +35,13 @@ def _bands_of(section: dict, where: str) -> int:
     return int(section["num_bands"])
 
 
-def plot_frequency(section: dict, path: str | Path) -> Path:
+def frequency_figure(section: dict, context: PlotContext | None = None) -> Figure:
     """Bar chart per band: Shapley importance distribution and Fisher energy share side by side.
-
-    Args:
-        section: the ``frequency`` section of results.json.
-        path: output image path (format from the suffix).
-
-    Returns:
-        The written path.
 
     Raises:
         ResultsError: ``section`` is not a frequency section.
     """
+    context = context or PlotContext()
     num_bands = _bands_of(section, "the section")
     series = []
     if section.get("iaside") is not None:
@@ -53,15 +50,33 @@ def plot_frequency(section: dict, path: str | Path) -> Path:
     if section.get("fisher") is not None:
         series.append(("Fisher energy share", section["fisher"]["energy_share"]))
     width = 0.8 / len(series)
-    figure, axis = new_figure(6.4, 3.6)
+    figure, axis = new_figure(6.4, 4)
     for offset, (label, heights) in enumerate(series):
         positions = [b - 0.4 + width * (offset + 0.5) for b in range(num_bands)]
         axis.bar(positions, heights, width=width, label=label)
     axis.set_xticks(range(num_bands))
+    axis.set_title(context.title("Frequency bands: importance and Fisher energy"), fontsize=10)
     axis.set_xlabel(BAND_AXIS_LABEL)
     axis.set_ylabel("share")
     axis.legend(fontsize="small")
-    return save_figure(figure, path)
+    return figure
+
+
+def plot_frequency(section: dict, path: str | Path, context: PlotContext | None = None) -> Path:
+    """Draw :func:`frequency_figure` into ``path``.
+
+    Args:
+        section: the ``frequency`` section of results.json.
+        path: output image path (format from the suffix).
+        context: model, dataset and input space for the title.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ResultsError: ``section`` is not a frequency section.
+    """
+    return save_figure(frequency_figure(section, context), path)
 
 
 def plot_frequency_comparison(sections: dict[str, dict], path: str | Path) -> Path:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from hf_fisher.report.sections._common import (
+    PlotContext,
     format_sig,
     new_figure,
     paragraphs,
@@ -13,9 +16,10 @@ from hf_fisher.report.sections._common import (
 )
 
 
-def plot_kl_check(section: dict, path: str | Path) -> Path:
-    """Draw the median (and p90) relative error of the quadratic form vs radius, log-log."""
-    figure, axis = new_figure(5, 4)
+def kl_check_figure(section: dict, context: PlotContext | None = None) -> Figure:
+    """The median (and p90) relative error of the quadratic form vs radius, log-log."""
+    context = context or PlotContext()
+    figure, axis = new_figure(5.5, 4.4)
     radii = section["radii"]
     for key, label in (("median_relative_error", "median"), ("p90_relative_error", "90th pct")):
         points = [(r, e) for r, e in zip(radii, section[key], strict=True) if e is not None]
@@ -31,10 +35,16 @@ def plot_kl_check(section: dict, path: str | Path) -> Path:
         )
     axis.set_xscale("log")
     axis.set_yscale("log")
-    axis.set_xlabel("perturbation radius (L2)")
-    axis.set_ylabel("|KL - d^T F d / 2| / (d^T F d / 2)")
+    axis.set_title(context.title("Second-order KL check: error of ½ r² dᵀF d"), fontsize=10)
+    axis.set_xlabel(context.distance_label("radius r", "l2"))
+    axis.set_ylabel("relative error |KL − ½ r² dᵀF d| / (½ r² dᵀF d)")
     axis.legend()
-    return save_figure(figure, path)
+    return figure
+
+
+def plot_kl_check(section: dict, path: str | Path, context: PlotContext | None = None) -> Path:
+    """Draw :func:`kl_check_figure` into ``path``."""
+    return save_figure(kl_check_figure(section, context), path)
 
 
 def card_kl_check(section: dict) -> str:
