@@ -102,6 +102,7 @@ def test_ensure_metric_installed_never_raises_on_read_only_cache(tmp_path: Path,
         metric.install_metric()
 
 
+@pytest.mark.slow
 def test_bare_name_load_offline_from_any_directory(
     tmp_path: Path, default_model_dir: Path, digits: datasets.Dataset, digits_expected: dict
 ) -> None:
@@ -301,6 +302,7 @@ def test_compute_after_add_batch_rejects_estimator_options(fisher, bert_dir: Pat
     assert fisher.compute()["num_samples"] == 1
 
 
+@pytest.mark.slow
 def test_num_process_convention_two_processes(
     tmp_path: Path, default_model_dir: Path, digits_expected: dict
 ) -> None:
