@@ -292,20 +292,31 @@ def check_data_source(dataset: Any, data_files: Any = None, revision: str | None
         DatasetError: naming the path, "no such file or directory", and what to pass.
     """
     _check_dataset_path(dataset)
-    named = isinstance(dataset, (str, os.PathLike, type(None)))
-    if not named and (data_files is not None or revision is not None):
+    if not isinstance(dataset, (str, os.PathLike, type(None))):
+        if data_files is not None or revision is not None:
+            raise DatasetError(
+                f"data_files= and dataset_revision= go with a Hub name, a local folder or no "
+                f"dataset, not a {type(dataset).__name__}: load it with them yourself"
+            )
+        return
+    path = None if dataset is None else Path(dataset).expanduser()
+    if path is not None and path.is_file() and data_files:
         raise DatasetError(
-            f"data_files= and dataset_revision= go with a Hub name, a local folder or no "
-            f"dataset, not a {type(dataset).__name__}: load it with them yourself"
+            f"got --dataset {dataset} (a file) and --data-files; pass the files one way: "
+            "--data-files alone, or --dataset with a folder the data files are in"
         )
-    base = _local_base(dataset) if named else None
-    local = dataset is None or (named and Path(dataset).expanduser().exists())
-    if revision is not None and local:
+    if revision is not None and (path is None or path.exists()):
         raise DatasetError(
             f"--dataset-revision {revision} applies to Hub datasets, but the data here are "
             "local files; leave it out (a local copy of a Hub dataset is named on the card "
             "with `hf-fisher card --dataset-id`)"
         )
+    _check_data_files(dataset, data_files)
+
+
+def _check_data_files(dataset: str | os.PathLike | None, data_files: Any) -> None:
+    """Each local pattern matches a file, and files alone have one known reader."""
+    base = _local_base(dataset)
     if data_files is None or base is None:
         return
     for pattern in data_file_patterns(data_files):

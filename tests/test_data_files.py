@@ -192,8 +192,18 @@ def test_data_files_take_globs_split_mappings_and_a_folder(
         (["--dataset", "table.xlsx"], "cannot read 'table.xlsx': data files must end in .csv"),
         (["--data-files", "a.csv,table.xlsx"], "cannot read 'table.xlsx'"),
         (["--dataset", "a.csv", "--dataset-revision", "v1"], "applies to Hub datasets"),
+        (["--dataset", "a.csv", "--data-files", "b.csv"], "pass the files one way"),
     ],
-    ids=["missing-file", "missing-folder", "glob", "mapping", "suffix", "mixed", "revision"],
+    ids=[
+        "missing-file",
+        "missing-folder",
+        "glob",
+        "mapping",
+        "suffix",
+        "mixed",
+        "revision",
+        "both",
+    ],
 )
 def test_bad_paths_are_one_line_errors_before_torch(
     arguments: list[str], message: str, tmp_path: Path
