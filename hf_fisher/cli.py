@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from hf_fisher.errors import HfFisherError
-from hf_fisher.options import CompanionOptions, EstimatorOptions, RunOptions
+from hf_fisher.options import CompanionOptions, EstimatorOptions, RunOptions, SourceOptions
 from hf_fisher.report.cli import add_card_parser, add_leaderboard_parser, add_submit_parser
 
 
@@ -22,10 +22,13 @@ def add_evaluate_parser(subparsers) -> None:
     )
     parser.add_argument("model", nargs="?", help="Hub id or local directory (default: bundled)")
     parser.add_argument(
-        "--dataset", help="Hub name or local directory (imagefolder, parquet, csv, save_to_disk)"
+        "--dataset",
+        help="Hub name, local directory (imagefolder, parquet, csv, json/jsonl, save_to_disk) "
+        "or data file (.csv, .tsv, .json, .jsonl, .parquet, .txt, .arrow)",
     )
     parser.add_argument("--config", help="dataset configuration name")
     parser.add_argument("--split", help="dataset split (default: test)")
+    SourceOptions.add_arguments(parser)
     RunOptions.add_arguments(parser)
     EstimatorOptions.add_arguments(parser)
     parser.add_argument(
@@ -71,14 +74,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     The options are checked before the runner (and with it torch) is imported, so a bad flag
     is a one-line error in well under a second.
     """
+    from hf_fisher.data import check_data_source
     from hf_fisher.labels import read_label_mapping
 
     estimator = EstimatorOptions.from_namespace(args)
     run = RunOptions.from_namespace(args)
     companions = _companions(args)
-    for options in (estimator, run, companions):
+    source = SourceOptions.from_namespace(args)
+    for options in (estimator, run, companions, source):
         options.validate()
     label_mapping = None if args.label_mapping is None else read_label_mapping(args.label_mapping)
+    check_data_source(args.dataset, source.data_files, source.dataset_revision)
 
     from hf_fisher.adapters import quiet_transformers
     from hf_fisher.runner import evaluate_robustness
@@ -93,6 +99,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         config=args.config,
         options=estimator,
         **run.to_settings(),
+        **source.to_settings(),
         input_columns=args.input_columns,
         label_column=args.label_column,
         label_mapping=label_mapping,

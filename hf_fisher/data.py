@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import io
 import logging
 import math
@@ -30,6 +31,19 @@ TEXT_PAIR_COLUMN_NAMES = (
 )
 LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "target", "class")
 DEFAULT_SPLIT = "test"
+
+DATA_FILE_BUILDERS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".arrow": "arrow",
+}
+"""Data-file suffixes that ``--dataset FILE`` and ``--data-files`` take, and their builder."""
+PATH_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
+"""How a dataset argument says it is a local path (a Hub name never starts so)."""
 
 
 @dataclass
@@ -90,15 +104,23 @@ class InMemoryRows:
 
 
 def load_any_dataset(
-    dataset: Any, *, split: str | None = None, config: str | None = None
+    dataset: Any,
+    *,
+    split: str | None = None,
+    config: str | None = None,
+    data_files: Any = None,
+    revision: str | None = None,
 ) -> tuple[Any, str, str | None]:
-    """Load a Hub name, ``load_dataset`` kwargs, local directory or ``datasets.Dataset``.
+    """Load a Hub name, ``load_dataset`` kwargs, local directory or file, or a ``Dataset``.
 
     Args:
-        dataset: what to load.
+        dataset: what to load (None with ``data_files``: the files alone).
         split: the split to evaluate; None means "test", except for a ``datasets.Dataset``,
             which is its own split (recorded as ``dataset.split``).
         config: the dataset configuration.
+        data_files: as ``load_dataset``'s (a path, glob, list, or split -> paths mapping);
+            files not named by split, and a single ``dataset`` file, are the requested split.
+        revision: the Hub revision (branch, tag or commit) of a Hub dataset.
 
     Returns:
         ``(dataset, name, split)`` where ``dataset`` is a ``datasets.Dataset`` and ``split``
@@ -125,40 +147,202 @@ def load_any_dataset(
             return datasets.load_dataset(**kwargs), name, kwargs["split"]
         except Exception as error:  # datasets raises many types; re-raise one clear error
             raise DatasetError(f"load_dataset(**{kwargs!r}) failed: {error}") from error
-    if not isinstance(dataset, (str, os.PathLike)):
+    if not isinstance(dataset, (str, os.PathLike)) and not (dataset is None and data_files):
         raise DatasetError(
             f"cannot use a dataset of type {type(dataset).__name__}; pass a Hub name, a local "
-            "directory, a dict of load_dataset arguments or a datasets.Dataset"
+            "directory or file, a dict of load_dataset arguments or a datasets.Dataset"
         )
-    name = str(dataset)
-    loaded = _load_path(name, config)
+    name = str(dataset) if dataset is not None else ",".join(data_file_patterns(data_files))
+    loaded = _load_path(dataset, config, _files_of(dataset, data_files, split), revision)
     if isinstance(loaded, datasets.DatasetDict):
         loaded, split = _pick_split(loaded, split, name)
         return loaded, name, split
     return loaded, name, _own_split(loaded, split)
 
 
-def _load_path(name: str, config: str | None):
-    """Load a local directory (saved, or files ``load_dataset`` reads) or a Hub name."""
+def _files_of(dataset: Any, data_files: Any, split: str | None) -> Any:
+    """``data_files`` for ``load_dataset``: a dataset file, or unnamed files, as ``split``.
+
+    ``load_dataset`` alone calls them "train", so the default split "test" would be missing.
+    """
+    if dataset is not None and Path(dataset).expanduser().is_file():
+        data_files = str(Path(dataset).expanduser())
+    if data_files is None or isinstance(data_files, Mapping):
+        return data_files
+    return {split or DEFAULT_SPLIT: data_files}
+
+
+def recorded_data_files(data_files: Any, split: str | None) -> dict[str, list[str]] | None:
+    """``data_files`` as results.json records them: split -> paths (unnamed files: ``split``).
+
+    >>> recorded_data_files("s/test.csv", None)
+    {'test': ['s/test.csv']}
+    """
+    if data_files is None:
+        return None
+    named = data_files if isinstance(data_files, Mapping) else {split or DEFAULT_SPLIT: data_files}
+    return {str(name): data_file_patterns(value) for name, value in named.items()}
+
+
+def _load_path(dataset: Any, config: str | None, data_files: Any, revision: str | None):
+    """Load a local directory (saved, or files ``load_dataset`` reads), data files or a Hub name."""
     import datasets
 
-    path = Path(name)
+    path = None if dataset is None else Path(str(dataset)).expanduser()
+    if path is None or path.is_file():  # the files alone: read by the builder of their suffix
+        target = builder_of(data_files)
+    else:
+        target = str(path) if path.exists() else str(dataset)
+    name = str(dataset) if dataset is not None else ",".join(data_file_patterns(data_files))
     try:
-        if path.is_dir() and (
-            (path / "state.json").exists() or (path / "dataset_dict.json").exists()
-        ):
+        if data_files is None and _is_saved(path):
             return datasets.load_from_disk(str(path))
-        return datasets.load_dataset(str(path) if path.exists() else name, config)
+        return datasets.load_dataset(target, config, data_files=data_files, revision=revision)
     except Exception as error:
-        hint = (
-            "it is not a local directory, and loading it from the Hub failed (no network, or "
-            "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set?); pass a local directory or a "
-            "datasets.Dataset instead"
-            if not path.exists()
-            else "check that the directory holds an imagefolder, parquet/csv files or a "
+        raise DatasetError(
+            f"could not load dataset {name!r}: {_load_hint(path, target)} ({error})"
+        ) from error
+
+
+def _is_saved(path: Path | None) -> bool:
+    """Whether ``path`` is a folder written by ``save_to_disk``."""
+    saved = ("state.json", "dataset_dict.json")
+    return path is not None and path.is_dir() and any((path / n).exists() for n in saved)
+
+
+def _load_hint(path: Path | None, target: str) -> str:
+    """What to check when ``load_dataset`` failed, by what was being loaded."""
+    if path is None or path.is_file():
+        return f"check that the data files are valid {target} files"
+    if path.exists():
+        return (
+            "check that the directory holds an imagefolder, parquet/csv/json files or a "
             "dataset saved with save_to_disk"
         )
-        raise DatasetError(f"could not load dataset {name!r}: {hint} ({error})") from error
+    return (
+        "it is not a local directory, and loading it from the Hub failed (no network, or "
+        "HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set?); pass a local directory or a "
+        "datasets.Dataset instead, or a data file (.csv, .json, .jsonl, .parquet, .txt)"
+    )
+
+
+def data_file_patterns(data_files: Any) -> list[str]:
+    """Every path or glob in ``data_files`` (a string, a list, or split -> paths).
+
+    >>> data_file_patterns({"train": "a.csv", "test": ["b.csv", "c.csv"]})
+    ['a.csv', 'b.csv', 'c.csv']
+    """
+    if data_files is None:
+        return []
+    if isinstance(data_files, (str, os.PathLike)):
+        return [str(data_files)]
+    if isinstance(data_files, Mapping):
+        return [p for value in data_files.values() for p in data_file_patterns(value)]
+    return [str(item) for item in data_files]
+
+
+def builder_of(data_files: Any) -> str:
+    """The ``datasets`` builder that reads these files, from their suffix.
+
+    >>> builder_of({"test": ["a.jsonl", "b.json"]})
+    'json'
+
+    Raises:
+        DatasetError: an unknown suffix, or files that need different builders.
+    """
+    builders = set()
+    for pattern in data_file_patterns(data_files):
+        suffix = Path(pattern).suffix.lower()
+        if suffix not in DATA_FILE_BUILDERS:
+            raise DatasetError(
+                f"cannot read {pattern!r}: data files must end in "
+                f"{', '.join(DATA_FILE_BUILDERS)}; for images pass the folder as --dataset"
+            )
+        builders.add(DATA_FILE_BUILDERS[suffix])
+    if len(builders) != 1:
+        raise DatasetError(
+            f"data files {data_file_patterns(data_files)} need different readers "
+            f"({', '.join(sorted(builders))}); pass files of one format"
+        )
+    return builders.pop()
+
+
+def _local_base(dataset: Any) -> Path | None:
+    """The folder ``data_files`` are relative to, or None for a Hub dataset (checked there)."""
+    if dataset is None:
+        return Path.cwd()
+    path = Path(dataset).expanduser()
+    return path if path.is_dir() else None
+
+
+def _missing(pattern: str, base: Path) -> bool:
+    path = base / Path(pattern).expanduser()
+    return not (glob.glob(str(path)) if glob.has_magic(pattern) else path.exists())
+
+
+def check_data_source(dataset: Any, data_files: Any = None, revision: str | None = None) -> None:
+    """Refuse a missing local file or an unreadable one before any model is loaded.
+
+    A ``dataset`` string that ends in a data-file suffix or starts like a path (``./``,
+    ``/``, ``~``) must exist; ``data_files`` must match files, relative to a local dataset
+    folder or else the working directory (a Hub dataset's are checked when it loads). A
+    ``revision`` needs a Hub dataset: ``load_dataset`` ignores it for local data.
+
+    Raises:
+        DatasetError: naming the path, "no such file or directory", and what to pass.
+    """
+    _check_dataset_path(dataset)
+    if not isinstance(dataset, (str, os.PathLike, type(None))):
+        if data_files is not None or revision is not None:
+            raise DatasetError(
+                f"data_files= and dataset_revision= go with a Hub name, a local folder or no "
+                f"dataset, not a {type(dataset).__name__}: load it with them yourself"
+            )
+        return
+    path = None if dataset is None else Path(dataset).expanduser()
+    if path is not None and path.is_file() and data_files:
+        raise DatasetError(
+            f"got --dataset {dataset} (a file) and --data-files; pass the files one way: "
+            "--data-files alone, or --dataset with a folder the data files are in"
+        )
+    if revision is not None and (path is None or path.exists()):
+        raise DatasetError(
+            f"--dataset-revision {revision} applies to Hub datasets, but the data here are "
+            "local files; leave it out (a local copy of a Hub dataset is named on the card "
+            "with `hf-fisher card --dataset-id`)"
+        )
+    _check_data_files(dataset, data_files)
+
+
+def _check_data_files(dataset: str | os.PathLike | None, data_files: Any) -> None:
+    """Each local pattern matches a file, and files alone have one known reader."""
+    base = _local_base(dataset)
+    if data_files is None or base is None:
+        return
+    for pattern in data_file_patterns(data_files):
+        if _missing(pattern, base):
+            raise DatasetError(
+                f"--data-files {pattern}: no such file or directory (looked in {base.absolute()})"
+                "; pass paths or globs that match files"
+            )
+    if dataset is None:
+        builder_of(data_files)
+
+
+def _check_dataset_path(dataset: Any) -> None:
+    """A dataset string that names a local file must exist and have a readable suffix."""
+    if not isinstance(dataset, (str, os.PathLike)):
+        return
+    text = str(dataset)
+    path = Path(text).expanduser()
+    suffix = path.suffix.lower()
+    if (suffix in DATA_FILE_BUILDERS or text.startswith(PATH_PREFIXES)) and not path.exists():
+        raise DatasetError(
+            f"--dataset {text}: no such file or directory ({path.absolute()}); pass an "
+            "existing file (.csv, .json, .jsonl, .parquet, .txt), a folder or a Hub name"
+        )
+    if path.is_file():
+        builder_of(text)  # a known suffix
 
 
 def _own_split(dataset, split: str | None) -> str | None:

@@ -355,6 +355,8 @@ class FisherRobustnessEvaluator:
         label_column: str | None = None,
         num_samples: int | None = None,
         return_per_sample: bool = False,
+        metric: Any = None,
+        label_mapping: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> dict:
         """Score ``model_or_pipeline`` on ``data`` (a ``datasets.Dataset``, name or directory).
@@ -366,20 +368,27 @@ class FisherRobustnessEvaluator:
             input_column, label_column: column names (default: detected; a list for pairs).
             num_samples: a deterministic sample of this many rows.
             return_per_sample: add per-sample lists.
-            **options: the :data:`ESTIMATOR_OPTIONS`, ``label_mapping`` included (model label
-                name -> dataset label, as in ``evaluate``'s evaluators; without it, the
-                dataset's label names are matched to the model's by name).
+            metric: accepted as ``evaluate.evaluator(...).compute`` takes it: None,
+                ``"fisher_robustness"`` or the loaded module; this evaluator computes no other.
+            label_mapping: the model's label name -> the dataset's label (its id or name), as
+                in ``evaluate``'s evaluators (e.g. ``{"NEGATIVE": 0, "POSITIVE": 1}``); without
+                it, the dataset's label names are matched to the model's by name.
+            **options: the other :data:`ESTIMATOR_OPTIONS`.
 
         Returns:
             The same flat dict as the metric.
 
         Raises:
-            InputError: a missing model, an unknown option, or a model of another task.
+            InputError: a missing model, another metric, an unknown option, or a model of
+                another task.
         """
         from hf_fisher.runner import evaluate_robustness
 
         _check_model(model_or_pipeline)
+        _check_metric(metric)
         check_options(options)
+        if label_mapping is not None:
+            options["label_mapping"] = label_mapping
         columns = [input_column] if isinstance(input_column, str) else input_column
         with tempfile.TemporaryDirectory(prefix="hf-fisher-pipeline-") as scratch:
             model = _model_of(model_or_pipeline, scratch)
@@ -401,6 +410,16 @@ class FisherRobustnessEvaluator:
                 f"fisher_evaluator({task!r})"
             )
         return flatten_results(report.summary, report.per_sample if return_per_sample else None)
+
+
+def _check_metric(metric: Any) -> None:
+    """Accept ``metric=`` only when it names this metric (evaluate's evaluators take one)."""
+    name = metric if metric is None or isinstance(metric, str) else getattr(metric, "name", None)
+    if name not in (None, METRIC_NAME):
+        raise InputError(
+            f"got metric={metric!r:.80}; this evaluator computes {METRIC_NAME} only: leave "
+            f"metric out, or compute {name!r} with evaluate.evaluator(task).compute(...)"
+        )
 
 
 def _model_of(model_or_pipeline: Any, scratch: str) -> Any:

@@ -10,6 +10,7 @@ fields below, so a knob cannot drift between them.
   ``kl_tau`` of ``kl_radius``. ``kl_tau`` lives here, not with the estimator: it only turns each
   measured lambda_max into a radius, so ``fisher_spectrum`` never sees it.
 - :class:`CompanionOptions`: the companion measurements run after the Fisher pass.
+- :class:`SourceOptions`: model and dataset revisions and data files (provenance).
 
 This module imports neither torch nor transformers: ``hf-fisher --help`` builds its parser
 from it without loading them.
@@ -101,6 +102,29 @@ def floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated numbers like 0.1,0.2, got {text!r}"
         ) from error
+
+
+def data_files(text: str) -> str | list[str] | dict[str, list[str]]:
+    """Parse ``--data-files``: a path or glob, several joined by commas, or ``split=path`` items.
+
+    >>> data_files("data/*.jsonl"), data_files("a.csv,b.csv")
+    ('data/*.jsonl', ['a.csv', 'b.csv'])
+    >>> data_files("train=a.csv,test=b.csv,test=c.csv")
+    {'train': ['a.csv'], 'test': ['b.csv', 'c.csv']}
+    """
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    named = [item.partition("=") for item in items if "=" in item]
+    if not items or (named and len(named) != len(items)):
+        raise argparse.ArgumentTypeError(
+            f"expected a path or glob, paths joined by commas, or split=path items (all named), "
+            f"got {text!r}"
+        )
+    if not named:
+        return items[0] if len(items) == 1 else items
+    mapping: dict[str, list[str]] = {}
+    for split, _, path in named:
+        mapping.setdefault(split.strip(), []).append(path.strip())
+    return mapping
 
 
 def knob(
@@ -392,6 +416,35 @@ class CompanionOptions(_Options):
         return self.to_settings()
 
 
+@dataclass(frozen=True)
+class SourceOptions(_Options):
+    """Where the model and the data come from, beyond their names (recorded in results.json).
+
+    Attributes:
+        revision: the model's Hub revision (branch, tag or commit).
+        dataset_revision: the dataset's Hub revision.
+        data_files: files to read, as ``load_dataset``'s ``data_files``: a path or glob, a list,
+            or a split -> paths mapping; files not named by split are the evaluated split.
+    """
+
+    revision: str | None = knob(None, "model revision on the Hub: branch, tag or commit", type=str)
+    dataset_revision: str | None = knob(
+        None, "dataset revision on the Hub: branch, tag or commit", type=str
+    )
+    data_files: Any = knob(
+        None,
+        "data files to read, as datasets' data_files: a path or glob (.csv, .tsv, .json, "
+        ".jsonl, .parquet, .txt, .arrow), several joined by commas, or split=path items, e.g. "
+        "test=sentences/test.csv; relative to a local --dataset folder, else the working "
+        "directory",
+        type=data_files,
+    )
+
+    def dataset_keywords(self) -> dict[str, Any]:
+        """The keywords of :func:`~hf_fisher.data.load_any_dataset` these options set."""
+        return {"data_files": self.data_files, "revision": self.dataset_revision}
+
+
 def add_arguments(parser: argparse.ArgumentParser | Any, *option_classes: type[_Options]) -> None:
     """Add the flags of each options class to ``parser`` (or an argument group)."""
     for option_class in option_classes:
@@ -405,6 +458,8 @@ __all__ = [
     "CompanionOptions",
     "EstimatorOptions",
     "RunOptions",
+    "SourceOptions",
     "add_arguments",
+    "data_files",
     "floats",
 ]

@@ -29,16 +29,18 @@ from hf_fisher.adapters import Classifier, load_classifier
 from hf_fisher.companions import check_companions, run_companions
 from hf_fisher.data import (
     InMemoryRows,
+    check_data_source,
     decode_rows,
     detect_columns,
     label_domain,
     load_any_dataset,
+    recorded_data_files,
     sample_indices,
 )
 from hf_fisher.digits import DEFAULT_MODEL_DIR as BUNDLED_MODEL_DIR
 from hf_fisher.errors import DatasetError, InputError, ResultsError
 from hf_fisher.labels import align_labels, check_label_mapping
-from hf_fisher.options import CompanionOptions, EstimatorOptions, RunOptions
+from hf_fisher.options import CompanionOptions, EstimatorOptions, RunOptions, SourceOptions
 from hf_fisher.results import (
     RESULTS_FILE,
     SCHEMA_VERSION,
@@ -53,6 +55,8 @@ from hf_fisher.summary import kl_radius, summarize
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL_ID = "hf_fisher/assets/digits-resnet"
+NO_SOURCE = SourceOptions()
+"""No revisions and no data files: where a run's model and data are named by themselves."""
 PARTIAL_DIR = "partial"
 RUN_FILE = "run.json"
 PACKAGES = (
@@ -467,6 +471,9 @@ def evaluate_robustness(
     labels: list[int] | None = None,
     label_mapping: dict[str, int | str] | None = None,
     options: EstimatorOptions | None = None,
+    revision: str | None = None,
+    dataset_revision: str | None = None,
+    data_files: Any = None,
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -504,6 +511,11 @@ def evaluate_robustness(
             match) and integer labels are the model's ids; see :mod:`hf_fisher.labels`.
         options: an :class:`~hf_fisher.options.EstimatorOptions`, instead of the estimator
             keywords.
+        revision, dataset_revision: Hub revisions (branch, tag or commit) of the model and the
+            dataset, recorded in results.json.
+        data_files: files to read, as ``load_dataset``'s ``data_files`` (a path or glob, a
+            list, or split -> paths); alone (``dataset=None``) their suffix picks the reader.
+            Unnamed files, and a ``dataset`` that is one file, are the evaluated ``split``.
 
     Returns:
         A :class:`RobustnessReport`.
@@ -539,6 +551,7 @@ def evaluate_robustness(
         companions=companions,
         labels=labels,
         label_mapping=label_mapping,
+        source=SourceOptions(revision, dataset_revision, data_files),
     )
     results = gather_results(plan, compute_records(plan))
     if plan.wants_companions:
@@ -557,13 +570,14 @@ def _validate(
     dtype: str | torch.dtype | None,
     label_mapping: Any,
     device: str | None,
-    directory: Path | None,
-) -> tuple[torch.dtype | None, Any]:
+    out_dir: str | os.PathLike | None,
+) -> tuple[torch.dtype | None, Any, Path | None]:
     """Refuse values that cannot work, before a model is loaded.
 
     Returns:
-        The compute dtype and the checked label mapping.
+        The compute dtype, the checked label mapping and the output directory.
     """
+    directory = Path(out_dir) if out_dir is not None else None
     run.validate()
     estimator.validate()
     if companions is not None:
@@ -573,20 +587,29 @@ def _validate(
     _check_device(device)
     if directory is not None:
         _check_out_dir(directory)
-    return compute_dtype, label_mapping
+    return compute_dtype, label_mapping, directory
 
 
-def _load_dataset(model: Any, dataset: Any, split: str | None, labels: list[int] | None):
-    """The model reference and dataset, with the bundled defaults filled in."""
+def _load_dataset(
+    model: Any, dataset: Any, split: str | None, labels: list[int] | None, source: SourceOptions
+):
+    """The model reference and dataset, with the bundled defaults filled in.
+
+    Local files are checked here, before the model loads: a missing one is a one-line error.
+    """
+    check_data_source(dataset, source.data_files, source.dataset_revision)
     if model is None:
         from hf_fisher.digits import load_digits_dataset
 
         model = str(BUNDLED_MODEL_DIR)
-        if dataset is None:
+        if dataset is None and source.data_files is None:
             dataset = load_digits_dataset(split or "test")  # refuses splits it does not have
             dataset.info.dataset_name = "sklearn-digits"
-    if dataset is None:
-        raise DatasetError("no dataset given; pass --dataset (a Hub name or a local directory)")
+    if dataset is None and source.data_files is None:
+        raise DatasetError(
+            "no dataset given; pass --dataset (a Hub name, a local directory or file) or "
+            "--data-files"
+        )
     if isinstance(dataset, (torch.Tensor, np.ndarray)):
         dataset = InMemoryRows(torch.as_tensor(dataset), labels)
     elif labels is not None:
@@ -632,6 +655,7 @@ def plan_run(
     companions: CompanionOptions | None = None,
     labels: list[int] | None = None,
     label_mapping: dict[str, int | str] | None = None,
+    source: SourceOptions = NO_SOURCE,
 ) -> RunPlan:
     """Check the options, load the model and data, resolve the method, prepare the directory.
 
@@ -639,36 +663,37 @@ def plan_run(
     model is checked before the data are read. Arguments as :func:`evaluate_robustness`.
     """
     started = time.perf_counter()
-    directory = Path(out_dir) if out_dir is not None else None
-    compute_dtype, label_mapping = _validate(
-        estimator, run, companions, dtype, label_mapping, device, directory
+    compute_dtype, label_mapping, directory = _validate(
+        estimator, run, companions, dtype, label_mapping, device, out_dir
     )
     state = make_state(device)
-    model, dataset = _load_dataset(model, dataset, split, labels)
+    model, dataset = _load_dataset(model, dataset, split, labels, source)
     classifier = _load_model(
         model,
         _compute_device(device, state),
         compute_dtype,
         input_space=input_space,
         trust_remote_code=trust_remote_code,
+        revision=source.revision,
     )
     if companions is not None and companions.requested:
         check_companions(classifier, companions)
-    rows, dataset_name, split = load_any_dataset(dataset, split=split, config=config)
+    rows, dataset_name, split = load_any_dataset(
+        dataset, split=split, config=config, **source.dataset_keywords()
+    )
     columns, label_col, modality = detect_columns(
         rows, input_columns=input_columns, label_column=label_column
     )
     alignment = _alignment(classifier, rows, label_col, label_mapping)
     indices = sample_indices(len(rows), run.num_samples, estimator.seed)
-    if classifier.input_shape is None and classifier.modality != "text":
-        first = decode_rows(rows, indices[:1], columns, label_col, modality, alignment)
-        classifier.prepare(first.inputs)  # a plain module learns its input shape here
+    if classifier.input_shape is None and classifier.modality != "text":  # a plain module
+        classifier.prepare(decode_rows(rows, indices[:1], columns, None, modality).inputs)
     concrete = run_method(
         classifier, estimator.method, estimator.black_box, run.batch_size, _input_numel(classifier)
     )
     settings = _settings(classifier, estimator, run, concrete)
     dataset_info = _dataset_info(
-        rows, dataset_name, config, split, indices, columns, label_col, alignment
+        rows, dataset_name, config, split, indices, columns, label_col, alignment, source
     )
     done: list[dict] = []
     if directory is not None:
@@ -705,6 +730,7 @@ def _dataset_info(
     columns: list[str],
     label_col: str | None,
     alignment: Any,
+    source: SourceOptions,
 ) -> dict:
     """The ``dataset`` section of results.json (and of the fingerprint)."""
     if label_col is None:
@@ -720,6 +746,8 @@ def _dataset_info(
         "labels_from": "dataset" if label_col else "predictions",
         "label_mapping": None if alignment is None else alignment.recorded,
         "label_mapping_source": None if alignment is None else alignment.source,
+        "revision": source.dataset_revision,
+        "data_files": recorded_data_files(source.data_files, split),
     }
 
 

@@ -313,6 +313,18 @@ def _check_long_text(outcome: tuple[dict, list[float], list[str]]) -> None:
     assert any("truncated 1 of 2 texts to the model's limit of 64 tokens" in m for m in messages)
 
 
+def _run_missing_data_file(tmp_path: Path) -> None:
+    """A data file that is not there, with a model that does not exist either: the file is
+    checked first, so the error names it (loading the model first took 72 s to fail)."""
+    evaluate_robustness("no-such/model", str(tmp_path / "sentences" / "test.csv"))
+
+
+def _run_data_files_matching_nothing(tmp_path: Path) -> None:
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "a.json").write_text('{"text": "fine", "label": 0}\n')
+    evaluate_robustness("no-such/model", str(tmp_path), data_files="parts/*.jsonl")
+
+
 DATA_CASES: list[Case] = [
     # 1. labels are matched to the model's id2label by name, not by the dataset's own order
     Case(
@@ -368,6 +380,19 @@ DATA_CASES: list[Case] = [
         match=r"got input columns \['image', 'caption'\]",
     ),
     Case("long-text-truncated-to-position-limit", _run_long_text, check=_check_long_text),
+    # data files (issue 17): a missing path is named before the model loads, not a Hub error
+    Case(
+        "missing-data-file-named-before-model-load",
+        _run_missing_data_file,
+        error=DatasetError,
+        match=r"--dataset .*sentences/test\.csv: no such file or directory",
+    ),
+    Case(
+        "data-files-glob-matching-nothing-refused",
+        _run_data_files_matching_nothing,
+        error=DatasetError,
+        match=r"--data-files parts/\*\.jsonl: no such file or directory \(looked in ",
+    ),
 ]
 
 # --- estimators: methods, traces, convergence, intervals, dtypes, multi-label --------------

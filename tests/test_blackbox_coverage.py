@@ -56,6 +56,7 @@ def covered(interval: torch.Tensor, truth: torch.Tensor) -> float:
     return ((interval[:, 0] <= truth) & (truth <= interval[:, 1])).double().mean().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SPECTRA))
 def test_lambda_max_interval_covers_over_spectrum_table(runs, name):
     # measured (seed 3): 0.96-0.99 per spectrum; the previous bootstrap gave 0.00 on flat spectra
@@ -64,6 +65,7 @@ def test_lambda_max_interval_covers_over_spectrum_table(runs, name):
     assert covered(est.spectral_norm_ci, top) >= 0.93
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SPECTRA))
 def test_trace_interval_covers_and_trace_is_unbiased(runs, name):
     est, _, trace = runs[name]
@@ -73,6 +75,7 @@ def test_trace_interval_covers_and_trace_is_unbiased(runs, name):
     assert relative.mean().abs() <= 4 * relative.std() / REPLICATES**0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "replicates"),
     [("flat-K=100", 400), ("flat-K=10", 2000), ("peaked-K=10", 2000), ("rank-1-K=10", 2000)],
@@ -92,6 +95,7 @@ def test_lambda_max_median_error_within_ten_percent(runs, name, replicates):
     assert error <= 0.10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["flat-K=10", "flat-K=100"])
 def test_flat_spectrum_bias_is_removed(runs, name):
     # the sketch's raw top eigenvalue is +53% (K=10) and +280% (K=100) high on flat spectra; the
@@ -112,6 +116,7 @@ def test_draws_are_keyed_by_sample_id():
     torch.testing.assert_close(alone.trace_ci, together.trace_ci[1:2], rtol=1e-12, atol=0)
 
 
+@pytest.mark.slow
 def test_other_confidence_levels_are_honoured(runs):
     logit_fn = linear_model(SPECTRA["peaked-K=10"], seed=9)
     inputs = torch.zeros(REPLICATES, DIM, dtype=torch.float64)

@@ -27,6 +27,7 @@ def synthetic_weibull(rows, size, seed):
     return draws, locations, scales
 
 
+@pytest.mark.slow
 def test_weibull_fit_recovers_location_of_synthetic_samples():
     draws, locations, scales = synthetic_weibull(rows=6, size=3000, seed=0)
     fit = reverse_weibull_fit(torch.tensor(draws))

@@ -68,6 +68,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_readme_command_through_the_module_entry_point(tmp_path: Path) -> None:
     """The README's main job, ``hf-fisher evaluate --out runs/digits``, on 8 samples."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

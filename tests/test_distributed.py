@@ -17,6 +17,8 @@ from hf_fisher.results import load_results
 from hf_fisher.runner import evaluate_robustness
 from hf_fisher.testing import tolerance_for
 
+pytestmark = pytest.mark.slow  # every test here starts torchrun processes (15-35 s each)
+
 REPO = Path(__file__).resolve().parents[1]
 NUM_SAMPLES = 7  # odd: the two shards differ in size
 NUMBERS = ("probability", "spectral_norm", "trace", "kl_radius")

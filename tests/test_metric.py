@@ -102,6 +102,7 @@ def test_ensure_metric_installed_never_raises_on_read_only_cache(tmp_path: Path,
         metric.install_metric()
 
 
+@pytest.mark.slow
 def test_bare_name_load_offline_from_any_directory(
     tmp_path: Path, default_model_dir: Path, digits: datasets.Dataset, digits_expected: dict
 ) -> None:
@@ -228,6 +229,37 @@ def test_evaluator_with_pipeline_equals_python_api(bert_dir: Path) -> None:
         metric.fisher_evaluator("audio-classification")
 
 
+def test_combine_passes_predictions_which_the_metric_ignores(bert_dir: Path) -> None:
+    references = [0, 1, 2, 1]
+    direct = metric.fisher_robustness_scores(str(bert_dir), TEXTS, references=references)
+    combined = evaluate.combine([str(METRIC_DIR)])  # passes predictions=None to every module
+    assert combined.compute(model=str(bert_dir), inputs=TEXTS, references=references) == direct
+    fisher = evaluate.load(str(METRIC_DIR))
+    given = fisher.compute(
+        model=str(bert_dir), inputs=TEXTS, references=references, predictions=[9, 9, 9, 9]
+    )
+    assert given == direct  # the model's own predictions are used, never the ones passed
+
+
+def test_evaluator_takes_evaluate_style_metric_and_label_mapping(bert_dir: Path) -> None:
+    dataset = datasets.Dataset.from_dict({"sentence": TEXTS, "label": [2, 1, 0, 1]})
+    mapping = {"class_0": 1.0, "class_1": 2.0, "class_2": 0.0}  # model label -> dataset label
+    evaluator = metric.fisher_evaluator("text-classification")
+    result = evaluator.compute(
+        str(bert_dir),
+        dataset,
+        metric=evaluate.load(str(METRIC_DIR)),
+        label_mapping=mapping,
+        return_per_sample=True,
+    )
+    assert result["label"] == [1, 0, 2, 0]  # dataset 2 is class_1, 1 is class_0, 0 is class_2
+    correct = [p == y for p, y in zip(result["predicted"], result["label"], strict=True)]
+    assert result["accuracy"] == pytest.approx(sum(correct) / 4)
+    assert evaluator.compute(str(bert_dir), dataset, metric="fisher_robustness")["num_samples"] == 4
+    with pytest.raises(InputError, match="this evaluator computes fisher_robustness only"):
+        evaluator.compute(str(bert_dir), dataset, metric="accuracy")
+
+
 def test_infinite_statistics_are_inf() -> None:
     columns = {
         "label": [0, 1],
@@ -270,6 +302,7 @@ def test_compute_after_add_batch_rejects_estimator_options(fisher, bert_dir: Pat
     assert fisher.compute()["num_samples"] == 1
 
 
+@pytest.mark.slow
 def test_num_process_convention_two_processes(
     tmp_path: Path, default_model_dir: Path, digits_expected: dict
 ) -> None:

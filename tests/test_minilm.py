@@ -7,6 +7,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from hf_fisher import fisher_spectrum, load_classifier
 from hf_fisher.testing.dense import dense_fisher, dense_spectrum
 
+pytestmark = pytest.mark.slow  # a real 22M-parameter encoder: ~40 s on 2 cores
+
 SENTENCES = [
     "The service was quick and the food was excellent.",
     "Terrible.",

@@ -511,6 +511,7 @@ def test_templates_without_companions_field_keep_every_plot(tmp_path, bundled):
     assert text.index("### Attack cross-check") < text.index("|![Per-sample spectral norm]")
 
 
+@pytest.mark.slow
 def test_bundled_card_round_trips_and_rerun_is_byte_identical(tmp_path, bundled):
     path = tmp_path / "README.md"
     path.write_text(EXISTING)

@@ -131,6 +131,7 @@ def test_torn_last_line_is_dropped_and_that_sample_recomputed(
     assert_close(resumed, full)
 
 
+@pytest.mark.slow
 def test_killed_cli_run_resumes_without_loss(tmp_path: Path) -> None:
     """SIGKILL a real ``hf-fisher evaluate`` process once it has written records; resume it."""
     out = tmp_path / "run"

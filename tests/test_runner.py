@@ -43,6 +43,7 @@ def test_shards_partition_items_in_order(num_items: int, num_processes: int) -> 
     assert sizes == sorted(sizes, reverse=True)
 
 
+@pytest.mark.slow
 def test_exact_run_matches_dense_ground_truth(exact_report) -> None:
     """Each record belongs to its dataset row: F of that row's image, built with jacrev."""
     results = exact_report.results
@@ -100,6 +101,7 @@ def test_lanczos_is_reproducible_and_close_to_exact(exact_report) -> None:
         assert approx["spectral_norm"] == pytest.approx(exact["spectral_norm"], rel=1e-2)
 
 
+@pytest.mark.slow
 def test_black_box_is_reproducible_and_seed_dependent() -> None:
     first = run(black_box=True, num_queries=40)
     second = run(black_box=True, num_queries=40)

@@ -10,7 +10,44 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
+from typing import Any
+
+from hf_fisher.errors import InputError
+
+HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+"""A Hub dataset id: ``name`` or ``owner/name`` (letters, digits, ``-``, ``_``, ``.``)."""
+
+
+def add_dataset_id_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dataset-id``: name the evaluated data by its Hub id in what is published."""
+    parser.add_argument(
+        "--dataset-id",
+        metavar="HUB_ID",
+        default=None,
+        help="the Hub id of the evaluated data (e.g. RESULTS came from a local copy of "
+        "uoft-cs/cifar10); default: the dataset name in RESULTS",
+    )
+
+
+def with_dataset_id(results: dict[str, Any], dataset_id: str | None) -> dict[str, Any]:
+    """``results`` with ``dataset.name`` set to ``dataset_id`` (unchanged when it is None).
+
+    A local folder is recorded by its path, which the Hub shows as the dataset; published
+    under its Hub id, the result joins that dataset's other results.
+
+    Raises:
+        InputError: ``dataset_id`` is not a Hub id.
+    """
+    if dataset_id is None:
+        return results
+    if not HUB_ID.match(dataset_id):
+        raise InputError(
+            f"--dataset-id {dataset_id!r} is not a Hub dataset id; pass NAME or OWNER/NAME, "
+            "e.g. uoft-cs/cifar10"
+        )
+    return {**results, "dataset": {**results["dataset"], "name": dataset_id}}
 
 
 def add_card_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -51,6 +88,7 @@ def add_card_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         help="open a pull request on this Hub model repo with the card and plots; nothing is "
         "pushed without it. Token: HF_TOKEN or `hf auth login`.",
     )
+    add_dataset_id_argument(parser)
     parser.set_defaults(func=run_card)
     return parser
 
@@ -61,7 +99,7 @@ def run_card(args: argparse.Namespace) -> int:
     from hf_fisher.report.push import push_card
     from hf_fisher.report.results_io import load_reportable_results
 
-    results = load_reportable_results(args.results)
+    results = with_dataset_id(load_reportable_results(args.results), args.dataset_id)
     out = args.out or args.card or Path("README.md")
     outputs = write_card(
         results,
@@ -95,6 +133,7 @@ def add_submit_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument("--footnote", default=None)
     parser.add_argument("--reported", default=None, help="authors' robust accuracy (%%)")
     parser.add_argument("--additional-data", action="store_true", help="trained with extra data")
+    add_dataset_id_argument(parser)
     parser.set_defaults(func=run_submit)
     return parser
 
@@ -105,7 +144,7 @@ def run_submit(args: argparse.Namespace) -> int:
     from hf_fisher.report.results_io import load_reportable_results
 
     submission = make_submission(
-        load_reportable_results(args.results),
+        with_dataset_id(load_reportable_results(args.results), args.dataset_id),
         name=args.name,
         link=args.link,
         authors=args.authors,

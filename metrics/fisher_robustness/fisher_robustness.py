@@ -36,6 +36,8 @@ Args:
     inputs: a list of PIL images, a list of strings, a list of (text, text_pair) tuples, or an
         (N, ...) tensor already in the model's input space (used exactly as given).
     references (list of int, optional): true labels; omitted, the predicted labels are used.
+    predictions (optional): ignored; the metric runs the model to get its predictions. Accepted
+        because evaluate.combine passes it to every module.
     return_per_sample (bool, default False): add per-sample lists.
     batch_size (int, default 32), method (str, default "auto"; "exact", "lanczos", "power",
         "hutchinson", "hutchpp", "sketch", "rayleigh-max"), black_box (bool, default False:
@@ -88,14 +90,24 @@ class FisherRobustness(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2606.04767"],
         )
 
-    def add_batch(self, *, model=None, inputs=None, references=None, **options):
-        """Score a batch of inputs now and queue its per-sample results."""
+    def add_batch(self, *, model=None, inputs=None, references=None, predictions=None, **options):
+        """Score a batch of inputs now and queue its per-sample results (not ``predictions``)."""
         super().add_batch(**metric.per_sample_columns(model, inputs, references, **options))
 
     def compute(
-        self, *, model=None, inputs=None, references=None, return_per_sample=False, **options
+        self,
+        *,
+        model=None,
+        inputs=None,
+        references=None,
+        predictions=None,
+        return_per_sample=False,
+        **options,
     ):
-        """Score ``inputs`` (or use the batches added so far) and return the flat scores."""
+        """Score ``inputs`` (or use the batches added so far) and return the flat scores.
+
+        ``predictions`` is ignored (the model gives them); ``evaluate.combine`` passes it.
+        """
         pending = self.writer is not None
         if model is None and inputs is None and references is None and pending:
             metric.check_options(options, allowed=("seed",))
