@@ -22,7 +22,12 @@ from hf_fisher.adapters.base import EMBEDDINGS, NORMALIZED, PIXELS, RAW, Classif
 from hf_fisher.adapters.image import ImageClassifier
 from hf_fisher.adapters.module import ModuleClassifier
 from hf_fisher.adapters.text import TextClassifier
-from hf_fisher.errors import ModelLoadError, NotAClassifierError
+from hf_fisher.adapters.zero_shot import (
+    DEFAULT_HYPOTHESIS_TEMPLATE,
+    ZeroShotImageClassifier,
+    check_candidate_labels,
+)
+from hf_fisher.errors import InputError, ModelLoadError, NotAClassifierError
 
 
 def likelihood_of(config: Any) -> str:
@@ -33,6 +38,27 @@ def likelihood_of(config: Any) -> str:
 
 def _no_model_types() -> Container[str]:
     return ()
+
+
+def _no_task_options(options: dict, name: str) -> dict:
+    """A task with its own head takes no candidate labels (they would be silently ignored)."""
+    if options.get("candidate_labels") is not None:
+        raise InputError(
+            f"got candidate labels for {name!r}, which has its own classification head (its "
+            "classes are its id2label); candidate labels are for zero-shot models such as "
+            "CLIP: drop --candidate-labels"
+        )
+    return {}
+
+
+def _zero_shot_options(options: dict, name: str) -> dict:
+    template = options.get("hypothesis_template") or DEFAULT_HYPOTHESIS_TEMPLATE
+    labels = check_candidate_labels(options.get("candidate_labels"), template, name)
+    return {"candidate_labels": labels, "hypothesis_template": template}
+
+
+def _categorical(config: Any) -> str:
+    return "categorical"
 
 
 def _image_model_types() -> Container[str]:
@@ -71,6 +97,9 @@ class Task:
             ``architectures`` (a function, so transformers is imported only when needed).
         description: what the model is, for error messages ("image classifier").
         likelihood: the config -> "categorical" or "bernoulli" rule.
+        check_options: ``(task_options, name) -> task_options`` checked before the weights
+            load (raises a typed error naming the flag); the result reaches the adapter as
+            ``Checkpoint.task_options``.
     """
 
     name: str
@@ -82,6 +111,7 @@ class Task:
     model_types: Callable[[], Container[str]] = _no_model_types
     description: str = "classifier"
     likelihood: Callable[[Any], str] = likelihood_of
+    check_options: Callable[[dict, str], dict] = _no_task_options
 
     @property
     def default_space(self) -> InputSpace:
@@ -149,10 +179,22 @@ TEXT_CLASSIFICATION = Task(
     model_types=_text_model_types,
     description="text classifier",
 )
+ZERO_SHOT_IMAGE_CLASSIFICATION = Task(
+    name="zero-shot-image-classification",
+    adapter=ZeroShotImageClassifier,
+    model_class="AutoModel",
+    spaces=(PIXELS, NORMALIZED),
+    architecture="CLIPModel$",  # CLIP, AltCLIP, ChineseCLIP: logits are scaled cosines
+    example="CLIPModel (with --candidate-labels)",
+    description="zero-shot image model",
+    likelihood=_categorical,  # a softmax over the candidates, as the zero-shot pipeline
+    check_options=_zero_shot_options,
+)
+"""A CLIP-style dual encoder, scored against fixed prompts of ``candidate_labels``."""
 MODULE = Task(name="module", adapter=ModuleClassifier, model_class=None, spaces=(RAW,))
 """A plain ``nn.Module``: never matched from a config, wrapped as given."""
 
-TASKS: list[Task] = [IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION]
+TASKS: list[Task] = [IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, ZERO_SHOT_IMAGE_CLASSIFICATION]
 """The registry, searched in order: the first entry whose pattern matches wins."""
 
 REFUSALS: list[Refusal] = [
@@ -216,6 +258,7 @@ __all__ = [
     "REFUSALS",
     "TASKS",
     "TEXT_CLASSIFICATION",
+    "ZERO_SHOT_IMAGE_CLASSIFICATION",
     "Refusal",
     "Task",
     "likelihood_of",

@@ -134,6 +134,11 @@ def _text_inputs(classifier: Classifier) -> list[str]:
     ]
 
 
+def _zero_shot_clip(directory: Path) -> Classifier:
+    """The tiny CLIP with its candidate labels encoded: a Classifier, copied per dtype."""
+    return load_classifier(models.build_clip(directory), candidate_labels=models.CLIP_LABELS)
+
+
 def _plain_module(directory: Path) -> nn.Module:
     return models.build_mlp(dtype=torch.float64)
 
@@ -178,6 +183,14 @@ MODEL_CASES: tuple[ModelCase, ...] = (
         notes=_ATTENTION + "; texts of different lengths exercise the padding masks",
     ),
     ModelCase("plain", _plain_module, _plain_inputs, notes="a user nn.Module (tanh MLP)"),
+    ModelCase(
+        "clip",
+        _zero_shot_clip,
+        _image_inputs,
+        precision=1e-5,
+        finite_differences={torch.float32: 1e-2, torch.float64: 3e-3},
+        notes=_ATTENTION + "; zero-shot: logits are scaled cosines to fixed label prompts",
+    ),
 )
 
 
@@ -634,10 +647,14 @@ class FisherEngineTestCase:
         reference = runner.run(case.model, case.dtype, case.estimator.id, **settings)
         model = classifier.model
         before = [module.training for module in model.modules()]
-        seen: list[bool] = []  # was any submodule training when the model ran?
-        hook = model.register_forward_pre_hook(
-            lambda module, args: seen.append(any(sub.training for sub in module.modules()))
-        )
+        seen: list[bool] = []  # was any submodule training when it ran?
+        # every submodule is hooked: a dual encoder runs its towers, never its own forward
+        hooks = [
+            module.register_forward_pre_hook(
+                lambda module, args: seen.append(any(sub.training for sub in module.modules()))
+            )
+            for module in model.modules()
+        ]
         model.train()
         try:
             record = fisher_spectrum(
@@ -649,7 +666,8 @@ class FisherEngineTestCase:
             )
             assert all(module.training for module in model.modules()), "train mode not restored"
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
             for module, training in zip(model.modules(), before, strict=True):
                 module.training = training
         assert seen and not any(seen), f"{sum(seen)} of {len(seen)} forward passes in train mode"
