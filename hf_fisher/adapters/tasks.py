@@ -22,12 +22,9 @@ from hf_fisher.adapters.base import EMBEDDINGS, NORMALIZED, PIXELS, RAW, Classif
 from hf_fisher.adapters.image import ImageClassifier
 from hf_fisher.adapters.module import ModuleClassifier
 from hf_fisher.adapters.text import TextClassifier
-from hf_fisher.adapters.zero_shot import (
-    DEFAULT_HYPOTHESIS_TEMPLATE,
-    ZeroShotImageClassifier,
-    check_candidate_labels,
-)
+from hf_fisher.adapters.zero_shot import ZeroShotImageClassifier
 from hf_fisher.errors import InputError, ModelLoadError, NotAClassifierError
+from hf_fisher.options import DEFAULT_HYPOTHESIS_TEMPLATE, check_candidate_labels
 
 
 def likelihood_of(config: Any) -> str:
@@ -53,7 +50,7 @@ def _no_task_options(options: dict, name: str) -> dict:
 
 def _zero_shot_options(options: dict, name: str) -> dict:
     template = options.get("hypothesis_template") or DEFAULT_HYPOTHESIS_TEMPLATE
-    labels = check_candidate_labels(options.get("candidate_labels"), template, name)
+    labels = check_candidate_labels(options.get("candidate_labels"), template, repr(name))
     return {"candidate_labels": labels, "hypothesis_template": template}
 
 
@@ -197,12 +194,26 @@ MODULE = Task(name="module", adapter=ModuleClassifier, model_class=None, spaces=
 TASKS: list[Task] = [IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, ZERO_SHOT_IMAGE_CLASSIFICATION]
 """The registry, searched in order: the first entry whose pattern matches wins."""
 
+def _is_regression(config: Any) -> bool:
+    """Whether the config declares a regression head.
+
+    ``problem_type="regression"``, or one output with no problem type (transformers then trains
+    it as a regression head with a squared-error loss).
+    """
+    problem_type = getattr(config, "problem_type", None)
+    single_output = getattr(config, "num_labels", None) == 1 and problem_type is None
+    return problem_type == "regression" or single_output
+
+
 REFUSALS: list[Refusal] = [
     Refusal(
-        matches=lambda config: getattr(config, "problem_type", None) == "regression",
-        reason="{name} is a regression model (problem_type 'regression'): its outputs are not "
-        "class scores, so it has no Fisher information over labels; hf-fisher needs a "
-        "single- or multi-label classifier",
+        matches=_is_regression,
+        reason="{name} is a regression model (problem_type 'regression', or num_labels=1): "
+        "its outputs are real values, not class scores, so there is no label distribution "
+        "whose Fisher information hf-fisher measures. Its Fisher depends on a noise model "
+        "that the checkpoint does not state (Gaussian noise of variance s2 gives J^T J / s2, "
+        "whose scale is s2 itself), and accuracy is undefined; hf-fisher measures single- "
+        "and multi-label classifiers",
     ),
 ]
 

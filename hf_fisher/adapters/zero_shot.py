@@ -20,43 +20,8 @@ from torch import Tensor, nn
 
 from hf_fisher.adapters.base import Checkpoint, InputSpace, _check_batch_shape
 from hf_fisher.adapters.image import ImageClassifier
-from hf_fisher.errors import InputError, ModelLoadError
-
-DEFAULT_HYPOTHESIS_TEMPLATE = "This is a photo of {}."
-"""The prompt of transformers' zero-shot image classification pipeline."""
-
-
-def check_candidate_labels(
-    candidate_labels: Sequence[str] | None, hypothesis_template: str, name: str
-) -> list[str]:
-    """Return the labels as a list; refuse missing, repeated or empty ones and bad templates.
-
-    Raises:
-        InputError: fewer than two labels, empty or repeated labels, or a template without
-            exactly one ``{}``.
-    """
-    if candidate_labels is None:
-        raise InputError(
-            f"{name!r} is a zero-shot image model (a CLIP-style dual encoder) with no "
-            "classification head: name the classes to score, e.g. --candidate-labels "
-            "cat,dog,bird (candidate_labels=['cat', 'dog', 'bird'] in Python)"
-        )
-    labels = [candidate_labels] if isinstance(candidate_labels, str) else list(candidate_labels)
-    labels = [str(label).strip() for label in labels]
-    if len(labels) < 2 or any(not label for label in labels):
-        raise InputError(
-            f"got candidate labels {labels}; pass at least two non-empty class names, e.g. "
-            "--candidate-labels cat,dog"
-        )
-    if len(set(labels)) != len(labels):
-        repeated = sorted({label for label in labels if labels.count(label) > 1})
-        raise InputError(f"candidate labels {repeated} are repeated; name each class once")
-    if hypothesis_template.count("{}") != 1:
-        raise InputError(
-            f"got hypothesis template {hypothesis_template!r}; it needs exactly one {{}} where "
-            "the label goes, e.g. 'This is a photo of {}.'"
-        )
-    return labels
+from hf_fisher.errors import ModelLoadError
+from hf_fisher.options import DEFAULT_HYPOTHESIS_TEMPLATE
 
 
 def _embeds(output: Any) -> Tensor:

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from hf_fisher.adapters import Classifier, load_classifier
 from hf_fisher.estimators import registry
 from hf_fisher.estimators.blackbox import default_step
+from hf_fisher.options import WHITE_BOX_METHODS
 from hf_fisher.spectrum import FisherSpectrum, fisher_spectrum
 from hf_fisher.testing import models
 from hf_fisher.testing.dense import dense_fisher, dense_spectrum
@@ -97,6 +98,8 @@ class ModelCase:
         finite_differences: dtype -> relative error of the central differences that
             black-box estimates are made of (see :data:`SMOOTH_FINITE_DIFFERENCES`).
         notes: why the tolerances are what they are.
+        methods: the methods that apply to the model (None: every one); black-box methods
+            refuse multi-label models, so those rows list the white-box methods.
     """
 
     id: str
@@ -107,6 +110,7 @@ class ModelCase:
         default_factory=lambda: dict(SMOOTH_FINITE_DIFFERENCES)
     )
     notes: str = ""
+    methods: tuple[str, ...] | None = None
 
     def rtol(self, dtype: torch.dtype) -> float:
         """Relative tolerance of a comparison of two computations of this model in ``dtype``."""
@@ -190,6 +194,14 @@ MODEL_CASES: tuple[ModelCase, ...] = (
         precision=1e-5,
         finite_differences={torch.float32: 1e-2, torch.float64: 3e-3},
         notes=_ATTENTION + "; zero-shot: logits are scaled cosines to fixed label prompts",
+    ),
+    ModelCase(
+        "bert-multilabel",
+        partial(models.build_bert, problem_type="multi_label_classification"),
+        _text_inputs,
+        precision=1e-5,
+        methods=WHITE_BOX_METHODS,
+        notes=_ATTENTION + "; multi-label (bernoulli Fisher, J^T diag(s(1-s)) J): white-box only",
     ),
 )
 
@@ -455,6 +467,7 @@ def table(model_cases: Sequence[ModelCase]) -> list[Case]:
         Case(model, ESTIMATOR_CASES[method], dtype)
         for model in model_cases
         for method in METHODS_UNDER_TEST
+        if model.methods is None or method in model.methods
         for dtype in DTYPES
     ]
 

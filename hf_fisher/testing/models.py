@@ -200,8 +200,17 @@ def build_tokenizer(
     )
 
 
-def build_bert(directory: str | Path, num_labels: int = 3, *, seed: int = 0) -> Path:
-    """Save a one-layer BERT (hidden size 16) with a locally trained WordPiece tokenizer."""
+def build_bert(
+    directory: str | Path,
+    num_labels: int = 3,
+    *,
+    seed: int = 0,
+    problem_type: str | None = None,
+) -> Path:
+    """Save a one-layer BERT (hidden size 16) with a locally trained WordPiece tokenizer.
+
+    ``problem_type="multi_label_classification"`` saves a multi-label (sigmoid) classifier.
+    """
     directory = Path(directory)
     tokenizer = build_tokenizer()
     id2label, label2id = _labels(num_labels)
@@ -209,7 +218,7 @@ def build_bert(directory: str | Path, num_labels: int = 3, *, seed: int = 0) -> 
         vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=32, max_position_embeddings=64, initializer_range=0.3,
         pad_token_id=tokenizer.pad_token_id,
-        num_labels=num_labels, id2label=id2label, label2id=label2id,
+        num_labels=num_labels, id2label=id2label, label2id=label2id, problem_type=problem_type,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
