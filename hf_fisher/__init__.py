@@ -26,6 +26,7 @@ __all__ = [
     "EstimatorOptions",
     "RunOptions",
     "CompanionOptions",
+    "ZeroShotOptions",
     "lipschitz_bound",
     "bound_report",
     # models
@@ -68,6 +69,7 @@ _SOURCES = {
     "EstimatorOptions": "hf_fisher.options",
     "RunOptions": "hf_fisher.options",
     "CompanionOptions": "hf_fisher.options",
+    "ZeroShotOptions": "hf_fisher.options",
     "lipschitz_bound": "hf_fisher.bounds",
     "bound_report": "hf_fisher.bounds",
     "load_classifier": "hf_fisher.adapters",

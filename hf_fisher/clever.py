@@ -29,6 +29,7 @@ from hf_fisher.attacks import (
     check_norm,
     lp_norm,
     sample_in_ball,
+    select_rows,
 )
 from hf_fisher.correlation import (
     RankCorrelation,
@@ -350,7 +351,12 @@ def _chunked_maxima(
         mask = None if space_mask is None else space_mask.expand_as(inputs)[part]
         parts.append(
             _batch_maxima(
-                logit_fn, inputs[part], classes[part], targets[part], space_mask=mask, **options
+                select_rows(logit_fn, part),
+                inputs[part],
+                classes[part],
+                targets[part],
+                space_mask=mask,
+                **options,
             )
         )
     return torch.cat(parts)

@@ -8,7 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from hf_fisher.errors import HfFisherError
-from hf_fisher.options import CompanionOptions, EstimatorOptions, RunOptions, SourceOptions
+from hf_fisher.options import (
+    CompanionOptions,
+    EstimatorOptions,
+    RunOptions,
+    SourceOptions,
+    ZeroShotOptions,
+)
 from hf_fisher.report.cli import add_card_parser, add_leaderboard_parser, add_submit_parser
 
 
@@ -46,6 +52,7 @@ def add_evaluate_parser(subparsers) -> None:
         "model's by name, integer labels taken as the model's ids",
     )
     parser.add_argument("--input-space", choices=("pixels", "normalized", "embeddings"))
+    ZeroShotOptions.add_arguments(parser)
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--out", help="output directory for results.json and per_sample.csv")
@@ -81,7 +88,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     run = RunOptions.from_namespace(args)
     companions = _companions(args)
     source = SourceOptions.from_namespace(args)
-    for options in (estimator, run, companions, source):
+    zero_shot = ZeroShotOptions.from_namespace(args)
+    for options in (estimator, run, companions, source, zero_shot):
         options.validate()
     label_mapping = None if args.label_mapping is None else read_label_mapping(args.label_mapping)
     check_data_source(args.dataset, source.data_files, source.dataset_revision)
@@ -104,6 +112,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         label_column=args.label_column,
         label_mapping=label_mapping,
         input_space=args.input_space,
+        **zero_shot.to_settings(),
         device=args.device,
         dtype=args.dtype,
         out_dir=args.out,

@@ -21,7 +21,11 @@ from hf_fisher.options import (
     CompanionOptions,
 )
 
-TEXT_REASON = "not available for text models"
+FREQUENCY_TEXT_REASON = (
+    "--frequency is not available for text models: frequency bands are an image concept (2-D "
+    "spatial frequencies of a pixel grid) and token embeddings have no spatial grid; drop "
+    "--frequency"
+)
 
 
 @dataclass
@@ -47,8 +51,8 @@ class Companion:
         flag: the command-line switch that requests it (named in errors).
         section: the results.json section it fills.
         wanted: whether ``options`` request it.
-        applies_to: why it cannot run on this classifier with these options (None: it can);
-            :data:`TEXT_REASON` for measurements that do not support text models.
+        applies_to: why it cannot run on this classifier with these options (None: it can, if
+            its name is also among ``classifier.capabilities``).
         run: the measurement; returns its results.json section.
     """
 
@@ -64,17 +68,11 @@ class Companion:
         return self.flag.removeprefix("--").replace("-", "_")
 
 
-def _not_text(classifier: Classifier, options: CompanionOptions) -> str | None:
-    return TEXT_REASON if classifier.modality == "text" else None
-
-
 def _any_model(classifier: Classifier, options: CompanionOptions) -> str | None:
     return None
 
 
 def _attacks_apply(classifier: Classifier, options: CompanionOptions) -> str | None:
-    if classifier.modality == "text":
-        return TEXT_REASON
     if classifier.input_space != "pixels" and options.eps_max is None:
         return (
             f"input space {classifier.input_space!r} has no natural bound: pass --eps-max "
@@ -85,7 +83,7 @@ def _attacks_apply(classifier: Classifier, options: CompanionOptions) -> str | N
 
 def _frequency_applies(classifier: Classifier, options: CompanionOptions) -> str | None:
     if classifier.modality == "text":
-        return TEXT_REASON
+        return FREQUENCY_TEXT_REASON
     if classifier.input_space != "pixels":
         return (
             f"the frequency view needs images in pixel space, not {classifier.input_space!r}; "
@@ -206,9 +204,9 @@ COMPANIONS: tuple[Companion, ...] = (
     # data-free and cheap: first, so an unsupported model fails early
     Companion("--bound", "bound", lambda o: o.bound, _bound_applies, _run_bound),
     Companion("--attacks", "attacks", lambda o: bool(o.attacks), _attacks_apply, _run_attacks),
-    Companion("--noise", "noise_curves", lambda o: o.noise, _not_text, _run_noise),
+    Companion("--noise", "noise_curves", lambda o: o.noise, _any_model, _run_noise),
     Companion("--kl-check", "kl_check", lambda o: o.kl_check, _any_model, _run_kl_check),
-    Companion("--clever", "clever", lambda o: o.clever, _not_text, _run_clever),
+    Companion("--clever", "clever", lambda o: o.clever, _any_model, _run_clever),
     Companion(
         "--frequency", "frequency", lambda o: o.frequency, _frequency_applies, _run_frequency
     ),
@@ -225,18 +223,19 @@ def check_companions(classifier: Classifier, options: CompanionOptions) -> None:
     """Fail fast, before the Fisher pass, when a requested measurement does not apply.
 
     Raises:
-        InputError: text models support the KL check only; the frequency view needs images in
-            pixel space; attacks in an unbounded space need ``eps_max``; the architecture bound
-            needs a plain feed-forward stack.
+        InputError: the frequency view needs images in pixel space; attacks in an unbounded
+            space (embeddings) need ``eps_max``; the architecture bound needs a plain
+            feed-forward stack; a measurement outside the input space's capabilities.
     """
-    reasons = [(c.flag, c.applies_to(classifier, options)) for c in requested_companions(options)]
-    text_only = [flag for flag, reason in reasons if reason == TEXT_REASON]
-    if text_only:
-        raise InputError(
-            f"{', '.join(text_only)} are {TEXT_REASON} yet (their inputs have per-sample "
-            "attention masks); --kl-check is (it perturbs the embeddings of non-padded tokens)"
-        )
-    for _, reason in reasons:
+    for companion in requested_companions(options):
+        reason = companion.applies_to(classifier, options)
+        if reason is None and companion.name not in classifier.capabilities:
+            reason = (
+                f"{companion.flag} does not apply to this {classifier.modality} model in input "
+                f"space {classifier.input_space!r} (it supports "
+                f"{sorted(classifier.capabilities) or 'no companion measurement'}); drop "
+                f"{companion.flag}"
+            )
         if reason is not None:
             raise InputError(reason)
 

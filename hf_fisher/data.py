@@ -507,6 +507,12 @@ def label_domain(dataset, column: str | None) -> tuple[list[str] | None, list | 
     if isinstance(dataset, InMemoryRows):
         return None, sorted(set(dataset.labels), key=str)
     feature = dataset.features[column]
+    inner = getattr(feature, "feature", None)  # a List / Sequence column: multi-label rows
+    if isinstance(inner, datasets.ClassLabel):
+        return list(inner.names), None
+    if isinstance(inner, datasets.Value):
+        values = {v for row in dataset[column] if row is not None for v in row if v is not None}
+        return None, sorted(values, key=str)
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names), None
     if isinstance(feature, datasets.Value):

@@ -62,15 +62,20 @@ class LabelAlignment:
     recorded: dict[str, int] | None
     source: str
 
-    def model_id(self, value: Any, column: str | None = None) -> int:
-        """The model's class id of one row's label value.
+    def model_id(self, value: Any, column: str | None = None) -> int | list:
+        """The model's class id of one row's label value (a list for a multi-label row).
 
         Integers outside the mapping (a ``-1`` "no label" entry) pass through unchanged so
-        that the runner's range check names them.
+        that the runner's range check names them. A list of names is mapped name by name; a
+        list of numbers (class ids or a multi-hot vector) is kept for :func:`label_set`.
 
         Raises:
             DatasetError: a label that is neither an integer nor a mapped name.
         """
+        if isinstance(value, (list, tuple)):
+            if self.to_model is None:
+                return list(value)
+            return [self.model_id(item, column) for item in value]
         if self.to_model is not None and value in self.to_model:
             return self.to_model[value]
         if _is_integer(value):
@@ -80,6 +85,29 @@ class LabelAlignment:
             f"{_listed(self.recorded or {})} that were matched to the model's classes; fix the "
             "label or pass --label-mapping"
         )
+
+
+def label_set(label: Sequence[Any], num_classes: int, multi_hot: bool) -> list[int]:
+    """The sorted class ids of a multi-label row: class ids, or a multi-hot vector.
+
+    With ``multi_hot`` (numeric labels, not names), a list of ``num_classes`` zeros and ones
+    is a multi-hot vector (Hugging Face's multi-label targets, ints or floats); anything else
+    is a list of class ids.
+
+    >>> label_set([0.0, 1.0, 1.0], 3, multi_hot=True), label_set([2, 0], 3, multi_hot=True)
+    ([1, 2], [0, 2])
+    """
+    values = list(label)
+    binary = all(not isinstance(v, bool) and v in (0, 1) for v in values)
+    if multi_hot and len(values) == num_classes and binary:
+        return [index for index, value in enumerate(values) if value == 1]
+    bad = [value for value in values if not _is_integer(value) and not float(value).is_integer()]
+    if bad:
+        raise DatasetError(
+            f"multi-label row {values!r:.80} holds {bad[:3]}: pass class names, class ids, or a "
+            f"multi-hot vector of {num_classes} zeros and ones"
+        )
+    return sorted({int(value) for value in values})
 
 
 def _is_integer(value: Any) -> bool:

@@ -125,6 +125,42 @@ def data_files(text: str) -> str | list[str] | dict[str, list[str]]:
     for split, _, path in named:
         mapping.setdefault(split.strip(), []).append(path.strip())
     return mapping
+def label_list(text: str) -> list[str]:
+    """Parse comma-separated class names (an argparse ``type``): ``"cat, dog"`` -> two names."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def check_candidate_labels(
+    candidate_labels: Sequence[str] | str | None, hypothesis_template: str, name: str
+) -> list[str]:
+    """Return a zero-shot model's candidate labels as a list, after checking them.
+
+    Raises:
+        InputError: no labels, fewer than two, empty or repeated ones, or a template without
+            exactly one ``{}``.
+    """
+    if candidate_labels is None:
+        raise InputError(
+            f"{name} is a zero-shot image model (a CLIP-style dual encoder) with no "
+            "classification head: name the classes to score, e.g. --candidate-labels "
+            "cat,dog,bird (candidate_labels=['cat', 'dog', 'bird'] in Python)"
+        )
+    labels = [candidate_labels] if isinstance(candidate_labels, str) else list(candidate_labels)
+    labels = [str(label).strip() for label in labels]
+    if len(labels) < 2 or any(not label for label in labels):
+        raise InputError(
+            f"got candidate labels {labels}; pass at least two non-empty class names, e.g. "
+            "--candidate-labels cat,dog"
+        )
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise InputError(f"candidate labels {repeated} are repeated; name each class once")
+    if not isinstance(hypothesis_template, str) or hypothesis_template.count("{}") != 1:
+        raise InputError(
+            f"got hypothesis template {hypothesis_template!r}; it needs exactly one {{}} where "
+            "the label goes, e.g. 'This is a photo of {}.'"
+        )
+    return labels
 
 
 def knob(
@@ -336,6 +372,42 @@ class RunOptions(_Options):
     )
 
 
+DEFAULT_HYPOTHESIS_TEMPLATE = "This is a photo of {}."
+"""The prompt of transformers' zero-shot image classification pipeline."""
+
+
+def _candidate_labels(name: str, flag: str, value: Any) -> None:
+    if value is not None:
+        check_candidate_labels(value, DEFAULT_HYPOTHESIS_TEMPLATE, "")
+
+
+def _template(name: str, flag: str, value: Any) -> None:
+    check_candidate_labels(["a", "b"], value, "")
+
+
+@dataclass(frozen=True)
+class ZeroShotOptions(_Options):
+    """The classes of a zero-shot image model (a CLIP-style dual encoder), which has no head.
+
+    Attributes:
+        candidate_labels: the class names each image is scored against.
+        hypothesis_template: each label's prompt, ``{}`` standing for the label.
+    """
+
+    candidate_labels: Sequence[str] | None = knob(
+        None,
+        "zero-shot (CLIP) models: comma-separated class names to score, e.g. cat,dog,bird",
+        type=label_list,
+        check=_candidate_labels,
+    )
+    hypothesis_template: str = knob(
+        DEFAULT_HYPOTHESIS_TEMPLATE,
+        "zero-shot models: the prompt of each candidate label, {} standing for the label",
+        type=str,
+        check=_template,
+    )
+
+
 @dataclass
 class CompanionOptions(_Options):
     """Which companion measurements to run, and their knobs (see each module for details).
@@ -459,6 +531,8 @@ __all__ = [
     "EstimatorOptions",
     "RunOptions",
     "SourceOptions",
+    "ZeroShotOptions",
+    "check_candidate_labels",
     "add_arguments",
     "data_files",
     "floats",

@@ -16,6 +16,7 @@ import numbers
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -39,8 +40,15 @@ from hf_fisher.data import (
 )
 from hf_fisher.digits import DEFAULT_MODEL_DIR as BUNDLED_MODEL_DIR
 from hf_fisher.errors import DatasetError, InputError, ResultsError
-from hf_fisher.labels import align_labels, check_label_mapping
-from hf_fisher.options import CompanionOptions, EstimatorOptions, RunOptions, SourceOptions
+from hf_fisher.labels import align_labels, check_label_mapping, label_set
+from hf_fisher.options import (
+    DEFAULT_HYPOTHESIS_TEMPLATE,
+    CompanionOptions,
+    EstimatorOptions,
+    RunOptions,
+    SourceOptions,
+    ZeroShotOptions,
+)
 from hf_fisher.results import (
     RESULTS_FILE,
     SCHEMA_VERSION,
@@ -263,6 +271,7 @@ def _fingerprint(classifier: Classifier, dataset_info: dict, settings: dict, con
     model = {k: classifier.source.get(k) for k in ("id", "revision", "commit_hash")}
     if model["id"] and Path(model["id"]).exists():  # the same folder, however it was spelled
         model["id"] = str(Path(model["id"]).resolve())
+    model.update(_zero_shot_section(classifier))  # a zero-shot model's classes are its prompts
     return {
         "model": {**model, "content": content["model"]},
         "dataset": {**dataset_info, "content": content["dataset"]},
@@ -356,13 +365,16 @@ def _records_from_spectrum(
     records = []
     for row, index in enumerate(indices):
         label = predicted[row] if labels is None else labels[row]
+        guess = predicted[row]
+        if isinstance(label, list):  # multi-label: every class with sigmoid > 1/2, exact match
+            guess = (probabilities[row] > 0.5).nonzero().flatten().tolist()
         norm = float(spectrum.spectral_norm[row])
         record = {
             "index": index,
-            "label": int(label),
-            "predicted": int(predicted[row]),
+            "label": label if isinstance(label, list) else int(label),
+            "predicted": guess if isinstance(label, list) else int(guess),
             "probability": float(probabilities[row, predicted[row]]),
-            "correct": bool(predicted[row] == label),
+            "correct": bool(guess == label),
             "spectral_norm": norm,
             "trace": float(spectrum.trace[row]),
             "kl_radius": kl_radius(norm, kl_tau),
@@ -474,6 +486,8 @@ def evaluate_robustness(
     revision: str | None = None,
     dataset_revision: str | None = None,
     data_files: Any = None,
+    candidate_labels: Sequence[str] | None = None,
+    hypothesis_template: str | None = None,
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -516,6 +530,9 @@ def evaluate_robustness(
         data_files: files to read, as ``load_dataset``'s ``data_files`` (a path or glob, a
             list, or split -> paths); alone (``dataset=None``) their suffix picks the reader.
             Unnamed files, and a ``dataset`` that is one file, are the evaluated ``split``.
+        candidate_labels, hypothesis_template: a zero-shot image model's classes and their
+            prompt (see :class:`~hf_fisher.options.ZeroShotOptions`); dataset labels are
+            matched to the candidate labels by name.
 
     Returns:
         A :class:`RobustnessReport`.
@@ -552,8 +569,15 @@ def evaluate_robustness(
         labels=labels,
         label_mapping=label_mapping,
         source=SourceOptions(revision, dataset_revision, data_files),
+        zero_shot=ZeroShotOptions(
+            candidate_labels, hypothesis_template or DEFAULT_HYPOTHESIS_TEMPLATE
+        ),
     )
-    results = gather_results(plan, compute_records(plan))
+    return _finish_run(plan, gather_results(plan, compute_records(plan)))
+
+
+def _finish_run(plan: RunPlan, results: Any) -> RobustnessReport:
+    """Add the companion measurements (main process) and write the run."""
     if plan.wants_companions:
         if not plan.state.is_main_process:
             # No barrier: the main process may measure for longer than a process-group
@@ -621,9 +645,16 @@ def _load_dataset(
 
 
 def _load_model(
-    model: Any, device: torch.device, dtype: torch.dtype | None, **kwargs
+    model: Any,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    zero_shot: ZeroShotOptions,
+    **kwargs,
 ) -> Classifier:
-    classifier = load_classifier(model, device=device, dtype=dtype, **kwargs)
+    zero_shot.validate()  # a zero-shot model's classes, before its weights load
+    classifier = load_classifier(
+        model, device=device, dtype=dtype, **zero_shot.to_settings(), **kwargs
+    )
     if classifier.dtype not in (torch.float32, torch.float64):
         raise InputError(
             f"the model computes in {classifier.dtype}; pass dtype='float32' (default) or "
@@ -656,6 +687,7 @@ def plan_run(
     labels: list[int] | None = None,
     label_mapping: dict[str, int | str] | None = None,
     source: SourceOptions = NO_SOURCE,
+    zero_shot: ZeroShotOptions | None = None,
 ) -> RunPlan:
     """Check the options, load the model and data, resolve the method, prepare the directory.
 
@@ -675,6 +707,7 @@ def plan_run(
         input_space=input_space,
         trust_remote_code=trust_remote_code,
         revision=source.revision,
+        zero_shot=zero_shot or ZeroShotOptions(),
     )
     if companions is not None and companions.requested:
         check_companions(classifier, companions)
@@ -686,11 +719,7 @@ def plan_run(
     )
     alignment = _alignment(classifier, rows, label_col, label_mapping)
     indices = sample_indices(len(rows), run.num_samples, estimator.seed)
-    if classifier.input_shape is None and classifier.modality != "text":  # a plain module
-        classifier.prepare(decode_rows(rows, indices[:1], columns, None, modality).inputs)
-    concrete = run_method(
-        classifier, estimator.method, estimator.black_box, run.batch_size, _input_numel(classifier)
-    )
+    concrete = _concrete_method(classifier, estimator, run, rows, indices[:1], columns, modality)
     settings = _settings(classifier, estimator, run, concrete)
     dataset_info = _dataset_info(
         rows, dataset_name, config, split, indices, columns, label_col, alignment, source
@@ -718,6 +747,23 @@ def plan_run(
         companions=companions,
         progress=progress,
         started=started,
+    )
+
+
+def _concrete_method(
+    classifier: Classifier,
+    estimator: EstimatorOptions,
+    run: RunOptions,
+    rows: Any,
+    first: list[int],
+    columns: list[str],
+    modality: str,
+) -> str:
+    """The run's method; a plain module first learns its input shape from the ``first`` row."""
+    if classifier.input_shape is None and classifier.modality != "text":  # a plain module
+        classifier.prepare(decode_rows(rows, first, columns, None, modality).inputs)
+    return run_method(
+        classifier, estimator.method, estimator.black_box, run.batch_size, _input_numel(classifier)
     )
 
 
@@ -825,12 +871,13 @@ def _batch_records(plan: RunPlan, batch_indices: list[int], used: set[int]) -> l
     if decoded.indices:
         classifier = plan.classifier
         prepared = classifier.prepare(decoded.inputs)
-        _check_label_range(decoded.labels, classifier.num_classes, plan.label_col)
+        labels = _multi_label_rows(decoded.labels, classifier, plan.alignment, plan.label_col)
+        _check_label_range(labels, classifier.num_classes, plan.label_col)
         spectrum, size = _spectrum_with_oom_retry(
             classifier, prepared, decoded.indices, plan.estimator.to_settings()
         )
         used.add(size)
-        new += _records_from_spectrum(spectrum, decoded.indices, decoded.labels, plan.run.kl_tau)
+        new += _records_from_spectrum(spectrum, decoded.indices, labels, plan.run.kl_tau)
     return new
 
 
@@ -882,13 +929,26 @@ def _model_section(classifier: Classifier) -> dict:
         "task": classifier.source.get("task"),
         "num_classes": classifier.num_classes,
         "id2label": {str(k): str(v) for k, v in classifier.id2label.items()},
+        **_zero_shot_section(classifier),
     }
+
+
+def _zero_shot_section(classifier: Classifier) -> dict:
+    """A zero-shot model's prompt template (its classes are ``id2label``); else nothing."""
+    template = getattr(classifier, "hypothesis_template", None)
+    return {} if template is None else {"hypothesis_template": template}
 
 
 def _add_companions(plan: RunPlan, results: dict) -> None:
     """Run the companion measurements on the first evaluated samples (main process only)."""
     started = time.perf_counter()
     chosen = results["per_sample"][: plan.companions.num_samples]
+    if any(isinstance(row["label"], list) for row in chosen):
+        raise InputError(
+            "the companion measurements need one label per sample, and these rows are "
+            "multi-label; drop the companion flags (the Fisher records are kept in --out: "
+            "rerun with --resume)"
+        )
     decoded = decode_rows(
         plan.rows,
         [r["index"] for r in chosen],
@@ -944,9 +1004,33 @@ def _append(record_file, records: list[dict]) -> None:
         ) from error
 
 
-def _check_label_range(labels: list[int] | None, num_classes: int, column: str | None) -> None:
+def _multi_label_rows(
+    labels: list | None, classifier: Classifier, alignment: Any, column: str | None
+) -> list | None:
+    """Rows holding lists of labels become sorted class-id lists (multi-label models only).
+
+    Raises:
+        DatasetError: list labels for a single-label (categorical) model.
+    """
+    if not labels or not any(isinstance(label, list) for label in labels):
+        return labels
+    if classifier.likelihood != "bernoulli":
+        raise DatasetError(
+            f"column {column!r} holds lists of labels (multi-label rows), but the model is "
+            "single-label (softmax); measure a multi-label model (problem_type "
+            "'multi_label_classification'), or pass a --label-column with one label per row"
+        )
+    multi_hot = alignment is None or alignment.to_model is None  # numbers, not names
+    return [
+        label_set(label if isinstance(label, list) else [label], classifier.num_classes, multi_hot)
+        for label in labels
+    ]
+
+
+def _check_label_range(labels: list | None, num_classes: int, column: str | None) -> None:
     """Labels must be class indices of this model; a -1 test split has no labels at all."""
-    bad = sorted({label for label in labels or () if not 0 <= label < num_classes})
+    ids = [i for label in labels or () for i in (label if isinstance(label, list) else [label])]
+    bad = sorted({label for label in ids if not 0 <= label < num_classes})
     if bad:
         raise DatasetError(
             f"labels {bad[:10]} in column {column!r} are outside [0, {num_classes}) for this "

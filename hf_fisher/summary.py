@@ -48,6 +48,10 @@ def describe(values: Sequence[float], *, seed: int = 0, num_bootstrap: int = 100
     return {key: _finite_or_none(value) for key, value in stats.items()}
 
 
+def _classes(row: dict) -> list[int]:
+    return row["label"] if isinstance(row["label"], list) else [row["label"]]
+
+
 def summarize(records: Sequence[dict], *, seed: int = 0) -> dict:
     """The ``summary`` section of results.json from per-sample records."""
 
@@ -57,9 +61,9 @@ def summarize(records: Sequence[dict], *, seed: int = 0) -> dict:
             for quantity in QUANTITIES
         }
 
-    by_class = {}
-    for label in sorted({row["label"] for row in records}):
-        rows = [row for row in records if row["label"] == label]
+    by_class = {}  # a multi-label row (a list of labels) counts in each of its classes
+    for label in sorted({label for row in records for label in _classes(row)}):
+        rows = [row for row in records if label in _classes(row)]
         by_class[str(label)] = {
             "num_samples": len(rows),
             "accuracy": float(np.mean([row["correct"] for row in rows])),

@@ -666,7 +666,7 @@ def test_capabilities_and_clip_agree_with_the_companions(vit_dir, bert_dir):
     expected = {
         "pixels": COMPANIONS,
         "normalized": COMPANIONS - {"frequency"},
-        "embeddings": {"kl_check"},
+        "embeddings": {"attacks", "noise", "kl_check", "clever"},
         "raw": COMPANIONS - {"frequency"},
     }
     requests = _companion_requests()

@@ -867,6 +867,21 @@ def _batch_rounding_within_tolerance(tmp_path: Path) -> float:
     return gap / tolerance_for("float32")
 
 
+def _zero_shot(tmp_path: Path, **options: Any) -> Any:
+    """Evaluate a tiny CLIP (a zero-shot dual encoder) on four random images."""
+    from hf_fisher.testing.models import build_clip
+
+    images = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    return evaluate_robustness(build_clip(tmp_path / "clip"), images, progress=False, **options)
+
+
+def _list_labels_single_label_model(tmp_path: Path) -> Any:
+    """Multi-label rows (lists of class names) given to a softmax (single-label) BERT."""
+    rows = {"text": ["good", "bad"], "labels": [["class_0"], ["class_1", "class_2"]]}
+    dataset = datasets.Dataset.from_dict(rows)
+    return evaluate_robustness(build_bert(tmp_path / "bert"), dataset, progress=False)
+
+
 RUNNER_CASES: list[Case] = [
     # 2. auto is resolved once per run: a short last batch no longer switches to exact.
     Case(
@@ -1059,6 +1074,42 @@ RUNNER_CASES: list[Case] = [
         "runner-float32-batch-rounding-within-tolerance",
         _batch_rounding_within_tolerance,
         check=lambda ratio: None if ratio < 0.5 else pytest.fail(f"gap / tolerance {ratio}"),
+    ),
+    # 13. A zero-shot model (CLIP) has no head: its classes are candidate labels, checked.
+    Case(
+        "runner-zero-shot-model-without-candidate-labels",
+        _zero_shot,
+        error=InputError,
+        match=r"zero-shot image model .* name the classes to score, e\.g\. --candidate-labels",
+    ),
+    Case(
+        "runner-zero-shot-one-candidate-label",
+        lambda tmp_path: _zero_shot(tmp_path, candidate_labels=["cat"]),
+        error=InputError,
+        match=r"got candidate labels \['cat'\]; pass at least two non-empty class names",
+    ),
+    Case(
+        "runner-zero-shot-template-without-a-slot",
+        lambda tmp_path: _zero_shot(
+            tmp_path, candidate_labels=["cat", "dog"], hypothesis_template="a photo"
+        ),
+        error=InputError,
+        match=r"hypothesis template 'a photo'; it needs exactly one \{\}",
+    ),
+    Case(
+        "runner-candidate-labels-for-a-model-with-a-head",
+        lambda tmp_path: evaluate_robustness(
+            num_samples=2, progress=False, candidate_labels=["cat", "dog"]
+        ),
+        error=InputError,
+        match=r"has its own classification head .* drop --candidate-labels",
+    ),
+    # 14. Multi-label rows (lists of labels) need a multi-label model.
+    Case(
+        "runner-list-labels-for-a-single-label-model",
+        _list_labels_single_label_model,
+        error=DatasetError,
+        match=r"column 'labels' holds lists of labels .* the model is single-label \(softmax\)",
     ),
 ]
 

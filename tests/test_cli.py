@@ -470,8 +470,13 @@ def test_building_the_parser_and_an_argument_error_load_no_torch() -> None:
         (["--kl-tau", "nan"], "kl_tau (--kl-tau) must be a finite number > 0"),
         (["--companion-samples", "-3"], "--companion-samples"),
         (["--black-box", "--method", "exact"], "needs gradients but black_box=True"),
+        (["--candidate-labels", "cat"], "pass at least two non-empty class names"),
+        (["--candidate-labels", "a,b", "--hypothesis-template", "x"], "exactly one {}"),
     ],
-    ids=["batch-size", "kl-tau", "companion-samples", "black-box-method"],
+    ids=[
+        "batch-size", "kl-tau", "companion-samples", "black-box-method", "one-candidate-label",
+        "template-without-slot",
+    ],
 )
 def test_bad_option_values_are_refused_before_torch_is_imported(flags, message) -> None:
     code = (

@@ -46,9 +46,9 @@ def test_companions_use_the_first_evaluated_samples(digits_run):
 def test_text_models_get_a_clear_error(bert_dir):
     classifier = load_classifier(bert_dir)
     batch = classifier.prepare(["good", "bad"])
-    with pytest.raises(InputError, match="--noise are not available for text models"):
+    with pytest.raises(InputError, match="--frequency is not available for text models"):
         run_companions(classifier, batch, torch.tensor([0, 1]), torch.ones(2),
-                       CompanionOptions(noise=True))
+                       CompanionOptions(frequency=True))
 
 
 def test_frequency_needs_pixel_space(default_model_dir):
@@ -128,16 +128,15 @@ def test_registry_has_one_entry_per_section_and_flag():
 
 
 def test_each_entry_says_which_classifiers_it_applies_to(bert_dir, mlp):
-    from hf_fisher.companions import COMPANIONS, TEXT_REASON
+    from hf_fisher.companions import COMPANIONS, FREQUENCY_TEXT_REASON
 
     text = load_classifier(bert_dir)
     every = CompanionOptions(attacks="l2", noise=True, kl_check=True, clever=True,
                              frequency=True, bound=True)
     reasons = {c.section: c.applies_to(text, every) for c in COMPANIONS}
-    assert reasons["kl_check"] is None
-    assert {reasons[s] for s in ("attacks", "noise_curves", "clever", "frequency")} == {
-        TEXT_REASON
-    }
+    assert {reasons[s] for s in ("kl_check", "noise_curves", "clever")} == {None}
+    assert "pass --eps-max" in reasons["attacks"]  # embeddings are unbounded
+    assert reasons["frequency"] == FREQUENCY_TEXT_REASON
     assert reasons["bound"].startswith("--bound is not available for text models")
     plain = load_classifier(mlp)  # "normalized" input space: no natural bound, no pixels
     reasons = {c.section: c.applies_to(plain, every) for c in COMPANIONS}

@@ -56,3 +56,30 @@ def test_real_encoder_black_box_interval(minilm_classifier_dir):
     low, high = sketch.spectral_norm_ci.T
     inside = (low <= exact.spectral_norm) & (exact.spectral_norm <= high)
     assert inside.sum() >= 2
+
+
+def test_real_encoder_companions_follow_the_attention_mask(minilm_classifier_dir):
+    """Attacks, baselines and CLEVER give the padded "Terrible." what it gets alone."""
+    from hf_fisher.attacks import baseline_scores, fgsm, pgd
+    from hf_fisher.clever import clever_scores
+    from hf_fisher.testing.tolerances import tolerance_for
+
+    classifier = load_classifier(minilm_classifier_dir, dtype=torch.float64, device="cpu")
+    outcomes = []
+    for prepared in (classifier.prepare(SENTENCES), classifier.prepare(SENTENCES[1:2])):
+        logit_fn = classifier.logit_fn(prepared)
+        index = 1 if len(prepared) == 3 else 0
+        length = int(prepared.space_mask[index, :, 0].sum())
+        labels = logit_fn(prepared.inputs).argmax(dim=1)
+        common = {"space_mask": prepared.space_mask}
+        attack = pgd(logit_fn, prepared.inputs, labels, 0.5, steps=3, restarts=2,
+                     random_start=False, **common)
+        step = fgsm(logit_fn, prepared.inputs, labels, 0.5, norm="l2", **common)
+        scores = baseline_scores(logit_fn, prepared.inputs, **common)
+        clever = clever_scores(logit_fn, prepared.inputs, radius=1e-7, num_batches=3,
+                               batch_points=2, max_points=2, num_bootstrap=10, **common)
+        outcomes.append([attack.adversarial[index, :length], step.adversarial[index, :length],
+                         scores.first_order[index], clever.lipschitz[index]])
+    # eager attention keeps its softmax in float32 even in a float64 model
+    for padded, alone in zip(*outcomes, strict=True):
+        torch.testing.assert_close(padded, alone, rtol=tolerance_for(torch.float32), atol=1e-8)

@@ -378,3 +378,19 @@ def test_resolve_run_method_sizes_text_by_the_longest_input(bert_dir):
     classifier = load_classifier(bert_dir)
     assert _max_input_dim(classifier) == 64 * 16  # max_position_embeddings x hidden size
     assert resolve_run_method(classifier, "auto", False, batch_size=8) == "exact"
+
+
+def test_single_output_checkpoint_is_refused_as_regression_before_loading(tmp_path, monkeypatch):
+    """num_labels=1 without a problem type trains as regression in transformers: refused."""
+    import hf_fisher.adapters.hub as hub
+    from hf_fisher import NotAClassifierError
+    from hf_fisher.testing.models import build_bert
+
+    path = build_bert(tmp_path / "bert", num_labels=1)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the weights loaded before the refusal")
+
+    monkeypatch.setattr(hub, "_load_weights", never)
+    with pytest.raises(NotAClassifierError, match=r"regression model .*num_labels=1.*J\^T J / s2"):
+        load_classifier(path)

@@ -62,9 +62,10 @@ class InputSpace:
 
 PIXELS = InputSpace("pixels", (0.0, 1.0), COMPANIONS)
 NORMALIZED = InputSpace("normalized", None, COMPANIONS - {"frequency"})
-# text: attacks, noise and CLEVER are not implemented for per-sample attention masks, nor the
-# frequency view or the architecture bound; the KL check perturbs non-padded embeddings only
-EMBEDDINGS = InputSpace("embeddings", None, frozenset({"kl_check"}))
+# text: attacks, noise, CLEVER and the KL check perturb the embeddings of non-padded tokens (the
+# attention mask follows every subset and copy of the batch, see BatchLogits); frequency bands are
+# an image concept and the architecture bound needs a plain feed-forward stack
+EMBEDDINGS = InputSpace("embeddings", None, frozenset({"attacks", "noise", "kl_check", "clever"}))
 RAW = InputSpace("raw", None, COMPANIONS - {"frequency"})
 SPACES = {space.name: space for space in (PIXELS, NORMALIZED, EMBEDDINGS, RAW)}
 """The built-in input spaces by name."""
@@ -238,12 +239,15 @@ class Checkpoint:
         hub_kwargs: ``revision`` and ``trust_remote_code``, for loading processors alike.
         common: the Classifier keyword arguments shared by every adapter (``id2label``,
             ``source``, ``device``, ``dtype``).
+        task_options: the task's own options, as its ``check_options`` returned them (a
+            zero-shot model's ``candidate_labels`` and ``hypothesis_template``).
     """
 
     name: str
     config: Any
     hub_kwargs: dict
     common: dict
+    task_options: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,26 +343,17 @@ class Classifier:
         """Return (N, K) logits for (N, *input_shape) inputs in the input space."""
         raise NotImplementedError
 
-    def logit_fn(self, batch: PreparedBatch) -> Callable[[Tensor], Tensor]:
+    def logit_fn(self, batch: PreparedBatch) -> BatchLogits:
         """Return ``x -> logits`` with the batch's fixed context (attention mask etc.) bound.
 
-        The returned function maps (N, *shape) inputs to (N, K) logits, where N is the batch's
-        size; this is what operators and estimators differentiate. It also takes N * m rows laid
-        out sample-major (rows ``i*m .. i*m+m-1`` perturb sample i, as
+        The returned :class:`BatchLogits` maps (N, *shape) inputs to (N, K) logits, where N is
+        the batch's size; this is what operators and estimators differentiate. It also takes
+        N * m rows laid out sample-major (rows ``i*m .. i*m+m-1`` perturb sample i, as
         ``x.repeat_interleave(m, 0)`` gives), so black-box estimators can query many
-        perturbations of a text batch at once.
+        perturbations of a text batch at once, and ``.select(index)`` gives the logit function
+        of a sub-batch (attacks and CLEVER work on subsets of the batch).
         """
-        context = dict(batch.context)
-        size = len(batch)
-
-        def logits(inputs: Tensor) -> Tensor:  # (N * m, *shape) -> (N * m, K)
-            repeats = inputs.shape[0] // size if size else 1
-            if repeats > 1 and context and repeats * size == inputs.shape[0]:
-                expanded = {k: v.repeat_interleave(repeats, dim=0) for k, v in context.items()}
-                return self(inputs, **expanded)
-            return self(inputs, **context)
-
-        return logits
+        return BatchLogits(self, dict(batch.context), len(batch))
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -384,3 +379,50 @@ class Classifier:
             f"input_shape={self.input_shape}, num_classes={classes}, device={self.device}, "
             f"dtype={self.dtype})"
         )
+
+
+class BatchLogits:
+    """``x -> logits`` for one prepared batch; its per-sample context follows subsets and copies.
+
+    Text models hold an attention mask and token types per sample: a companion that perturbs a
+    subset of the batch, or m copies of each sample, must hand the model the matching rows of
+    that context. Batches without context (images, plain modules) take any number of rows.
+
+    Attributes:
+        classifier: the classifier called.
+        context: per-sample tensors aligned on dim 0 (empty for context-free batches).
+        size: N, the number of samples the context describes.
+    """
+
+    def __init__(self, classifier: Classifier, context: dict[str, Tensor], size: int) -> None:
+        self.classifier = classifier
+        self.context = context
+        self.size = size
+
+    def __call__(self, inputs: Tensor) -> Tensor:  # (N * m, *shape) -> (N * m, K)
+        """Logits of N * m sample-major rows (m >= 1), each with its own sample's context.
+
+        Raises:
+            InputError: the rows are not a whole number of copies of the batch's samples.
+        """
+        if not self.context:
+            return self.classifier(inputs)
+        rows = inputs.shape[0]
+        if rows == 0 or rows % self.size:
+            raise InputError(
+                f"got {rows} rows for a batch of {self.size} samples with a per-sample "
+                f"{'/'.join(sorted(self.context))}; pass m copies of each sample laid out "
+                "sample-major (x.repeat_interleave(m, 0)), or take .select(index) first"
+            )
+        repeats = rows // self.size
+        if repeats == 1:
+            return self.classifier(inputs, **self.context)
+        expanded = {k: v.repeat_interleave(repeats, dim=0) for k, v in self.context.items()}
+        return self.classifier(inputs, **expanded)
+
+    def select(self, index: Tensor | slice | list[int]) -> BatchLogits:
+        """The logit function of the sub-batch at ``index`` (as :meth:`PreparedBatch.select`)."""
+        if not self.context:
+            return self
+        context = {name: value[index] for name, value in self.context.items()}
+        return BatchLogits(self.classifier, context, next(iter(context.values())).shape[0])

@@ -6,6 +6,7 @@ task's transformers class (eager attention, eval mode, frozen) and wrapped by it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from torch import nn
 from hf_fisher.adapters.base import Checkpoint, Classifier, _default_device, _determinism_check
 from hf_fisher.adapters.module import wrap_module
 from hf_fisher.adapters.tasks import MODULE, Task, task_of
-from hf_fisher.errors import ModelLoadError, NotAClassifierError
+from hf_fisher.errors import InputError, ModelLoadError, NotAClassifierError
 from hf_fisher.operators import LIKELIHOODS
 
 
@@ -29,6 +30,8 @@ def load_classifier(
     trust_remote_code: bool = False,
     input_shape: tuple[int, ...] | None = None,
     likelihood: str | None = None,
+    candidate_labels: Sequence[str] | None = None,
+    hypothesis_template: str | None = None,
 ) -> Classifier:
     """Wrap a Hub id, local directory, ``nn.Module`` or :class:`Classifier` as a Classifier.
 
@@ -54,6 +57,10 @@ def load_classifier(
             Default: "bernoulli" when the model's config has
             ``problem_type="multi_label_classification"``, else "categorical". Given for a
             Classifier, it is set on that Classifier in place.
+        candidate_labels: the class names a zero-shot model (a CLIP-style dual encoder) scores
+            each image against; required for those, refused for models with their own head.
+        hypothesis_template: the prompt of each candidate label, with ``{}`` where the label
+            goes (default "This is a photo of {}.", as transformers' zero-shot pipeline).
 
     Returns:
         A :class:`Classifier` (an image, text or module classifier).
@@ -77,6 +84,15 @@ def load_classifier(
             f"got likelihood={likelihood!r}; use 'categorical' (softmax, one label per input) or "
             "'bernoulli' (independent sigmoids, multi-label)"
         )
+    task_options = {
+        "candidate_labels": candidate_labels,
+        "hypothesis_template": hypothesis_template,
+    }
+    if candidate_labels is not None and not isinstance(model, (str, Path)):
+        raise InputError(
+            f"got candidate labels for a {type(model).__name__}; they are for zero-shot "
+            "checkpoints (a CLIP directory or Hub id), which load_classifier encodes itself"
+        )
     if isinstance(model, Classifier):
         if likelihood is not None:
             model.likelihood = likelihood
@@ -89,7 +105,7 @@ def load_classifier(
         classifier.likelihood = MODULE.likelihood(getattr(model, "config", None))
     elif isinstance(model, (str, Path)):
         classifier = _load_pretrained(
-            str(model), input_space, device, dtype, revision, trust_remote_code
+            str(model), input_space, device, dtype, revision, trust_remote_code, task_options
         )
     else:
         raise ModelLoadError(
@@ -188,11 +204,13 @@ def _load_pretrained(
     dtype: torch.dtype | None,
     revision: str | None,
     trust_remote_code: bool,
+    task_options: dict,
 ) -> Classifier:
     """Match the checkpoint to its task, load it, wrap it in the task's adapter and probe it."""
     hub_kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     config = _read_config(name, hub_kwargs)
     task = task_of(config, name)
+    task_options = task.check_options(task_options, name)  # before the weights load
     space = task.space(input_space, f"the {task.description} {name!r}")
     device = torch.device(device) if device is not None else _default_device()
     dtype = dtype or torch.float32
@@ -208,17 +226,17 @@ def _load_pretrained(
     id2label = {int(key): str(value) for key, value in model.config.id2label.items()}
     common = {"id2label": id2label, "source": source, "device": device, "dtype": dtype}
     classifier = task.adapter.from_checkpoint(
-        model, Checkpoint(name, config, hub_kwargs, common), space
+        model, Checkpoint(name, config, hub_kwargs, common, task_options), space
     )
     classifier.likelihood = task.likelihood(model.config)
     batch = classifier.probe_batch()
     classifier._num_classes = _determinism_check(
         lambda: classifier(batch.inputs, **batch.context), len(batch), source["architecture"]
     )
-    if classifier._num_classes != len(id2label):
+    if classifier._num_classes != len(classifier.id2label):
         raise NotAClassifierError(
             f"{name!r} returns {classifier._num_classes} logits but its config names "
-            f"{len(id2label)} labels; fix id2label in config.json"
+            f"{len(classifier.id2label)} labels; fix id2label in config.json"
         )
     return classifier
 

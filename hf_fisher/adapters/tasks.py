@@ -22,7 +22,9 @@ from hf_fisher.adapters.base import EMBEDDINGS, NORMALIZED, PIXELS, RAW, Classif
 from hf_fisher.adapters.image import ImageClassifier
 from hf_fisher.adapters.module import ModuleClassifier
 from hf_fisher.adapters.text import TextClassifier
-from hf_fisher.errors import ModelLoadError, NotAClassifierError
+from hf_fisher.adapters.zero_shot import ZeroShotImageClassifier
+from hf_fisher.errors import InputError, ModelLoadError, NotAClassifierError
+from hf_fisher.options import DEFAULT_HYPOTHESIS_TEMPLATE, check_candidate_labels
 
 
 def likelihood_of(config: Any) -> str:
@@ -33,6 +35,27 @@ def likelihood_of(config: Any) -> str:
 
 def _no_model_types() -> Container[str]:
     return ()
+
+
+def _no_task_options(options: dict, name: str) -> dict:
+    """A task with its own head takes no candidate labels (they would be silently ignored)."""
+    if options.get("candidate_labels") is not None:
+        raise InputError(
+            f"got candidate labels for {name!r}, which has its own classification head (its "
+            "classes are its id2label); candidate labels are for zero-shot models such as "
+            "CLIP: drop --candidate-labels"
+        )
+    return {}
+
+
+def _zero_shot_options(options: dict, name: str) -> dict:
+    template = options.get("hypothesis_template") or DEFAULT_HYPOTHESIS_TEMPLATE
+    labels = check_candidate_labels(options.get("candidate_labels"), template, repr(name))
+    return {"candidate_labels": labels, "hypothesis_template": template}
+
+
+def _categorical(config: Any) -> str:
+    return "categorical"
 
 
 def _image_model_types() -> Container[str]:
@@ -71,6 +94,9 @@ class Task:
             ``architectures`` (a function, so transformers is imported only when needed).
         description: what the model is, for error messages ("image classifier").
         likelihood: the config -> "categorical" or "bernoulli" rule.
+        check_options: ``(task_options, name) -> task_options`` checked before the weights
+            load (raises a typed error naming the flag); the result reaches the adapter as
+            ``Checkpoint.task_options``.
     """
 
     name: str
@@ -82,6 +108,7 @@ class Task:
     model_types: Callable[[], Container[str]] = _no_model_types
     description: str = "classifier"
     likelihood: Callable[[Any], str] = likelihood_of
+    check_options: Callable[[dict, str], dict] = _no_task_options
 
     @property
     def default_space(self) -> InputSpace:
@@ -149,18 +176,44 @@ TEXT_CLASSIFICATION = Task(
     model_types=_text_model_types,
     description="text classifier",
 )
+ZERO_SHOT_IMAGE_CLASSIFICATION = Task(
+    name="zero-shot-image-classification",
+    adapter=ZeroShotImageClassifier,
+    model_class="AutoModel",
+    spaces=(PIXELS, NORMALIZED),
+    architecture="^CLIPModel$",  # tested on CLIP; other dual encoders may register alike
+    example="CLIPModel (with --candidate-labels)",
+    description="zero-shot image model",
+    likelihood=_categorical,  # a softmax over the candidates, as the zero-shot pipeline
+    check_options=_zero_shot_options,
+)
+"""A CLIP-style dual encoder, scored against fixed prompts of ``candidate_labels``."""
 MODULE = Task(name="module", adapter=ModuleClassifier, model_class=None, spaces=(RAW,))
 """A plain ``nn.Module``: never matched from a config, wrapped as given."""
 
-TASKS: list[Task] = [IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION]
+TASKS: list[Task] = [IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, ZERO_SHOT_IMAGE_CLASSIFICATION]
 """The registry, searched in order: the first entry whose pattern matches wins."""
+
+def _is_regression(config: Any) -> bool:
+    """Whether the config declares a regression head.
+
+    ``problem_type="regression"``, or one output with no problem type (transformers then trains
+    it as a regression head with a squared-error loss).
+    """
+    problem_type = getattr(config, "problem_type", None)
+    single_output = getattr(config, "num_labels", None) == 1 and problem_type is None
+    return problem_type == "regression" or single_output
+
 
 REFUSALS: list[Refusal] = [
     Refusal(
-        matches=lambda config: getattr(config, "problem_type", None) == "regression",
-        reason="{name} is a regression model (problem_type 'regression'): its outputs are not "
-        "class scores, so it has no Fisher information over labels; hf-fisher needs a "
-        "single- or multi-label classifier",
+        matches=_is_regression,
+        reason="{name} is a regression model (problem_type 'regression', or num_labels=1): "
+        "its outputs are real values, not class scores, so there is no label distribution "
+        "whose Fisher information hf-fisher measures. Its Fisher depends on a noise model "
+        "that the checkpoint does not state (Gaussian noise of variance s2 gives J^T J / s2, "
+        "whose scale is s2 itself), and accuracy is undefined; hf-fisher measures single- "
+        "and multi-label classifiers",
     ),
 ]
 
@@ -216,6 +269,7 @@ __all__ = [
     "REFUSALS",
     "TASKS",
     "TEXT_CLASSIFICATION",
+    "ZERO_SHOT_IMAGE_CLASSIFICATION",
     "Refusal",
     "Task",
     "likelihood_of",

@@ -30,6 +30,7 @@ from hf_fisher.attacks._geometry import (
     check_norm,
     lp_norm,
     sample_in_ball,
+    select_rows,
 )
 from hf_fisher.attacks.baselines import (
     GRADIENT_MASKING_WARNING,
@@ -73,6 +74,7 @@ __all__ = [
     "DUAL_NORM",
     "active_dimension",
     "sample_in_ball",
+    "select_rows",
     "Norm",
     "Loss",
     "NORMS",

@@ -66,6 +66,16 @@ def check_clip(clip: tuple[float, float] | None) -> None:
         raise InputError(f"got clip={clip!r}; pass (low, high) with low < high, or None")
 
 
+def select_rows(logit_fn: LogitFn, index: Tensor | slice) -> LogitFn:
+    """The logit function of the sub-batch at ``index``.
+
+    A batch-bound function (a text batch's, which holds a per-sample attention mask) offers
+    ``.select``; a plain function takes any rows and is returned as is.
+    """
+    select = getattr(logit_fn, "select", None)
+    return logit_fn if select is None else select(index)
+
+
 def _logits(logit_fn: LogitFn, inputs: Tensor) -> Tensor:
     logits = logit_fn(inputs)
     if logits.ndim != 2 or logits.shape[0] != inputs.shape[0] or logits.shape[1] < 2:

@@ -23,6 +23,7 @@ from hf_fisher.attacks._geometry import (
     check_norm,
     lp_norm,
     sample_in_ball,
+    select_rows,
 )
 from hf_fisher.errors import InputError
 from hf_fisher.operators import LogitFn
@@ -202,7 +203,7 @@ def pgd(
             break
         mask = None if space_mask is None else space_mask.expand_as(inputs)[todo]
         best, found = _ascend(
-            logit_fn,
+            select_rows(logit_fn, todo),
             inputs[todo],
             labels[todo],
             epsilon[todo],

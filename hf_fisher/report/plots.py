@@ -229,8 +229,9 @@ def per_class_figure(results: dict[str, Any]) -> Figure:
     by_class: dict[int, list[float]] = {}
     for row in results["per_sample"]:
         value = float(row["spectral_norm"])
-        if np.isfinite(value) and value > 0:
-            by_class.setdefault(int(row["label"]), []).append(value)
+        labels = row["label"] if isinstance(row["label"], list) else [row["label"]]
+        for label in labels if np.isfinite(value) and value > 0 else ():  # multi-label: each
+            by_class.setdefault(int(label), []).append(value)
     classes = sorted(by_class)
     from matplotlib.figure import Figure
 

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from hf_fisher.adapters import Classifier, load_classifier
 from hf_fisher.estimators import registry
 from hf_fisher.estimators.blackbox import default_step
+from hf_fisher.options import WHITE_BOX_METHODS
 from hf_fisher.spectrum import FisherSpectrum, fisher_spectrum
 from hf_fisher.testing import models
 from hf_fisher.testing.dense import dense_fisher, dense_spectrum
@@ -97,6 +98,8 @@ class ModelCase:
         finite_differences: dtype -> relative error of the central differences that
             black-box estimates are made of (see :data:`SMOOTH_FINITE_DIFFERENCES`).
         notes: why the tolerances are what they are.
+        methods: the methods that apply to the model (None: every one); black-box methods
+            refuse multi-label models, so those rows list the white-box methods.
     """
 
     id: str
@@ -107,6 +110,7 @@ class ModelCase:
         default_factory=lambda: dict(SMOOTH_FINITE_DIFFERENCES)
     )
     notes: str = ""
+    methods: tuple[str, ...] | None = None
 
     def rtol(self, dtype: torch.dtype) -> float:
         """Relative tolerance of a comparison of two computations of this model in ``dtype``."""
@@ -132,6 +136,11 @@ def _text_inputs(classifier: Classifier) -> list[str]:
         "dull",
         "an average film, neither good nor bad",
     ]
+
+
+def _zero_shot_clip(directory: Path) -> Classifier:
+    """The tiny CLIP with its candidate labels encoded: a Classifier, copied per dtype."""
+    return load_classifier(models.build_clip(directory), candidate_labels=models.CLIP_LABELS)
 
 
 def _plain_module(directory: Path) -> nn.Module:
@@ -178,6 +187,22 @@ MODEL_CASES: tuple[ModelCase, ...] = (
         notes=_ATTENTION + "; texts of different lengths exercise the padding masks",
     ),
     ModelCase("plain", _plain_module, _plain_inputs, notes="a user nn.Module (tanh MLP)"),
+    ModelCase(
+        "clip",
+        _zero_shot_clip,
+        _image_inputs,
+        precision=1e-5,
+        finite_differences={torch.float32: 1e-2, torch.float64: 3e-3},
+        notes=_ATTENTION + "; zero-shot: logits are scaled cosines to fixed label prompts",
+    ),
+    ModelCase(
+        "bert-multilabel",
+        partial(models.build_bert, problem_type="multi_label_classification"),
+        _text_inputs,
+        precision=1e-5,
+        methods=WHITE_BOX_METHODS,
+        notes=_ATTENTION + "; multi-label (bernoulli Fisher, J^T diag(s(1-s)) J): white-box only",
+    ),
 )
 
 
@@ -442,6 +467,7 @@ def table(model_cases: Sequence[ModelCase]) -> list[Case]:
         Case(model, ESTIMATOR_CASES[method], dtype)
         for model in model_cases
         for method in METHODS_UNDER_TEST
+        if model.methods is None or method in model.methods
         for dtype in DTYPES
     ]
 
@@ -634,10 +660,14 @@ class FisherEngineTestCase:
         reference = runner.run(case.model, case.dtype, case.estimator.id, **settings)
         model = classifier.model
         before = [module.training for module in model.modules()]
-        seen: list[bool] = []  # was any submodule training when the model ran?
-        hook = model.register_forward_pre_hook(
-            lambda module, args: seen.append(any(sub.training for sub in module.modules()))
-        )
+        seen: list[bool] = []  # was any submodule training when it ran?
+        # every submodule is hooked: a dual encoder runs its towers, never its own forward
+        hooks = [
+            module.register_forward_pre_hook(
+                lambda module, args: seen.append(any(sub.training for sub in module.modules()))
+            )
+            for module in model.modules()
+        ]
         model.train()
         try:
             record = fisher_spectrum(
@@ -649,7 +679,8 @@ class FisherEngineTestCase:
             )
             assert all(module.training for module in model.modules()), "train mode not restored"
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
             for module, training in zip(model.modules(), before, strict=True):
                 module.training = training
         assert seen and not any(seen), f"{sum(seen)} of {len(seen)} forward passes in train mode"

@@ -24,6 +24,9 @@ from torch import Tensor, nn
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
     ConvNextConfig,
     ConvNextForImageClassification,
     ConvNextImageProcessor,
@@ -41,7 +44,9 @@ from hf_fisher.digits import DEFAULT_MODEL_DIR
 __all__ = [
     "DEFAULT_MODEL_DIR",
     "TEXT_CORPUS",
+    "CLIP_LABELS",
     "build_bert",
+    "build_clip",
     "build_convnext",
     "build_headless_resnet",
     "build_mlp",
@@ -195,8 +200,17 @@ def build_tokenizer(
     )
 
 
-def build_bert(directory: str | Path, num_labels: int = 3, *, seed: int = 0) -> Path:
-    """Save a one-layer BERT (hidden size 16) with a locally trained WordPiece tokenizer."""
+def build_bert(
+    directory: str | Path,
+    num_labels: int = 3,
+    *,
+    seed: int = 0,
+    problem_type: str | None = None,
+) -> Path:
+    """Save a one-layer BERT (hidden size 16) with a locally trained WordPiece tokenizer.
+
+    ``problem_type="multi_label_classification"`` saves a multi-label (sigmoid) classifier.
+    """
     directory = Path(directory)
     tokenizer = build_tokenizer()
     id2label, label2id = _labels(num_labels)
@@ -204,12 +218,51 @@ def build_bert(directory: str | Path, num_labels: int = 3, *, seed: int = 0) -> 
         vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=32, max_position_embeddings=64, initializer_range=0.3,
         pad_token_id=tokenizer.pad_token_id,
-        num_labels=num_labels, id2label=id2label, label2id=label2id,
+        num_labels=num_labels, id2label=id2label, label2id=label2id, problem_type=problem_type,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = BertForSequenceClassification(config)
     model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+CLIP_LABELS = ("cat", "dog", "bird")
+"""The classes the tiny CLIP's tokenizer knows by name."""
+
+
+def build_clip(directory: str | Path, image_size: int = 8, *, seed: int = 0) -> Path:
+    """Save a one-layer CLIPModel (hidden size 16) with its image processor and a tokenizer.
+
+    A zero-shot dual encoder: no classification head; the classes are candidate labels (the
+    tokenizer is trained on prompts naming :data:`CLIP_LABELS`), held fixed as text features.
+    """
+    directory = Path(directory)
+    prompts = [f"this is a photo of {label}." for label in CLIP_LABELS]
+    tokenizer = build_tokenizer([*TEXT_CORPUS, *prompts, *CLIP_LABELS])
+    text = {
+        "vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32,
+        "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 32,
+        "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,  # pooled at the first [SEP]
+    }
+    vision = {
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "image_size": image_size, "patch_size": 4, "num_channels": 3,
+    }
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+        for module in model.modules():  # CLIP's init is tiny: make the features distinct
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.3)
+    model.save_pretrained(directory, safe_serialization=True)
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
