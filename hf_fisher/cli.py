@@ -1,11 +1,23 @@
-"""The ``hf-fisher`` command line (also ``python -m hf_fisher``)."""
+"""The ``hf-fisher`` command line (also ``python -m hf_fisher``).
+
+Exit codes: 0 success; 2 the command line is wrong (argparse errors and option checks, raised
+before any model or data is loaded); 1 the run failed (model/data load, compute, writing). Every
+error is one ``hf-fisher: error:`` line on stderr; ``-v`` adds the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import json
 import logging
+import os
+import re
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from hf_fisher.errors import HfFisherError
 from hf_fisher.options import CompanionOptions, EstimatorOptions, RunOptions
@@ -45,10 +57,24 @@ def add_evaluate_parser(subparsers) -> None:
     parser.add_argument("--input-space", choices=("pixels", "normalized", "embeddings"))
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    parser.add_argument("--out", help="output directory for results.json and per_sample.csv")
+    parser.add_argument(
+        "--out",
+        help="output directory for results.json and per_sample.csv (default: "
+        "runs/<model-name>-<UTC timestamp>, printed at the end)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary (with the companions' headline numbers) as JSON on stdout; "
+        "everything else goes to stderr",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing results")
     parser.add_argument("--resume", action="store_true", help="continue a killed run")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide every progress bar (Fisher, companions, datasets, transformers, Hub)",
+    )
     parser.add_argument(
         "--trust-remote-code",
         action="store_true",
@@ -65,52 +91,133 @@ def _companions(args: argparse.Namespace) -> CompanionOptions:
     return CompanionOptions.from_namespace(args)
 
 
+class UsageError(Exception):
+    """The command line is wrong (exit code 2): raised before any model or data is loaded."""
+
+
+@contextlib.contextmanager
+def _usage_errors() -> Iterator[None]:
+    """Turn the typed errors of option checks into :class:`UsageError` (exit 2, not 1)."""
+    try:
+        yield
+    except HfFisherError as error:
+        raise UsageError(str(error)) from error
+
+
+def default_out_dir(model: str | None, now: datetime.datetime | None = None) -> Path:
+    """``runs/<model-name>-<UTC timestamp>``: where a run without ``--out`` is saved.
+
+    >>> stamp = datetime.datetime(2026, 11, 30, 4, 5, 6, tzinfo=datetime.timezone.utc)
+    >>> default_out_dir("google/vit-base-patch16-224", stamp).as_posix()
+    'runs/vit-base-patch16-224-20261130T040506Z'
+    """
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    name = Path(model).name if model else "digits-resnet"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+    return Path("runs") / f"{name}-{now.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def _out_dir(args: argparse.Namespace) -> tuple[Path, bool]:
+    """The output directory and whether it is the default one (made up, not asked for)."""
+    if args.out is not None:
+        return Path(args.out), False
+    if args.resume:
+        raise UsageError("--resume needs --out: the directory of the run to continue")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError(
+            "under a launcher every process needs the same output directory: pass --out DIR"
+        )
+    return default_out_dir(args.model), True
+
+
+def _hide_progress_bars() -> None:
+    """``--no-progress``: also hide the bars of datasets, huggingface_hub and transformers."""
+    import datasets
+    import huggingface_hub.utils
+
+    from hf_fisher.adapters import quiet_transformers
+
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # for libraries imported later
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
+    quiet_transformers()
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Run ``hf-fisher evaluate`` and print the summary table.
+    """Run ``hf-fisher evaluate``; print the summary table (or JSON) and where it was saved.
 
     The options are checked before the runner (and with it torch) is imported, so a bad flag
-    is a one-line error in well under a second.
+    is a one-line error in well under a second; the checks that need torch (device, dtype,
+    output directory) run before the model loads. Both are usage errors (exit 2).
     """
     from hf_fisher.labels import read_label_mapping
 
-    estimator = EstimatorOptions.from_namespace(args)
-    run = RunOptions.from_namespace(args)
-    companions = _companions(args)
-    for options in (estimator, run, companions):
-        options.validate()
-    label_mapping = None if args.label_mapping is None else read_label_mapping(args.label_mapping)
+    with _usage_errors():
+        estimator = EstimatorOptions.from_namespace(args)
+        run = RunOptions.from_namespace(args)
+        companions = _companions(args)
+        for options in (estimator, run, companions):
+            options.validate()
+        label_mapping = (
+            None if args.label_mapping is None else read_label_mapping(args.label_mapping)
+        )
+    out_dir, is_default = _out_dir(args)
 
     from hf_fisher.adapters import quiet_transformers
-    from hf_fisher.runner import evaluate_robustness
+    from hf_fisher.runner import evaluate_robustness, validate_arguments
 
-    if not args.verbose:
+    with _usage_errors():
+        validate_arguments(
+            estimator, run, companions, args.dtype, label_mapping, args.device, out_dir
+        )
+    if args.verbosity < 2:
         quiet_transformers()  # no per-load progress bars or backend notices on the command line
-
-    report = evaluate_robustness(
-        args.model,
-        args.dataset,
-        split=args.split,
-        config=args.config,
-        options=estimator,
-        **run.to_settings(),
-        input_columns=args.input_columns,
-        label_column=args.label_column,
-        label_mapping=label_mapping,
-        input_space=args.input_space,
-        device=args.device,
-        dtype=args.dtype,
-        out_dir=args.out,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        progress=not args.no_progress,
-        trust_remote_code=args.trust_remote_code,
-        companions=companions,
-    )
+    if args.no_progress:
+        _hide_progress_bars()
+    # With --json, stdout holds the JSON document only: anything printed on the way goes to stderr.
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    try:
+        with quiet_stdout:
+            report = evaluate_robustness(
+                args.model,
+                args.dataset,
+                split=args.split,
+                config=args.config,
+                options=estimator,
+                **run.to_settings(),
+                input_columns=args.input_columns,
+                label_column=args.label_column,
+                label_mapping=label_mapping,
+                input_space=args.input_space,
+                device=args.device,
+                dtype=args.dtype,
+                out_dir=out_dir,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                progress=not args.no_progress,
+                trust_remote_code=args.trust_remote_code,
+                companions=companions,
+            )
+    except BaseException:
+        if is_default:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only when still empty: nothing was saved
+        raise
     if report.out_dir is None or _is_main():
-        print(report.format_summary())
-        if report.out_dir is not None:
-            print(f"wrote {report.out_dir / 'results.json'} and per_sample.csv")
+        _print_report(report, as_json=args.json)
     return 0
+
+
+def _print_report(report, *, as_json: bool) -> None:
+    """The summary table and companion headlines (or their JSON) and where results went."""
+    saved = None if report.out_dir is None else report.out_dir / "results.json"
+    if as_json:
+        print(json.dumps({**report.summary_json(), "results_file": saved and str(saved)}))
+    else:
+        print(report.format_summary())
+    if saved is not None:
+        print(f"wrote {saved} and per_sample.csv", file=sys.stderr if as_json else sys.stdout)
 
 
 def _is_main() -> bool:
@@ -170,13 +277,47 @@ def run_compare_frequency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_verbosity(parser: argparse.ArgumentParser, suffix: str = "") -> None:
+    """``-v`` / ``-q``, counted; accepted before and after the subcommand (the counts add up)."""
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        dest="verbose" + suffix,
+        help="more log output: -v debug logs of hf-fisher, -vv of every library too, and "
+        "tracebacks with errors",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="count",
+        default=0,
+        dest="quiet" + suffix,
+        help="only errors from hf-fisher's own loggers",
+    )
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("hf-fisher")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="hf-fisher",
         description="Input-space Fisher information robustness for Hugging Face classifiers.",
+        epilog="exit codes: 0 success, 1 the run failed (model/data load, compute, writing), "
+        "2 usage error (bad arguments or option values; nothing was loaded)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _add_verbosity(parser)
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_evaluate_parser(subparsers)
     add_card_parser(subparsers)
@@ -184,22 +325,60 @@ def build_parser() -> argparse.ArgumentParser:
     add_leaderboard_parser(subparsers)
     add_install_metric_parser(subparsers)
     add_compare_frequency_parser(subparsers)
+    for subparser in subparsers.choices.values():
+        _add_verbosity(subparser, "_after")
     return parser
 
 
+@contextlib.contextmanager
+def _logging(verbosity: int) -> Iterator[None]:
+    """Log levels for one command: -v/-q set hf-fisher's loggers only, -vv every library's.
+
+    Other libraries (PIL, filelock, fsspec, ...) stay at WARNING below -vv. The previous levels
+    are restored afterwards, for in-process callers.
+    """
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    ours, root = logging.getLogger("hf_fisher"), logging.getLogger()
+    before = ours.level, root.level
+    levels = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.DEBUG}
+    ours.setLevel(levels[max(-1, min(verbosity, 1))])
+    root.setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
+    try:
+        yield
+    finally:
+        ours.setLevel(before[0])
+        root.setLevel(before[1])
+
+
+def _fail(error: BaseException, verbosity: int, code: int) -> int:
+    """One ``hf-fisher: error:`` line on stderr (after the traceback with -v); ``code``."""
+    if verbosity > 0:
+        traceback.print_exception(error)
+    message = str(error).strip() or type(error).__name__
+    if not isinstance(error, (HfFisherError, UsageError)):
+        message = f"{type(error).__name__}: {message.splitlines()[0]}"
+        if verbosity <= 0:
+            message += " (rerun with -v for the traceback)"
+    print(f"hf-fisher: error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: parse, run, and turn hf-fisher errors into one clear line (exit 2)."""
+    """Entry point: parse, run, and turn every failure into one clear line and an exit code.
+
+    Returns:
+        0 on success, 1 when the run failed, 2 for a usage error (argparse exits with 2 itself).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return args.func(args)
-    except HfFisherError as error:
-        print(f"hf-fisher: error: {error}", file=sys.stderr)
-        return 2
+    args.verbosity = args.verbose + args.verbose_after - args.quiet - args.quiet_after
+    with _logging(args.verbosity):
+        try:
+            return args.func(args)
+        except UsageError as error:
+            return _fail(error, args.verbosity, 2)
+        except Exception as error:  # noqa: BLE001 - every failure becomes one line and exit 1
+            return _fail(error, args.verbosity, 1)
 
 
 if __name__ == "__main__":
