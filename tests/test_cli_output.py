@@ -116,7 +116,7 @@ def test_summary_prints_two_lines_per_companion_after_the_fisher_table(companion
     )
     assert f"l2 PGD robust accuracy {pgd}" in text["attacks"]
     spearman = attacks["correlations"]["spectral_norm"]["spearman"]
-    assert f"Spearman(lambda_max, minimal eps) {spearman:.2f}" in text["attacks"]
+    assert f"Spearman with minimal eps: lambda_max {spearman:.2f} [" in text["attacks"]
     noise = results["noise_curves"]
     assert f"accuracy AUC {noise['auc_accuracy']:.3g}" in text["noise_curves"]
     crossing = noise["crossing_sigma"]
@@ -165,7 +165,7 @@ def test_headlines_say_so_when_a_value_is_undefined(companion_run) -> None:
     lines = {name: " ".join(h.lines) for name, h in companion_headlines(results).items()}
     assert "stays below 0.25 up to sigma 0.5" in lines["noise_curves"]
     assert "at no radius of the grid (smallest r=0.01)" in lines["kl_check"]
-    assert "Spearman(lambda_max, minimal eps) n/a" in lines["attacks"]
+    assert "Spearman with minimal eps: lambda_max n/a [" in lines["attacks"]
     assert "I-ASIDE spectral robustness score n/a" in lines["frequency"]
 
 
