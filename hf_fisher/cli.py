@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from hf_fisher.errors import HfFisherError
+from hf_fisher.errors import HfFisherError, InputError
 from hf_fisher.options import CompanionOptions, EstimatorOptions, RunOptions
 from hf_fisher.report.cli import add_card_parser, add_leaderboard_parser, add_submit_parser
 
@@ -118,14 +118,18 @@ def default_out_dir(model: str | None, now: datetime.datetime | None = None) -> 
 
 
 def _out_dir(args: argparse.Namespace) -> tuple[Path, bool]:
-    """The output directory and whether it is the default one (made up, not asked for)."""
+    """The output directory and whether it is the default one (made up, not asked for).
+
+    Raises:
+        InputError: ``--resume`` or a multi-process launch without ``--out``.
+    """
     if args.out is not None:
         return Path(args.out), False
     if args.resume:
-        raise UsageError("--resume needs --out: the directory of the run to continue")
+        raise InputError("--resume needs --out: pass the directory of the run to continue")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError(
-            "under a launcher every process needs the same output directory: pass --out DIR"
+        raise InputError(
+            "under a launcher every process must write to the same directory: pass --out DIR"
         )
     return default_out_dir(args.model), True
 
@@ -162,7 +166,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         label_mapping = (
             None if args.label_mapping is None else read_label_mapping(args.label_mapping)
         )
-    out_dir, is_default = _out_dir(args)
+        out_dir, is_default = _out_dir(args)
 
     from hf_fisher.adapters import quiet_transformers
     from hf_fisher.runner import evaluate_robustness, validate_arguments
@@ -201,12 +205,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
             )
     except BaseException:
         if is_default:
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()  # only when still empty: nothing was saved
+            _after_failure(out_dir)
         raise
     if report.out_dir is None or _is_main():
         _print_report(report, as_json=args.json)
     return 0
+
+
+def _after_failure(out_dir: Path) -> None:
+    """A failed run in the default folder: remove it if empty, else say how to resume it."""
+    try:
+        out_dir.rmdir()
+    except OSError:
+        if out_dir.is_dir():
+            print(
+                f"hf-fisher: the records computed so far are in {out_dir}; continue with "
+                f"--out {out_dir} --resume",
+                file=sys.stderr,
+            )
 
 
 def _print_report(report, *, as_json: bool) -> None:

@@ -278,7 +278,7 @@ def test_default_output_directory_is_named_after_the_model_and_utc_time() -> Non
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--resume"], "--resume needs --out"),
+        (["--resume"], "--resume needs --out: pass the directory of the run to continue"),
         (["--batch-size", "0"], "batch_size (--batch-size) must be an integer >= 1"),
     ],
     ids=["resume-without-out", "option-check"],
@@ -293,6 +293,19 @@ def test_usage_errors_are_exit_2_before_anything_is_saved(
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_launched_run_without_out_is_refused_before_any_process_writes(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Each process would name its own timestamped folder: under torchrun --out is required."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["evaluate", "--no-progress"]) == 2
+    assert "under a launcher every process must write to the same directory: pass --out" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "runs").exists()
+
+
 def fake_runner(monkeypatch: pytest.MonkeyPatch, action) -> None:
     import hf_fisher.runner
 
@@ -301,6 +314,29 @@ def fake_runner(monkeypatch: pytest.MonkeyPatch, action) -> None:
         raise AssertionError("the fake runner returns nothing")
 
     monkeypatch.setattr(hf_fisher.runner, "evaluate_robustness", fake)
+
+
+def test_a_failed_run_that_saved_records_in_the_default_folder_says_how_to_resume(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import hf_fisher.runner
+
+    monkeypatch.chdir(tmp_path)
+
+    def killed_midway(model, dataset, *, out_dir, **kwargs):
+        (out_dir / "partial").mkdir()
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(hf_fisher.runner, "evaluate_robustness", killed_midway)
+    assert main(["evaluate", "--no-progress"]) == 1
+    (folder,) = (tmp_path / "runs").iterdir()
+    hint, error = capsys.readouterr().err.splitlines()
+    relative = folder.relative_to(tmp_path)
+    assert hint == (
+        f"hf-fisher: the records computed so far are in {relative}; continue with "
+        f"--out {relative} --resume"
+    )
+    assert error.startswith("hf-fisher: error: RuntimeError: killed")
 
 
 def test_an_unexpected_failure_is_one_line_exit_1_with_the_traceback_under_v(
