@@ -73,11 +73,16 @@ def noise_headline(section: dict) -> Headline:
         f"({section['kind']}, {section['draws']} draws)"
     )
     bound = f"{section['confidence']:.0%} upper bound on the Brier error"
-    second = (
-        f"{bound} crosses {section['tolerance']:g} at sigma {crossing:.3g}"
-        if crossing is not None
-        else f"{bound} stays below {section['tolerance']:g} up to sigma {sigmas[-1]:g}"
-    )
+    tolerance = section["tolerance"]
+    if crossing is None:
+        second = f"{bound} stays below {tolerance:g} up to sigma {sigmas[-1]:g}"
+    elif crossing <= sigmas[0]:
+        second = (
+            f"{bound} is above {tolerance:g} already at sigma {sigmas[0]:g} (too few samples "
+            "x draws for a tight bound?)"
+        )
+    else:
+        second = f"{bound} crosses {tolerance:g} at sigma {crossing:.3g}"
     return Headline(values, (first, second))
 
 

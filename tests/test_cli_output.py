@@ -120,8 +120,12 @@ def test_summary_prints_two_lines_per_companion_after_the_fisher_table(companion
     noise = results["noise_curves"]
     assert f"accuracy AUC {noise['auc_accuracy']:.3g}" in text["noise_curves"]
     crossing = noise["crossing_sigma"]
-    expected = "stays below" if crossing is None else f"crosses 0.25 at sigma {crossing:.3g}"
-    assert expected in text["noise_curves"]
+    if crossing is None:
+        assert "stays below 0.25" in text["noise_curves"]
+    elif crossing > 0:
+        assert f"crosses 0.25 at sigma {crossing:.3g}" in text["noise_curves"]
+    else:
+        assert "is above 0.25 already at sigma 0" in text["noise_curves"]
     kl = results["kl_check"]
     assert f"{kl['median_relative_error'][-1]:.3g} at r=1" in text["kl_check"]
     assert f"up to r={kl['valid_radius']:g}" in text["kl_check"]
@@ -156,14 +160,20 @@ def test_summary_json_carries_each_companions_headline_numbers(companion_run) ->
 @pytest.mark.slow  # one run of every companion: ~25 s on 2 busy cores
 def test_headlines_say_so_when_a_value_is_undefined(companion_run) -> None:
     from hf_fisher.companions import companion_headlines
+    from hf_fisher.headlines import noise_headline
 
     results = copy.deepcopy(companion_run[0].results)
     results["noise_curves"]["crossing_sigma"] = None
     results["kl_check"]["valid_radius"] = None
+    at_zero = copy.deepcopy(results["noise_curves"])
+    at_zero["crossing_sigma"] = 0.0
     results["attacks"]["correlations"]["spectral_norm"]["spearman"] = None
     results["frequency"]["iaside"] = None
     lines = {name: " ".join(h.lines) for name, h in companion_headlines(results).items()}
     assert "stays below 0.25 up to sigma 0.5" in lines["noise_curves"]
+    assert "is above 0.25 already at sigma 0 (too few samples x draws" in " ".join(
+        noise_headline(at_zero).lines
+    )
     assert "at no radius of the grid (smallest r=0.01)" in lines["kl_check"]
     assert "Spearman with minimal eps: lambda_max n/a [" in lines["attacks"]
     assert "I-ASIDE spectral robustness score n/a" in lines["frequency"]
