@@ -91,19 +91,6 @@ def _companions(args: argparse.Namespace) -> CompanionOptions:
     return CompanionOptions.from_namespace(args)
 
 
-class UsageError(Exception):
-    """The command line is wrong (exit code 2): raised before any model or data is loaded."""
-
-
-@contextlib.contextmanager
-def _usage_errors() -> Iterator[None]:
-    """Turn the typed errors of option checks into :class:`UsageError` (exit 2, not 1)."""
-    try:
-        yield
-    except HfFisherError as error:
-        raise UsageError(str(error)) from error
-
-
 def default_out_dir(model: str | None, now: datetime.datetime | None = None) -> Path:
     """``runs/<model-name>-<UTC timestamp>``: where a run without ``--out`` is saved.
 
@@ -117,21 +104,36 @@ def default_out_dir(model: str | None, now: datetime.datetime | None = None) -> 
     return Path("runs") / f"{name}-{now.strftime('%Y%m%dT%H%M%SZ')}"
 
 
-def _out_dir(args: argparse.Namespace) -> tuple[Path, bool]:
-    """The output directory and whether it is the default one (made up, not asked for).
+def _out_dir(args: argparse.Namespace) -> Path:
+    """The output directory; the default one is removed again if the run fails before saving.
 
     Raises:
         InputError: ``--resume`` or a multi-process launch without ``--out``.
     """
     if args.out is not None:
-        return Path(args.out), False
+        return Path(args.out)
     if args.resume:
         raise InputError("--resume needs --out: pass the directory of the run to continue")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise InputError(
             "under a launcher every process must write to the same directory: pass --out DIR"
         )
-    return default_out_dir(args.model), True
+    out_dir = default_out_dir(args.model)
+    args.on_failure = lambda: _after_failure(out_dir)
+    return out_dir
+
+
+def _after_failure(out_dir: Path) -> None:
+    """A failed run in the default folder: remove it if empty, else say how to resume it."""
+    try:
+        out_dir.rmdir()
+    except OSError:
+        if out_dir.is_dir():
+            print(
+                f"hf-fisher: the records computed so far are in {out_dir}; continue with "
+                f"--out {out_dir} --resume",
+                file=sys.stderr,
+            )
 
 
 def _hide_progress_bars() -> None:
@@ -153,87 +155,69 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     The options are checked before the runner (and with it torch) is imported, so a bad flag
     is a one-line error in well under a second; the checks that need torch (device, dtype,
-    output directory) run before the model loads. Both are usage errors (exit 2).
+    output directory) run before the model loads. An error while ``args.checking`` is a usage
+    error (exit 2); once the runner starts, a failed run (exit 1).
     """
     from hf_fisher.labels import read_label_mapping
 
-    with _usage_errors():
-        estimator = EstimatorOptions.from_namespace(args)
-        run = RunOptions.from_namespace(args)
-        companions = _companions(args)
-        for options in (estimator, run, companions):
-            options.validate()
-        label_mapping = (
-            None if args.label_mapping is None else read_label_mapping(args.label_mapping)
-        )
-        out_dir, is_default = _out_dir(args)
+    args.checking = True
+    estimator = EstimatorOptions.from_namespace(args)
+    run = RunOptions.from_namespace(args)
+    companions = _companions(args)
+    for options in (estimator, run, companions):
+        options.validate()
+    label_mapping = None if args.label_mapping is None else read_label_mapping(args.label_mapping)
+    out_dir = _out_dir(args)
 
     from hf_fisher.adapters import quiet_transformers
     from hf_fisher.runner import evaluate_robustness, validate_arguments
 
-    with _usage_errors():
-        validate_arguments(
-            estimator, run, companions, args.dtype, label_mapping, args.device, out_dir
-        )
+    validate_arguments(estimator, run, companions, args.dtype, label_mapping, args.device, out_dir)
+    args.checking = False
     if args.verbosity < 2:
         quiet_transformers()  # no per-load progress bars or backend notices on the command line
     if args.no_progress:
         _hide_progress_bars()
-    # With --json, stdout holds the JSON document only: anything printed on the way goes to stderr.
-    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
-    try:
-        with quiet_stdout:
-            report = evaluate_robustness(
-                args.model,
-                args.dataset,
-                split=args.split,
-                config=args.config,
-                options=estimator,
-                **run.to_settings(),
-                input_columns=args.input_columns,
-                label_column=args.label_column,
-                label_mapping=label_mapping,
-                input_space=args.input_space,
-                device=args.device,
-                dtype=args.dtype,
-                out_dir=out_dir,
-                overwrite=args.overwrite,
-                resume=args.resume,
-                progress=not args.no_progress,
-                trust_remote_code=args.trust_remote_code,
-                companions=companions,
-            )
-    except BaseException:
-        if is_default:
-            _after_failure(out_dir)
-        raise
+
+    report = evaluate_robustness(
+        args.model,
+        args.dataset,
+        split=args.split,
+        config=args.config,
+        options=estimator,
+        **run.to_settings(),
+        input_columns=args.input_columns,
+        label_column=args.label_column,
+        label_mapping=label_mapping,
+        input_space=args.input_space,
+        device=args.device,
+        dtype=args.dtype,
+        out_dir=out_dir,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.no_progress,
+        trust_remote_code=args.trust_remote_code,
+        companions=companions,
+    )
     if report.out_dir is None or _is_main():
-        _print_report(report, as_json=args.json)
+        _print_report(report, args)
     return 0
 
 
-def _after_failure(out_dir: Path) -> None:
-    """A failed run in the default folder: remove it if empty, else say how to resume it."""
-    try:
-        out_dir.rmdir()
-    except OSError:
-        if out_dir.is_dir():
-            print(
-                f"hf-fisher: the records computed so far are in {out_dir}; continue with "
-                f"--out {out_dir} --resume",
-                file=sys.stderr,
-            )
+def _print_report(report, args: argparse.Namespace) -> None:
+    """The summary table and companion headlines (or their JSON) and where results went.
 
-
-def _print_report(report, *, as_json: bool) -> None:
-    """The summary table and companion headlines (or their JSON) and where results went."""
+    With ``--json`` the document goes to the real stdout (``args.stdout``); everything else
+    printed during the command, the ``wrote`` line included, goes to stderr.
+    """
     saved = None if report.out_dir is None else report.out_dir / "results.json"
-    if as_json:
-        print(json.dumps({**report.summary_json(), "results_file": saved and str(saved)}))
+    if args.json:
+        document = {**report.summary_json(), "results_file": saved and str(saved)}
+        print(json.dumps(document), file=args.stdout)
     else:
         print(report.format_summary())
     if saved is not None:
-        print(f"wrote {saved} and per_sample.csv", file=sys.stderr if as_json else sys.stdout)
+        print(f"wrote {saved} and per_sample.csv")
 
 
 def _is_main() -> bool:
@@ -371,7 +355,7 @@ def _fail(error: BaseException, verbosity: int, code: int) -> int:
     if verbosity > 0:
         traceback.print_exception(error)
     message = str(error).strip() or type(error).__name__
-    if not isinstance(error, (HfFisherError, UsageError)):
+    if not isinstance(error, HfFisherError):
         message = f"{type(error).__name__}: {message.splitlines()[0]}"
         if verbosity <= 0:
             message += " (rerun with -v for the traceback)"
@@ -383,18 +367,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, and turn every failure into one clear line and an exit code.
 
     Returns:
-        0 on success, 1 when the run failed, 2 for a usage error (argparse exits with 2 itself).
+        0 on success; 2 for a usage error (argparse exits with 2 itself; hf-fisher's option
+        checks while ``args.checking``); 1 when the run failed.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     args.verbosity = args.verbose + args.verbose_after - args.quiet - args.quiet_after
-    with _logging(args.verbosity):
+    args.stdout = sys.stdout
+    # With --json, stdout holds the JSON document only: anything printed on the way goes to stderr.
+    as_json = getattr(args, "json", False)
+    stdout = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    with _logging(args.verbosity), stdout:
         try:
             return args.func(args)
-        except UsageError as error:
-            return _fail(error, args.verbosity, 2)
-        except Exception as error:  # noqa: BLE001 - every failure becomes one line and exit 1
-            return _fail(error, args.verbosity, 1)
+        except BaseException as error:
+            if getattr(args, "on_failure", None) is not None:
+                args.on_failure()
+            if not isinstance(error, Exception):
+                raise  # Ctrl-C and exits keep their own meaning
+            usage = getattr(args, "checking", False) and isinstance(error, HfFisherError)
+            return _fail(error, args.verbosity, 2 if usage else 1)
 
 
 if __name__ == "__main__":
