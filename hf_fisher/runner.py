@@ -527,7 +527,8 @@ def evaluate_robustness(
         out_dir: write results.json, per_sample.csv and resumable partial records here.
         overwrite: replace results already in ``out_dir``.
         resume: continue a killed run in ``out_dir``, computing only missing samples.
-        progress: show a progress bar (main process only).
+        progress: show progress bars for the Fisher loop and each companion measurement
+            (main process only).
         trust_remote_code: allow Hub models with custom code (off by default).
         companions: companion measurements (attacks, noise curves, KL check, CLEVER,
             frequency view) to run on the first evaluated samples, by the main process.
