@@ -170,9 +170,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     out_dir = _out_dir(args)
 
     from hf_fisher.adapters import quiet_transformers
-    from hf_fisher.runner import evaluate_robustness, validate_arguments
+    from hf_fisher.runner import _validate as check_run_arguments
+    from hf_fisher.runner import evaluate_robustness
 
-    validate_arguments(estimator, run, companions, args.dtype, label_mapping, args.device, out_dir)
+    # The runner's own pre-load checks (device, dtype, --out), so that they count as usage errors.
+    check_run_arguments(estimator, run, companions, args.dtype, label_mapping, args.device, out_dir)
     args.checking = False
     if args.verbosity < 2:
         quiet_transformers()  # no per-load progress bars or backend notices on the command line

@@ -585,7 +585,7 @@ def evaluate_robustness(
     return write_run(plan, to_jsonable(results))
 
 
-def validate_arguments(
+def _validate(
     estimator: EstimatorOptions,
     run: RunOptions,
     companions: CompanionOptions | None,
@@ -594,7 +594,7 @@ def validate_arguments(
     device: str | None,
     directory: Path | None,
 ) -> tuple[torch.dtype | None, Any]:
-    """Refuse values that cannot work, before a model is loaded (the CLI's usage errors).
+    """Refuse values that cannot work, before a model is loaded.
 
     Returns:
         The compute dtype and the checked label mapping.
@@ -675,7 +675,7 @@ def plan_run(
     """
     started = time.perf_counter()
     directory = Path(out_dir) if out_dir is not None else None
-    compute_dtype, label_mapping = validate_arguments(
+    compute_dtype, label_mapping = _validate(
         estimator, run, companions, dtype, label_mapping, device, directory
     )
     state = make_state(device)
