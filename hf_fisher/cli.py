@@ -143,8 +143,6 @@ def _hide_progress_bars() -> None:
 
     from hf_fisher.adapters import quiet_transformers
 
-    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # for libraries imported later
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     datasets.disable_progress_bars()
     huggingface_hub.utils.disable_progress_bars()
     quiet_transformers()

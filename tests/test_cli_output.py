@@ -36,8 +36,9 @@ COMPANION_KNOBS = {
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``python -m hf_fisher ARGS`` in ``cwd`` with a fresh HF_HOME, offline."""
+    hidden = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")
     env = {
-        **os.environ,
+        **{key: value for key, value in os.environ.items() if key not in hidden},
         "PYTHONPATH": str(REPO),
         "OMP_NUM_THREADS": "1",
         "HF_HOME": str(cwd / "hf-home"),
