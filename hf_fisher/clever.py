@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from hf_fisher._progress import ProgressCallback, Steps
 from hf_fisher.attacks import (
     DUAL_NORM,
     check_batch,
@@ -369,6 +370,7 @@ def _local_lipschitz(
     targets: Tensor,  # (N, T)
     *,
     num_batches: int,
+    steps: Steps,
     **options,
 ) -> Tensor:  # (N, T)
     """Weibull location of ``num_batches`` batch maxima of the margin's gradient norm."""
@@ -377,6 +379,7 @@ def _local_lipschitz(
     )
     for batch in range(num_batches):
         maxima[:, :, batch] = _chunked_maxima(logit_fn, inputs, classes, targets, **options)
+        steps.advance()
     return reverse_weibull_fit(maxima.flatten(0, 1)).location.reshape(targets.shape)
 
 
@@ -415,6 +418,7 @@ def clever_scores(
     max_points: int = 4096,
     num_bootstrap: int = 1000,
     seed: int = 0,
+    progress: ProgressCallback | None = None,
 ) -> CleverScores:
     """CLEVER scores of the predicted class, batched over samples, optionally vs spectral_norm.
 
@@ -432,6 +436,7 @@ def clever_scores(
         max_points: most ball points per forward pass (memory knob).
         num_bootstrap: resamples for the correlation CIs.
         seed: seed of the ball sampling.
+        progress: called as ``progress(done, total)`` after each of the ``num_batches``.
 
     Raises:
         InputError: bad shapes, norm, radius or counts.
@@ -449,6 +454,7 @@ def clever_scores(
         classes,
         targets,
         num_batches=num_batches,
+        steps=Steps(progress, num_batches),
         chunk=max(1, max_points // batch_points),
         norm=norm,
         radius=radius,

@@ -9,13 +9,17 @@ once the Fisher records are gathered, without waiting at a (timed) barrier.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
+from hf_fisher import headlines
+from hf_fisher._progress import ProgressCallback
 from hf_fisher.adapters import Classifier, ImageClassifier, PreparedBatch
 from hf_fisher.errors import InputError
+from hf_fisher.headlines import Headline
 from hf_fisher.options import (
     DEFAULT_EPSILONS,
     CompanionOptions,
@@ -41,6 +45,11 @@ class CompanionInputs:
     space_mask: Tensor | None
     options: CompanionOptions
     seed: int
+    progress: ProgressCallback | None = None
+
+
+ProgressFactory = Callable[["Companion"], AbstractContextManager[ProgressCallback | None]]
+"""Given a measurement, a context that yields the progress callback it reports to (or None)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ class Companion:
         applies_to: why it cannot run on this classifier with these options (None: it can, if
             its name is also among ``classifier.capabilities``).
         run: the measurement; returns its results.json section.
+        headline: the section's headline numbers and two terminal lines
+            (:mod:`hf_fisher.headlines`).
     """
 
     flag: str
@@ -61,6 +72,7 @@ class Companion:
     wanted: Callable[[CompanionOptions], bool]
     applies_to: Callable[[Classifier, CompanionOptions], str | None]
     run: Callable[[CompanionInputs], dict]
+    headline: Callable[[dict], Headline]
 
     @property
     def name(self) -> str:
@@ -139,6 +151,7 @@ def _run_attacks(batch: CompanionInputs) -> dict:
         clip=batch.clip,
         space_mask=batch.space_mask,
         seed=batch.seed,
+        progress=batch.progress,
     ).to_json()
 
 
@@ -155,6 +168,7 @@ def _run_noise(batch: CompanionInputs) -> dict:
         clip=batch.clip,
         space_mask=batch.space_mask,
         seed=batch.seed,
+        progress=batch.progress,
     ).to_json()
 
 
@@ -167,6 +181,7 @@ def _run_kl_check(batch: CompanionInputs) -> dict:
         radii=list(batch.options.kl_radii),
         space_mask=batch.space_mask,
         seed=batch.seed,
+        progress=batch.progress,
     ).to_json()
 
 
@@ -183,6 +198,7 @@ def _run_clever(batch: CompanionInputs) -> dict:
         space_mask=batch.space_mask,
         spectral_norm=batch.spectral_norm.to(batch.inputs.device),
         seed=batch.seed,
+        progress=batch.progress,
     ).to_json()
 
 
@@ -197,18 +213,49 @@ def _run_frequency(batch: CompanionInputs) -> dict:
         fill=batch.options.frequency_fill,
         pixel_map=batch.options.frequency_pixel_map,
         seed=batch.seed,
+        progress=batch.progress,
     ).to_json()
 
 
 COMPANIONS: tuple[Companion, ...] = (
     # data-free and cheap: first, so an unsupported model fails early
-    Companion("--bound", "bound", lambda o: o.bound, _bound_applies, _run_bound),
-    Companion("--attacks", "attacks", lambda o: bool(o.attacks), _attacks_apply, _run_attacks),
-    Companion("--noise", "noise_curves", lambda o: o.noise, _any_model, _run_noise),
-    Companion("--kl-check", "kl_check", lambda o: o.kl_check, _any_model, _run_kl_check),
-    Companion("--clever", "clever", lambda o: o.clever, _any_model, _run_clever),
     Companion(
-        "--frequency", "frequency", lambda o: o.frequency, _frequency_applies, _run_frequency
+        "--bound", "bound", lambda o: o.bound, _bound_applies, _run_bound, headlines.bound_headline
+    ),
+    Companion(
+        "--attacks",
+        "attacks",
+        lambda o: bool(o.attacks),
+        _attacks_apply,
+        _run_attacks,
+        headlines.attacks_headline,
+    ),
+    Companion(
+        "--noise",
+        "noise_curves",
+        lambda o: o.noise,
+        _any_model,
+        _run_noise,
+        headlines.noise_headline,
+    ),
+    Companion(
+        "--kl-check",
+        "kl_check",
+        lambda o: o.kl_check,
+        _any_model,
+        _run_kl_check,
+        headlines.kl_check_headline,
+    ),
+    Companion(
+        "--clever", "clever", lambda o: o.clever, _any_model, _run_clever, headlines.clever_headline
+    ),
+    Companion(
+        "--frequency",
+        "frequency",
+        lambda o: o.frequency,
+        _frequency_applies,
+        _run_frequency,
+        headlines.frequency_headline,
     ),
 )
 """The companion measurements, in the order they run; each says which classifiers it fits."""
@@ -248,8 +295,12 @@ def run_companions(
     options: CompanionOptions,
     *,
     seed: int = 0,
+    progress: ProgressFactory | None = None,
 ) -> dict[str, dict]:
     """Run the requested measurements on one prepared batch; return results.json sections.
+
+    ``progress`` gives each measurement, in turn, the callback it reports its steps to
+    (the runner passes tqdm bars; the measurements themselves never render anything).
 
     Raises:
         InputError: bad knobs, or a measurement that does not apply to this model (see
@@ -269,7 +320,20 @@ def run_companions(
         options=options,
         seed=seed,
     )
-    return {c.section: c.run(shared) for c in requested_companions(options)}
+    sections = {}
+    for companion in requested_companions(options):
+        with (progress or _no_progress)(companion) as callback:
+            sections[companion.section] = companion.run(replace(shared, progress=callback))
+    return sections
+
+
+def _no_progress(companion: Companion) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
+def companion_headlines(results: dict) -> dict[str, Headline]:
+    """The headline of every companion section in ``results``, in run order, by section name."""
+    return {c.section: c.headline(results[c.section]) for c in COMPANIONS if c.section in results}
 
 
 def _input_scale(classifier: Classifier) -> Tensor | float:

@@ -14,10 +14,12 @@ plots live in :mod:`hf_fisher.report.sections.frequency` and read only that sect
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor
 
+from hf_fisher._progress import ProgressCallback, Steps
 from hf_fisher.errors import InputError
 from hf_fisher.estimators.exact import gradient_rows
 from hf_fisher.frequency_bands import (
@@ -93,6 +95,7 @@ def analyze_frequency(
     beta: float = 0.75,
     seed: int = 0,
     batch_size: int = 256,
+    progress: ProgressCallback | None = None,
 ) -> FrequencyReport:
     """Run I-ASIDE and the band-restricted Fisher on one batch of images.
 
@@ -108,6 +111,8 @@ def analyze_frequency(
         shapley, fisher: which measurements to run.
         fill, sigma, pixel_map, beta, seed: see :func:`hf_fisher.iaside.spectral_importance`.
         batch_size: images per forward pass (Shapley) and per gradient-rows chunk (Fisher).
+        progress: called as ``progress(done, total)`` after the Shapley values (one step per
+            image) and after each Fisher chunk.
 
     Returns:
         The :class:`FrequencyReport`.
@@ -121,6 +126,9 @@ def analyze_frequency(
         raise InputError(f"got images of shape {tuple(images.shape)}; expected pixels (N, C, H, W)")
     image_shape = tuple(images.shape[1:])
     band_index(image_shape[1], image_shape[2], num_bands)
+    forward_batches = math.ceil(2**num_bands * images.shape[0] / max(1, batch_size))
+    chunks = math.ceil(images.shape[0] / max(1, batch_size))
+    steps = Steps(progress, (forward_batches if shapley else 0) + (chunks if fisher else 0))
     importance = None
     if shapley:
         importance = spectral_importance(
@@ -134,15 +142,15 @@ def analyze_frequency(
             beta=beta,
             seed=seed,
             batch_size=batch_size,
+            progress=lambda done, total: steps.advance(),
         )
     bands_fisher = None
     if fisher:
         if batch_size < 1:
             raise InputError(f"got batch_size={batch_size}; use a positive number of images")
-        bands_fisher = BandFisher.cat(
-            [
-                band_fisher(gradient_rows(logit_fn, chunk), image_shape, num_bands)
-                for chunk in images.split(batch_size)
-            ]
-        )
+        bands = []
+        for chunk in images.split(batch_size):
+            bands.append(band_fisher(gradient_rows(logit_fn, chunk), image_shape, num_bands))
+            steps.advance()
+        bands_fisher = BandFisher.cat(bands)
     return FrequencyReport(image_shape, num_bands, importance, bands_fisher)

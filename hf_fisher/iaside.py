@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from hf_fisher._progress import ProgressCallback, Steps
 from hf_fisher.errors import InputError
 from hf_fisher.frequency_bands import band_index
 from hf_fisher.operators import LogitFn
@@ -326,6 +327,7 @@ def _coalition_values(
     fills: Tensor,  # (N, C, H, W) complex
     pixel_map: PixelMap,
     batch_size: int,
+    steps: Steps,
 ) -> Tensor:  # (2^M,) float64 on the CPU
     """``v(S)``: mean true-label log-probability over the images, per coalition S."""
     num_images, device = images.shape[0], images.device
@@ -347,6 +349,7 @@ def _coalition_values(
                 )
             worth = log_probs.gather(1, labels[image, None])[:, 0]
             values.index_add_(0, coalition, worth / num_images)
+            steps.advance()
     values = values.cpu()
     if not torch.isfinite(values).all():
         raise InputError(
@@ -368,6 +371,7 @@ def spectral_importance(
     beta: float = 0.75,
     seed: int = 0,
     batch_size: int = 256,
+    progress: ProgressCallback | None = None,
 ) -> SpectralImportance:
     """Exact I-ASIDE Shapley values of M frequency bands, batched across coalitions and images.
 
@@ -384,6 +388,7 @@ def spectral_importance(
         beta: spectral decay of the robustness score.
         seed: seeds the fill.
         batch_size: images per forward pass.
+        progress: called as ``progress(done, total)`` after each forward pass.
 
     Returns:
         The :class:`SpectralImportance`.
@@ -408,6 +413,7 @@ def spectral_importance(
         fills=fill_spectra(spectra, fill, sigma, seed),
         pixel_map=pixel_map,
         batch_size=batch_size,
+        steps=Steps(progress, math.ceil(masks.shape[0] * images.shape[0] / batch_size)),
     )
     phi = shapley_values(values)
     distribution = importance_distribution(phi)

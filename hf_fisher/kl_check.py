@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hf_fisher._progress import ProgressCallback, Steps
 from hf_fisher.attacks import check_batch
 from hf_fisher.correlation import float_from_json, json_float
 from hf_fisher.errors import InputError
@@ -150,6 +151,7 @@ def kl_check(
     tolerance: float = 0.1,
     space_mask: Tensor | None = None,
     seed: int = 0,
+    progress: ProgressCallback | None = None,
 ) -> KLCheck:
     """Compare ``KL(p(x) || p(x + r u))`` with ``1/2 r^2 u^T F(x) u`` for random unit u.
 
@@ -165,6 +167,7 @@ def kl_check(
         tolerance: median relative error that defines ``valid_radius``.
         space_mask: 0/1 tensor broadcastable to inputs; zeros are never perturbed.
         seed: seed of the directions.
+        progress: called as ``progress(done, total)`` after each draw.
 
     Raises:
         InputError: bad radii, draws or shapes.
@@ -183,6 +186,7 @@ def kl_check(
     num_samples = inputs.shape[0]
     kl = torch.empty(len(radii), draws, num_samples, dtype=torch.float64, device=inputs.device)
     quadratic = torch.empty_like(kl)
+    steps = Steps(progress, draws)
     with torch.no_grad():
         for draw in range(draws):
             direction = torch.randn(inputs.shape, generator=generator, device=inputs.device)
@@ -199,6 +203,7 @@ def kl_check(
                 moved = logit_fn(inputs + radius * direction)
                 kl[index, draw] = kl_divergence(factors.logits, moved)
                 quadratic[index, draw] = 0.5 * radius**2 * unit_form
+            steps.advance()
     relative = (kl - quadratic).abs() / quadratic.clamp_min(torch.finfo(torch.float64).tiny)
     relative = torch.where(quadratic > 0, relative, torch.full_like(relative, float("nan")))
     check = KLCheck(radii, draws, seed, tolerance, kl, quadratic, relative, None)

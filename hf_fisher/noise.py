@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hf_fisher._progress import ProgressCallback, Steps
 from hf_fisher.attacks import check_batch, check_clip
 from hf_fisher.correlation import float_from_json, json_float
 from hf_fisher.errors import InputError, NotAClassifierError
@@ -260,6 +261,7 @@ def noise_curves(
     clip: tuple[float, float] | None = None,
     space_mask: Tensor | None = None,
     seed: int = 0,
+    progress: ProgressCallback | None = None,
 ) -> NoiseCurves:
     """Accuracy and Brier error under random noise, per sigma, with Hoeffding/Bernstein bounds.
 
@@ -277,6 +279,7 @@ def noise_curves(
         clip: valid input box (pixels (0.0, 1.0)); None for embeddings.
         space_mask: 0/1 tensor broadcastable to inputs; zeros get no noise.
         seed: seed of the noise; results are deterministic under a fixed seed.
+        progress: called as ``progress(done, total)`` after each sigma.
 
     Raises:
         InputError: bad sigmas, kind, draws, confidence or shapes.
@@ -292,6 +295,7 @@ def noise_curves(
     columns: dict[str, list[float]] = {
         key: [] for key in ("accuracy", "brier", "brier_std", "hoeffding", "bernstein", "upper")
     }
+    steps = Steps(progress, len(sigmas))
     with torch.no_grad():
         for sigma in sigmas:
             sums = _noisy_sums(
@@ -307,6 +311,7 @@ def noise_curves(
             )
             for key, value in _level(*sums, count, delta).items():
                 columns[key].append(value)
+            steps.advance()
     grid = np.asarray(sigmas)
     return NoiseCurves(
         sigmas=sigmas,

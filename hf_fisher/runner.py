@@ -8,6 +8,7 @@ process gathers everything and writes ``results.json``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -16,7 +17,7 @@ import numbers
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -26,8 +27,9 @@ import numpy as np
 import torch
 
 from hf_fisher._content import dataset_content, model_content
+from hf_fisher._progress import ProgressCallback
 from hf_fisher.adapters import Classifier, load_classifier
-from hf_fisher.companions import check_companions, run_companions
+from hf_fisher.companions import Companion, check_companions, companion_headlines, run_companions
 from hf_fisher.data import (
     InMemoryRows,
     check_data_source,
@@ -114,7 +116,38 @@ class RobustnessReport:
             cells = [_fmt(stats[key]) for key in ("mean", "median", "p05", "p95")]
             interval = f"[{_fmt(stats['median_ci_low'])}, {_fmt(stats['median_ci_high'])}]"
             lines.append(f"{name:<14}" + "".join(f"{c:>11}" for c in cells) + f"{interval:>25}")
-        return "\n".join(lines)
+        return "\n".join(lines + self._companion_lines())
+
+    def _companion_lines(self) -> list[str]:
+        """Two lines per companion measurement, after the Fisher table (none without any)."""
+        found = companion_headlines(self.results)
+        if not found:
+            return []
+        counts = {len(self.results[name].get("sample_indices", ())) for name in found}
+        lines = [f"companion measurements on {'/'.join(map(str, sorted(counts)))} samples"]
+        for name, headline in found.items():
+            first, second = headline.lines
+            lines += [f"{name:<14}{first}", f"{'':<14}{second}"]
+        return lines
+
+    def summary_json(self) -> dict:
+        """The summary as one JSON document (``hf-fisher evaluate --json``).
+
+        The ``summary`` section of results.json, what was evaluated, and each companion's
+        headline numbers (:mod:`hf_fisher.headlines`).
+        """
+        results = self.results
+        return {
+            "model": results["model"]["id"],
+            "dataset": {key: results["dataset"][key] for key in ("name", "config", "split")},
+            "method": results["settings"]["method"],
+            "input_space": results["settings"]["input_space"],
+            "skipped": len(results["skipped"]),
+            "summary": self.summary,
+            "companions": {
+                name: headline.values for name, headline in companion_headlines(results).items()
+            },
+        }
 
 
 def _fmt(value: float | None) -> str:
@@ -514,7 +547,8 @@ def evaluate_robustness(
         out_dir: write results.json, per_sample.csv and resumable partial records here.
         overwrite: replace results already in ``out_dir``.
         resume: continue a killed run in ``out_dir``, computing only missing samples.
-        progress: show a progress bar (main process only).
+        progress: show progress bars for the Fisher loop and each companion measurement
+            (main process only).
         trust_remote_code: allow Hub models with custom code (off by default).
         companions: companion measurements (attacks, noise curves, KL check, CLEVER,
             frequency view) to run on the first evaluated samples, by the main process.
@@ -724,6 +758,7 @@ def plan_run(
     dataset_info = _dataset_info(
         rows, dataset_name, config, split, indices, columns, label_col, alignment, source
     )
+    _log_plan(classifier, dataset_info, settings)
     done: list[dict] = []
     if directory is not None:
         content = _content(model, classifier, dataset, rows, state)
@@ -764,6 +799,27 @@ def _concrete_method(
         classifier.prepare(decode_rows(rows, first, columns, None, modality).inputs)
     return run_method(
         classifier, estimator.method, estimator.black_box, run.batch_size, _input_numel(classifier)
+    )
+
+
+def _log_plan(classifier: Classifier, dataset_info: dict, settings: dict) -> None:
+    """What was loaded and decided, for ``-v``."""
+    logger.debug(
+        "loaded %s: %d classes, input space %s, %s on %s",
+        classifier.source.get("id"),
+        classifier.num_classes,
+        classifier.input_space,
+        settings["dtype"],
+        classifier.device,
+    )
+    logger.debug(
+        "dataset %s [%s]: %d rows, %d to evaluate; method %s (asked: %s)",
+        dataset_info["name"],
+        dataset_info["split"],
+        dataset_info["num_rows"],
+        len(dataset_info["indices"]),
+        settings["method"],
+        settings["requested_method"],
     )
 
 
@@ -964,6 +1020,7 @@ def _add_companions(plan: RunPlan, results: dict) -> None:
         torch.tensor([r["spectral_norm"] for r in chosen], dtype=torch.float64),
         plan.companions,
         seed=plan.estimator.seed,
+        progress=_companion_bar if plan.progress else None,
     )
     for section in sections.values():
         section["sample_indices"] = decoded.indices  # per-sample lists follow this order
@@ -1058,6 +1115,24 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, unit="sample", desc="Fisher", smoothing=0.1)
+
+
+@contextlib.contextmanager
+def _companion_bar(companion: Companion) -> Iterator[ProgressCallback]:
+    """A bar like the Fisher loop's for one companion measurement, fed by its callback."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=1, desc=companion.flag.removeprefix("--"), unit="step", smoothing=0.1)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+        bar.update(bar.total - bar.n)  # a measurement that reports no steps is one step
+    finally:
+        bar.close()
 
 
 def _describe_device(device: torch.device) -> str:

@@ -1023,6 +1023,11 @@ RUNNER_CASES: list[Case] = [
         _cli_before_loading("--device", "bogus"),
         check=_one_line_exit_2("--device 'bogus' is not a device torch knows"),
     ),
+    Case(
+        "runner-cli-resume-without-out",
+        _cli_before_loading("--resume"),
+        check=_one_line_exit_2("--resume needs --out: pass the directory of the run to continue"),
+    ),
     # 12. Damaged or foreign files: clear errors, and nothing of the user's is deleted.
     Case(
         "runner-resume-corrupt-middle-line",

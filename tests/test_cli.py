@@ -37,6 +37,12 @@ TEXTS = [
 LABELS = [0, 1, 2, 0, 1, 2]
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs without --out save under ./runs/: keep them out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def evaluate(*args: str | os.PathLike) -> int:
     return main(["evaluate", "--no-progress", *map(str, args)])
 
@@ -205,20 +211,20 @@ def test_text_pair_columns_are_detected_and_used_as_pairs(bert_dir: Path, tmp_pa
 # --- bad input -----------------------------------------------------------------------------
 
 
-def test_missing_column_is_one_line_error_with_exit_code_2(
+def test_missing_column_is_one_line_error_with_exit_code_1(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     load_digits_dataset("test").select(range(3)).save_to_disk(str(tmp_path / "digits"))
     capsys.readouterr()
     code = evaluate(DEFAULT, "--dataset", tmp_path / "digits", "--input-column", "img")
     captured = capsys.readouterr()
-    assert code == 2
+    assert code == 1  # found once the data are loaded: a failed run, not a usage error
     assert captured.err.strip().splitlines() == [
         "hf-fisher: error: column 'img' does not exist; the dataset has columns ['image', 'label']"
     ]
     assert "Traceback" not in captured.err
     code = evaluate(DEFAULT, "--dataset", tmp_path / "digits", "--label-column", "target")
-    assert code == 2
+    assert code == 1
     assert "column 'target' does not exist" in capsys.readouterr().err
 
 
@@ -227,7 +233,7 @@ def test_csv_without_the_requested_split_names_the_splits(
 ) -> None:
     (tmp_path / "csv").mkdir()
     (tmp_path / "csv" / "data.csv").write_text("text,label\nhello there,1\n")
-    assert evaluate(bert_dir, "--dataset", tmp_path / "csv") == 2
+    assert evaluate(bert_dir, "--dataset", tmp_path / "csv") == 1
     assert "has no split 'test'; available splits: train (choose one with --split)" in (
         capsys.readouterr().err
     )
@@ -305,7 +311,7 @@ def test_existing_results_are_refused_unless_overwrite(
     digits_run: Path, capsys: pytest.CaptureFixture
 ) -> None:
     before = (digits_run / "results.json").read_text()
-    assert evaluate("--num-samples", 3, "--out", digits_run) == 2
+    assert evaluate("--num-samples", 3, "--out", digits_run) == 1
     err = capsys.readouterr().err
     assert "already holds results.json; pass --resume to continue a partial run or --overwrite" in (
         err
@@ -323,7 +329,7 @@ def test_hub_dataset_offline_is_a_clear_error(
 ) -> None:
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    assert evaluate(DEFAULT, "--dataset", "someone/not-a-local-dataset") == 2
+    assert evaluate(DEFAULT, "--dataset", "someone/not-a-local-dataset") == 1
     err = capsys.readouterr().err
     assert "hf-fisher: error: could not load dataset 'someone/not-a-local-dataset'" in err
     assert "pass a local directory or a datasets.Dataset" in err

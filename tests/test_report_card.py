@@ -813,7 +813,7 @@ def test_push_network_and_hub_errors_are_one_line_without_token(
     api.create_commit.side_effect = error
     with mock.patch.object(push, "HfApi", return_value=api):
         code = hf_cli.main(["card", str(FIXTURE), "--out", str(out), "--push", "u/m"])
-    assert code == 2
+    assert code == 1
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("hf-fisher: error: could not open a pull ")

@@ -346,7 +346,7 @@ def test_submit_refuses_non_finite_results(tmp_path, capsys, results, token):
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results).replace('"p95": ', f'"p95": {token}, "was": ', 1))
     out = tmp_path / "sub.json"
-    assert hf_cli.main(["submit", str(path), "--out", str(out)]) == 2
+    assert hf_cli.main(["submit", str(path), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert f"{path}: summary.metrics.spectral_norm.p95 = " in err and "not a finite number" in err
     assert not out.exists()

@@ -207,7 +207,7 @@ def test_resume_of_a_finished_run_is_refused(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     args = ["evaluate", "--num-samples", "2", "--no-progress", "--out", str(out)]
     assert main(args) == 0
-    assert main([*args, "--resume"]) == 2
+    assert main([*args, "--resume"]) == 1
     err = capsys.readouterr().err
     assert "holds a finished run (results.json); nothing to resume" in err
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hf_fisher._progress import ProgressCallback, Steps
 from hf_fisher.attacks._geometry import Loss, Norm, _logits, check_batch
 from hf_fisher.attacks.baselines import SanityFlags, baseline_scores, sanity_flags
 from hf_fisher.attacks.gradient import fgsm, pgd
@@ -145,6 +146,7 @@ def _robust_accuracy(
     inputs: Tensor,
     labels: Tensor,
     epsilons: list[float],
+    steps: Steps,
     *,
     pgd_options: dict,
     common: dict,
@@ -160,6 +162,7 @@ def _robust_accuracy(
         robust["pgd"].append(float((~result.success).double().mean()))
         result = fgsm(logit_fn, inputs, labels, epsilon, **common)
         robust["fgsm"].append(float((~result.success).double().mean()))
+        steps.advance()
     return robust
 
 
@@ -211,12 +214,14 @@ def attack_report(
     confidence_level: float = 0.95,
     num_bootstrap: int = 1000,
     seed: int = 0,
+    progress: ProgressCallback | None = None,
 ) -> AttackReport:
     """Attack cross-check: robust accuracy, minimal epsilons, and what predicts them.
 
     Runs PGD and FGSM at each epsilon, bisects each sample's minimal PGD epsilon, computes the
     baselines and sanity flags, and correlates every predictor with the minimal epsilon over
-    the correctly classified samples (samples never flipped rank last).
+    the correctly classified samples (samples never flipped rank last). ``progress(done,
+    total)`` counts one step per epsilon, per bisection PGD run and for the baselines.
 
     Raises:
         InputError: bad shapes, norm, clip or epsilons.
@@ -227,8 +232,9 @@ def attack_report(
     pgd_options = {"steps": steps, "restarts": restarts, "step_size": step_size}
     with torch.no_grad():
         correct = _logits(logit_fn, inputs).argmax(dim=1) == labels
+    steps = Steps(progress, len(epsilons) + bisection_steps + 2)
     robust = _robust_accuracy(
-        logit_fn, inputs, labels, epsilons, pgd_options=pgd_options, common=common, seed=seed
+        logit_fn, inputs, labels, epsilons, steps, pgd_options=pgd_options, common=common, seed=seed
     )
     minimal = minimal_epsilon(
         logit_fn,
@@ -237,6 +243,7 @@ def attack_report(
         eps_max=eps_max,
         bisection_steps=bisection_steps,
         seed=seed,
+        progress=lambda done, total: steps.advance(),
         **pgd_options,
         **common,
     )
@@ -258,6 +265,7 @@ def attack_report(
     sanity = sanity_flags(
         logit_fn, inputs, labels, space_mask=space_mask, unflipped_at_eps_max=unflipped
     )
+    steps.advance()
     return AttackReport(
         epsilons=epsilons,
         clean_accuracy=float(correct.double().mean()),

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor
 
+from hf_fisher._progress import ProgressCallback, Steps
 from hf_fisher.attacks._geometry import (
     Loss,
     Norm,
@@ -125,6 +126,7 @@ def minimal_epsilon(
     clip: tuple[float, float] | None = None,
     space_mask: Tensor | None = None,
     seed: int = 0,
+    progress: ProgressCallback | None = None,
 ) -> MinimalEpsilon:
     """Bisect, batched over samples, the smallest budget at which PGD flips each label.
 
@@ -134,6 +136,7 @@ def minimal_epsilon(
     random source from ``seed``, so the attack at ``upper`` flips and the one at ``lower`` does
     not, reproducibly. The final bracket width is ``eps_max / 2^bisection_steps``.
     Worst-case cost: ``(bisection_steps + 1) * steps * restarts`` gradient passes per sample.
+    ``progress(done, total)`` is called after each of the ``bisection_steps + 1`` PGD runs.
 
     Raises:
         InputError: bad norm/clip/shape, or ``eps_max`` missing with ``clip=None``.
@@ -160,8 +163,10 @@ def minimal_epsilon(
         None if clip is None else tuple(clip),
     )
 
+    steps_done = Steps(progress, bisection_steps + 1)
+
     def attack(epsilon: Tensor) -> Tensor:
-        return pgd(
+        flipped = pgd(
             logit_fn,
             inputs,
             labels,
@@ -175,6 +180,8 @@ def minimal_epsilon(
             space_mask=space_mask,
             generator=_seeded(seed, inputs.device),
         ).success
+        steps_done.advance()
+        return flipped
 
     with torch.no_grad():
         clean_wrong = _logits(logit_fn, inputs).argmax(dim=1) != labels
