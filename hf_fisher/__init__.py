@@ -28,6 +28,8 @@ __all__ = [
     "CompanionOptions",
     "lipschitz_bound",
     "bound_report",
+    "path_separation",
+    "PathSeparation",
     # models
     "load_classifier",
     "Classifier",
@@ -70,6 +72,8 @@ _SOURCES = {
     "CompanionOptions": "hf_fisher.options",
     "lipschitz_bound": "hf_fisher.bounds",
     "bound_report": "hf_fisher.bounds",
+    "path_separation": "hf_fisher.path_separation",
+    "PathSeparation": "hf_fisher.path_separation",
     "load_classifier": "hf_fisher.adapters",
     "Classifier": "hf_fisher.adapters",
     "PreparedBatch": "hf_fisher.adapters",
