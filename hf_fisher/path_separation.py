@@ -94,13 +94,32 @@ def split_halves(sample_ids: Sequence[int], seed: int) -> Tensor:  # (N,) int64 
     >>> split_halves([0, 1, 2, 3, 4, 5, 6, 7], seed=0).tolist()
     [1, 0, 0, 1, 0, 1, 1, 0]
     """
-    halves = []
-    for sample_id in sample_ids:
-        z = (int(sample_id) * 0x9E3779B97F4A7C15 + (seed + 1) * 0xD1B54A32D192ED03) & _MASK64
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        halves.append((z ^ (z >> 31)) >> 63)
-    return torch.tensor(halves, dtype=torch.int64)
+    return torch.tensor([_mix(int(i), seed) >> 63 for i in sample_ids], dtype=torch.int64)
+
+
+def _mix(sample_id: int, seed: int) -> int:
+    """splitmix64 of ``(id, seed)``: 64 well-mixed bits."""
+    z = (sample_id * 0x9E3779B97F4A7C15 + (seed + 1) * 0xD1B54A32D192ED03) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def poisson_weights(sample_ids: Sequence[int], seed: int, resamples: int) -> Tensor:  # (N, 1+B)
+    """Column 0: ones (the data); columns 1..B: Poisson(1) bootstrap weights of each sample.
+
+    The Poisson bootstrap streams (no need to know N) and, like :func:`split_halves`, depends only
+    on ``(id, seed)``: every model measured with the same ids and seed sees the same resamples, so
+    differences between models have paired intervals.
+    """
+    columns = [torch.ones(len(sample_ids), 1, dtype=torch.float64)]
+    if resamples:
+        rows = []
+        for sample_id in sample_ids:
+            generator = torch.Generator().manual_seed(_mix(int(sample_id), seed + 7919) >> 1)
+            rows.append(torch.poisson(torch.ones(resamples, dtype=torch.float64), generator))
+        columns.append(torch.stack(rows))
+    return torch.cat(columns, dim=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,7 +239,7 @@ def _select_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, 
 
 @dataclass
 class _Counts:
-    """Per-class, per-half event counts of one layer: hits (2, *shape) and draws (2,)."""
+    """Per-class, per-half, per-replicate weighted counts: hits (2, R, *shape), draws (2, R)."""
 
     hits: dict[int, Tensor] = field(default_factory=dict)
     draws: dict[int, Tensor] = field(default_factory=dict)
@@ -231,14 +250,19 @@ class _Counts:
             cls, half = divmod(key, 2)
             if cls not in self.hits:
                 self.hits[cls] = torch.zeros((2, *hits.shape[1:]), dtype=torch.float64)
-                self.draws[cls] = torch.zeros(2, dtype=torch.float64)
+                self.draws[cls] = torch.zeros((2, *draws.shape[1:]), dtype=torch.float64)
             self.hits[cls][half] += hits[row]
             self.draws[cls][half] += draws[row]
 
 
-def _group_sum(values: Tensor, groups: Tensor, size: int) -> Tensor:
-    out = torch.zeros((size, *values.shape[1:]), dtype=torch.float64, device=values.device)
-    return out.index_add_(0, groups, values.double())
+def _weighted_sum(values: Tensor, group: Tensor, weights: Tensor, size: int) -> Tensor:
+    """Per group ``g``: ``sum_d weights[d, r] values[d]`` -> (size, R, *values.shape[1:])."""
+    flat = values.reshape(len(values), -1).to(weights.dtype)
+    out = torch.zeros((size, weights.shape[1], flat.shape[1]), dtype=torch.float64)
+    for g in range(size):
+        rows = group == g
+        out[g] = (weights[rows].T @ flat[rows]).cpu()
+    return out.reshape(size, weights.shape[1], *values.shape[1:])
 
 
 @dataclass
@@ -250,29 +274,36 @@ class _LayerState:
     edges: _Counts = field(default_factory=_Counts)
     units: _Counts = field(default_factory=_Counts)
 
-    def record(self, activation: Tensor, keys: Tensor) -> None:  # (N, ...), (N,) class*2+half
-        """Count this batch's events per class and half; samples with key -1 are skipped."""
+    def record(self, activation: Tensor, keys: Tensor, weights: Tensor) -> None:
+        """Count a batch's events per class, half and replicate; keys -1 are skipped.
+
+        Args:
+            activation: (N, ...) the layer's input.
+            keys: (N,) ``2 * class + half`` or -1.
+            weights: (N, R) float64 replicate weights (column 0: ones).
+        """
         keep = keys >= 0
         activation, keys = activation.detach()[keep], keys[keep]
         if keys.numel() == 0:
             return
         unique, group = torch.unique(keys, return_inverse=True)
-        group = group.to(activation.device)
+        group, weights = group.to(activation.device), weights[keep].to(activation.device)
         x = self.layout.draws(activation)  # (N, D, G, I', T)
-        self.edges.add(unique, *self._edge_counts(x, group, len(unique)))
+        self.edges.add(unique, *self._edge_counts(x, group, weights, len(unique)))
         units = self.layout.units(activation)  # (N, D', I)
-        size = len(unique)
-        on = _group_sum((units > 0).sum(1), group, size)
+        on = _weighted_sum((units > 0).sum(1), group, weights, len(unique))
         per_sample = torch.full((len(group),), float(units.shape[1]), device=group.device)
-        self.units.add(unique, on.cpu(), _group_sum(per_sample, group, size).cpu())
+        self.units.add(unique, on, _weighted_sum(per_sample, group, weights, len(unique)))
 
-    def _edge_counts(self, x: Tensor, group: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    def _edge_counts(
+        self, x: Tensor, group: Tensor, weights: Tensor, size: int
+    ) -> tuple[Tensor, Tensor]:
         weight = self.layout.weight.to(x.device, x.dtype)
         n, d, g, fan_in, _ = x.shape
         out_per_group = weight.shape[1]
         flat = x.reshape(n * d, g, fan_in, -1)
-        draw_group = group.repeat_interleave(d)
-        hits = torch.zeros((size, g, out_per_group, fan_in), dtype=torch.float64)
+        draw_group, draw_weights = group.repeat_interleave(d), weights.repeat_interleave(d, 0)
+        hits = torch.zeros((size, weights.shape[1], g, out_per_group, fan_in), dtype=torch.float64)
         block = max(1, min(out_per_group, self.max_elements // (g * fan_in)))
         chunk = max(1, self.max_elements // (g * block * fan_in))
         for o in range(0, out_per_group, block):
@@ -280,10 +311,11 @@ class _LayerState:
             for s in range(0, n * d, chunk):
                 e = torch.einsum("dgit,goit->dgoi", flat[s : s + chunk], w)
                 events = top_share_events(e, self.gamma)
-                counted = _group_sum(events, draw_group[s : s + chunk], size)
-                hits[:, :, o : o + block] += counted.cpu()
-        draws = _group_sum(torch.full((n,), float(d), device=x.device), group, size)
-        return hits, draws.cpu()
+                rows = slice(s, s + chunk)
+                counted = _weighted_sum(events, draw_group[rows], draw_weights[rows], size)
+                hits[:, :, :, o : o + block] += counted
+        draws = _weighted_sum(torch.full((n,), float(d), device=x.device), group, weights, size)
+        return hits, draws
 
     def check_batch(self, activation: Tensor, keys: Tensor) -> None:
         """Raise when the layer's input does not have one row per sample of the batch."""
@@ -299,26 +331,32 @@ class _LayerState:
 # Divergences
 
 
-def _theta(counts: _Counts, classes: list[int]) -> Tensor:  # (2C, E) smoothed probabilities
+def _theta(counts: _Counts, classes: list[int], replicate: int) -> Tensor:  # (2C, E)
     rows = []
     for cls in classes:
-        hits = counts.hits[cls].reshape(2, -1)
-        rows.append((hits + 1) / (counts.draws[cls][:, None] + 2))
+        hits = counts.hits[cls][:, replicate].reshape(2, -1)
+        rows.append((hits + 1) / (counts.draws[cls][:, replicate, None] + 2))
     return torch.cat(rows)
 
 
-def _pairwise_js(rows: Tensor, max_elements: int) -> Tensor:  # (R, E) -> (R, R) mean JS
+def _pairwise_js(rows: Tensor, max_elements: int) -> Tensor:  # (M, E) -> (M, M) mean JS
+    """Mean over edges of JS between every two rows; row entropies are computed once."""
+    entropy = _entropy(rows)
     block = max(1, max_elements // max(1, rows.shape[1]))
     matrix = torch.zeros((rows.shape[0], rows.shape[0]), dtype=torch.float64)
     for r, row in enumerate(rows):
         for s in range(r + 1, rows.shape[0], block):
-            matrix[r, s : s + block] = bernoulli_js(row, rows[s : s + block]).mean(1)
+            mixed = _entropy((row + rows[s : s + block]) / 2)
+            js = mixed - (entropy[r] + entropy[s : s + block]) / 2
+            matrix[r, s : s + block] = js.mean(1)
     return matrix + matrix.T
 
 
-def _between_within(counts: _Counts, classes: list[int], max_elements: int) -> tuple[float, float]:
+def _between_within(
+    counts: _Counts, classes: list[int], max_elements: int, replicate: int = 0
+) -> tuple[float, float]:
     """Mean JS between classes (all half pairings) and between the two halves of a class."""
-    matrix = _pairwise_js(_theta(counts, classes), max_elements)
+    matrix = _pairwise_js(_theta(counts, classes, replicate), max_elements)
     owner = torch.arange(len(classes)).repeat_interleave(2)
     same = owner[:, None] == owner[None, :]
     within = matrix[same & ~torch.eye(len(owner), dtype=torch.bool)].mean()
@@ -374,6 +412,21 @@ _FLOAT_FIELDS = (
     "activation_within",
     "activation_separation",
 )
+SCORES = ("score", "activation_score", "pooled_score", "excess_score", "activation_excess_score")
+"""The model-level numbers; each has a bootstrap interval when ``bootstrap`` > 0."""
+
+
+def _scores(layers: list[tuple[int, float, float, float, float]]) -> dict[str, float]:
+    """Model-level numbers from per-layer (edges, between, within, act_between, act_within)."""
+    pooled_between = sum(edges * between for edges, between, *_ in layers)
+    pooled_within = sum(edges * within for edges, _, within, *_ in layers)
+    return {
+        "score": _finite_mean(_ratio(b, w) for _, b, w, _, _ in layers),
+        "activation_score": _finite_mean(_ratio(b, w) for *_, b, w in layers),
+        "pooled_score": _ratio(pooled_between, pooled_within),
+        "excess_score": sum(b - w for _, b, w, _, _ in layers) / len(layers),
+        "activation_excess_score": sum(b - w for *_, b, w in layers) / len(layers),
+    }
 
 
 @dataclass(frozen=True)
@@ -382,19 +435,30 @@ class PathSeparation:
 
     Attributes:
         score: mean over layers of the path separation ``S`` (1: no more separated than random
-            halves of a class; larger: classes take more distinct paths).
+            halves of a class; larger: classes take more distinct paths). ``S - 1`` grows about
+            in proportion to the samples per class: compare models on the same data.
         activation_score: the same mean for the activation-only statistic.
         pooled_score: edge-weighted ``sum_l E_l between_l / sum_l E_l within_l``: the ratio for
             the whole network seen as one product of edge Bernoullis.
+        excess_score, activation_excess_score: mean over layers of ``between - within`` (nats):
+            the between-class divergence less its sampling noise, about independent of the
+            sample size.
         layers: the per-layer profile, in the order the layers ran.
         settings: gamma, seed, classes, sample counts and the fixed definitional choices.
+        bootstrap: None, or ``{"resamples": B, "level": 0.95, "intervals": {name: [low, high]},
+            "replicates": {name: [B values]}}``: Poisson-bootstrap percentile intervals of
+            :data:`SCORES`; the ratios use the full sample's within-class noise in every replicate
+            (see :func:`_noise_matched`).
     """
 
     score: float
     activation_score: float
     pooled_score: float
+    excess_score: float
+    activation_excess_score: float
     layers: list[LayerSeparation]
     settings: dict
+    bootstrap: dict | None = None
 
     def profile(self) -> dict[str, float]:
         """Per-layer path separation, by layer name."""
@@ -407,13 +471,16 @@ class PathSeparation:
             row = asdict(layer)
             row.update({key: json_float(row[key]) for key in _FLOAT_FIELDS})
             layers.append(row)
-        return {
-            "score": json_float(self.score),
-            "activation_score": json_float(self.activation_score),
-            "pooled_score": json_float(self.pooled_score),
-            "layers": layers,
-            "settings": dict(self.settings),
-        }
+        data = {key: json_float(getattr(self, key)) for key in SCORES}
+        data.update(layers=layers, settings=dict(self.settings), bootstrap=None)
+        if self.bootstrap is not None:
+            data["bootstrap"] = {
+                "resamples": self.bootstrap["resamples"],
+                "level": self.bootstrap["level"],
+                "intervals": _json_table(self.bootstrap["intervals"]),
+                "replicates": _json_table(self.bootstrap["replicates"]),
+            }
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> PathSeparation:
@@ -423,26 +490,45 @@ class PathSeparation:
             values = dict(row)
             values.update({key: float_from_json(row[key]) for key in _FLOAT_FIELDS})
             layers.append(LayerSeparation(**values))
+        boot = data.get("bootstrap")
+        if boot is not None:
+            boot = dict(boot, intervals=_table_from_json(boot["intervals"]))
+            boot["replicates"] = _table_from_json(boot["replicates"])
         return cls(
-            score=float_from_json(data["score"]),
-            activation_score=float_from_json(data["activation_score"]),
-            pooled_score=float_from_json(data["pooled_score"]),
+            **{key: float_from_json(data[key]) for key in SCORES},
             layers=layers,
             settings=dict(data["settings"]),
+            bootstrap=boot,
         )
 
 
-def _layer_result(state: _LayerState, classes: list[int], max_elements: int) -> LayerSeparation:
-    between, within = _between_within(state.edges, classes, max_elements)
-    act_between, act_within = _between_within(state.units, classes, max_elements)
-    first = classes[0]
+def _json_table(table: dict[str, list[float]]) -> dict[str, list[float | None]]:
+    return {key: [json_float(v) for v in values] for key, values in table.items()}
+
+
+def _table_from_json(table: dict[str, list]) -> dict[str, list[float]]:
+    return {key: [float_from_json(v) for v in values] for key, values in table.items()}
+
+
+def _layer_values(
+    state: _LayerState, classes: list[int], max_elements: int, replicate: int
+) -> tuple[int, float, float, float, float]:
+    between, within = _between_within(state.edges, classes, max_elements, replicate)
+    act = _between_within(state.units, classes, max_elements, replicate)
+    return state.edges.hits[classes[0]][0, 0].numel(), between, within, *act
+
+
+def _layer_result(state: _LayerState, values: tuple) -> LayerSeparation:
+    num_edges, between, within, act_between, act_within = values
+    draws = state.edges.draws.values()
+    unit_draws = state.units.draws.values()
     return LayerSeparation(
         name=state.name,
         kind=state.layout.kind,
-        num_edges=state.edges.hits[first][0].numel(),
-        num_units=state.units.hits[first][0].numel(),
-        edge_draws=int(sum(float(state.edges.draws[c].sum()) for c in state.edges.draws)),
-        unit_draws=int(sum(float(state.units.draws[c].sum()) for c in state.units.draws)),
+        num_edges=num_edges,
+        num_units=next(iter(state.units.hits.values()))[0, 0].numel(),
+        edge_draws=int(sum(float(d[:, 0].sum()) for d in draws)),
+        unit_draws=int(sum(float(d[:, 0].sum()) for d in unit_draws)),
         between=between,
         within=within,
         separation=_ratio(between, within),
@@ -450,6 +536,50 @@ def _layer_result(state: _LayerState, classes: list[int], max_elements: int) -> 
         activation_within=act_within,
         activation_separation=_ratio(act_between, act_within),
     )
+
+
+def _percentile(values: list[float], q: float) -> float:
+    finite = sorted(v for v in values if math.isfinite(v))
+    if not finite:
+        return math.nan
+    return float(torch.quantile(torch.tensor(finite, dtype=torch.float64), q))
+
+
+def _noise_matched(replicate: tuple, full: tuple) -> tuple:
+    """A replicate's layer values with its within-class noise replaced by the full sample's.
+
+    A resample's halves contain repeated samples, which inflates its within-class divergence
+    (the sampling noise) and so shrinks ``between / within`` by about half whatever the data: a
+    plain bootstrap of the ratio is biased low. The excess ``between - within`` cancels the noise
+    in each replicate, so the replicate ratio is taken as ``1 + excess_b / within_full``.
+    """
+    edges, between, within, act_between, act_within = replicate
+    _, _, full_within, _, full_act_within = full
+    return (
+        edges,
+        between - within + full_within,
+        full_within,
+        act_between - act_within + full_act_within,
+        full_act_within,
+    )
+
+
+def _bootstrap(
+    states: list[_LayerState], classes: list[int], max_elements: int, full: list[tuple]
+) -> dict | None:
+    resamples = next(iter(states[0].edges.draws.values())).shape[1] - 1
+    if resamples == 0:
+        return None
+    rows = []
+    for replicate in range(1, resamples + 1):
+        values = [_layer_values(s, classes, max_elements, replicate) for s in states]
+        rows.append(_scores([_noise_matched(v, f) for v, f in zip(values, full, strict=True)]))
+    replicates = {key: [row[key] for row in rows] for key in SCORES}
+    intervals = {
+        key: [_percentile(values, 0.025), _percentile(values, 0.975)]
+        for key, values in replicates.items()
+    }
+    return {"resamples": resamples, "level": 0.95, "intervals": intervals, "replicates": replicates}
 
 
 def _summarise(states: list[_LayerState], settings: dict, max_elements: int) -> PathSeparation:
@@ -460,21 +590,18 @@ def _summarise(states: list[_LayerState], settings: dict, max_elements: int) -> 
             "layers=, classes= and the labels"
         )
     counts = ran[0].edges
-    classes = sorted(c for c in counts.draws if bool((counts.draws[c] > 0).all()))
+    classes = sorted(c for c in counts.draws if bool((counts.draws[c][:, 0] > 0).all()))
     if len(classes) < 2:
         raise InputError(
             f"path separation needs at least two classes with samples in both random halves, got "
             f"{len(classes)} (classes seen: {sorted(counts.draws)}): pass more samples per class"
         )
-    layers = [_layer_result(state, classes, max_elements) for state in ran]
-    pooled_between = sum(layer.num_edges * layer.between for layer in layers)
-    pooled_within = sum(layer.num_edges * layer.within for layer in layers)
+    values = [_layer_values(state, classes, max_elements, 0) for state in ran]
     return PathSeparation(
-        score=_finite_mean(layer.separation for layer in layers),
-        activation_score=_finite_mean(layer.activation_separation for layer in layers),
-        pooled_score=_ratio(pooled_between, pooled_within),
-        layers=layers,
+        **_scores(values),
+        layers=[_layer_result(state, v) for state, v in zip(ran, values, strict=True)],
         settings={**settings, "classes": classes},
+        bootstrap=_bootstrap(ran, classes, max_elements, values),
     )
 
 
@@ -552,12 +679,16 @@ def _keys(labels: Tensor, ids: list[int], seed: int, classes: set[int] | None) -
     return torch.where(dropped, -1, keys)
 
 
-def _check_knobs(gamma: float, batch_size: int, max_elements: int) -> None:
+def _check_knobs(gamma: float, batch_size: int, max_elements: int, bootstrap: int) -> None:
     if not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
         raise InputError(f"gamma must be in (0, 1], got {gamma!r}: it is a share of a unit's input")
-    for name, value in (("batch_size", batch_size), ("max_elements", max_elements)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+    for name, value, least in (
+        ("batch_size", batch_size, 1),
+        ("max_elements", max_elements, 1),
+        ("bootstrap", bootstrap, 0),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise InputError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
 def _default_forward(model: nn.Module) -> Callable[[object], object]:
@@ -580,6 +711,7 @@ def path_separation(
     batch_size: int = 64,
     forward: Callable[[object], object] | None = None,
     max_elements: int = 1 << 22,
+    bootstrap: int = 0,
 ) -> PathSeparation:
     """Bernoulli path separation of ``model`` on labelled data (see the module docstring).
 
@@ -601,6 +733,8 @@ def path_separation(
         forward: runs one batch of inputs through the model (default: ``model(inputs)``, or
             ``model(**inputs)`` for a dict); e.g. a classifier's logit function.
         max_elements: work-space bound (floats) of one block of edge contributions.
+        bootstrap: Poisson-bootstrap resamples for 95% intervals of the scores (0: none); they
+            cost one pass of counts per resample but no extra forward pass or sort.
 
     Returns:
         A :class:`PathSeparation` with the score, the per-layer profile and the activation-only
@@ -610,7 +744,7 @@ def path_separation(
         InputError: a bad knob, unknown layer names, mismatched labels, a layer without one input
             row per sample, or fewer than two classes with samples in both halves.
     """
-    _check_knobs(gamma, batch_size, max_elements)
+    _check_knobs(gamma, batch_size, max_elements, bootstrap)
     selected = _select_layers(model, layers)
     batches = _batches(data, labels, sample_ids, batch_size)
     kept = None if classes is None else {int(c) for c in classes}
@@ -620,7 +754,7 @@ def path_separation(
     def hook_for(state: _LayerState) -> Callable:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             state.check_batch(args[0], current["keys"])
-            state.record(args[0], current["keys"])
+            state.record(args[0], current["keys"], current["weights"])
 
         return hook
 
@@ -634,6 +768,7 @@ def path_separation(
         with torch.no_grad():
             for inputs, batch_labels, ids in batches:
                 current["keys"] = _keys(batch_labels, ids, seed, kept)
+                current["weights"] = poisson_weights(ids, seed, bootstrap)
                 num_samples += int((current["keys"] >= 0).sum())
                 run(inputs)
     finally:
@@ -642,6 +777,7 @@ def path_separation(
         for module, mode in modes:
             module.train(mode)
     settings = {"gamma": float(gamma), "seed": int(seed), "num_samples": num_samples, **_FIXED}
+    settings["bootstrap"] = bootstrap
     return _summarise(states, settings, max_elements)
 
 
@@ -656,7 +792,9 @@ _FIXED = {
 __all__ = [
     "LayerSeparation",
     "PathSeparation",
+    "SCORES",
     "bernoulli_js",
+    "poisson_weights",
     "path_layers",
     "path_separation",
     "split_halves",

@@ -15,6 +15,7 @@ from hf_fisher.path_separation import (
     bernoulli_js,
     path_layers,
     path_separation,
+    poisson_weights,
     split_halves,
     top_share_events,
 )
@@ -285,3 +286,43 @@ def test_mismatched_labels_and_layerless_models_raise():
         path_separation(nn.ReLU(), torch.randn(5, 3), torch.zeros(5, dtype=torch.long))
     with pytest.raises(InputError, match=r"pass either a tensor .* with labels="):
         path_separation(model, torch.randn(5, 3))
+
+
+# --- bootstrap -------------------------------------------------------------------------------
+
+
+def test_each_bootstrap_replicate_is_the_statistic_on_its_resample():
+    model = _cnn()
+    torch.manual_seed(7)
+    inputs = torch.randn(30, 1, 8, 8, dtype=torch.float64)
+    labels = torch.arange(30) % 3
+    boot = path_separation(model, inputs, labels, bootstrap=4, seed=2)
+    plain = path_separation(model, inputs, labels, seed=2)
+    assert boot.score == plain.score and boot.layers == plain.layers
+    weights = poisson_weights(range(30), seed=2, resamples=4)
+    for replicate in (1, 4):
+        counts = weights[:, replicate].long()
+        rows = torch.arange(30).repeat_interleave(counts)  # each sample w times, same id
+        resampled = path_separation(
+            model, inputs[rows], labels[rows], sample_ids=rows.tolist(), seed=2
+        )
+        replicates = {
+            key: values[replicate - 1] for key, values in boot.bootstrap["replicates"].items()
+        }
+        for key in ("excess_score", "activation_excess_score"):
+            assert replicates[key] == pytest.approx(getattr(resampled, key), rel=1e-10)
+        # ratios: the resample's excess over the full sample's within-class noise
+        pairs = list(zip(resampled.layers, plain.layers, strict=True))
+        expected = sum(1 + (r.between - r.within) / p.within for r, p in pairs) / len(pairs)
+        assert replicates["score"] == pytest.approx(expected, rel=1e-10)
+    low, high = boot.bootstrap["intervals"]["score"]
+    assert low <= high and boot.bootstrap["resamples"] == 4
+    assert PathSeparation.from_json(boot.to_json()).to_json() == boot.to_json()
+
+
+def test_poisson_weights_have_mean_and_variance_one():
+    weights = poisson_weights(range(4000), seed=0, resamples=5)
+    assert (weights[:, 0] == 1).all()
+    assert weights[:, 1:].mean().item() == pytest.approx(1.0, abs=0.03)
+    assert weights[:, 1:].var().item() == pytest.approx(1.0, abs=0.06)
+    assert torch.equal(poisson_weights([17, 3], 0, 5), weights[[17, 3]])
