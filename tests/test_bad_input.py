@@ -1035,6 +1035,18 @@ RUNNER_CASES: list[Case] = [
         _batch_rounding_within_tolerance,
         check=lambda ratio: None if ratio < 0.5 else pytest.fail(f"gap / tolerance {ratio}"),
     ),
+    # Path separation: a share outside (0, 1] is refused before the model loads.
+    Case(
+        "runner-path-separation-gamma-out-of-range",
+        lambda tmp_path: evaluate_robustness(
+            "not-a-model-that-would-load",
+            num_samples=4,
+            progress=False,
+            companions=CompanionOptions(path_separation=True, path_gamma=1.5),
+        ),
+        error=InputError,
+        match=r"path_gamma \(--path-gamma\) must be a share in \(0, 1\], got 1\.5",
+    ),
 ]
 
 # --- report: cards, submissions, leaderboard ----------------------------------------------

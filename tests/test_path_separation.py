@@ -326,3 +326,58 @@ def test_poisson_weights_have_mean_and_variance_one():
     assert weights[:, 1:].mean().item() == pytest.approx(1.0, abs=0.03)
     assert weights[:, 1:].var().item() == pytest.approx(1.0, abs=0.06)
     assert torch.equal(poisson_weights([17, 3], 0, 5), weights[[17, 3]])
+
+
+# --- pipeline: companion, results section, card, plot ----------------------------------------
+
+
+@pytest.mark.slow
+def test_companion_section_equals_the_api_and_renders(default_model_dir, tmp_path):
+    from hf_fisher.adapters import load_classifier
+    from hf_fisher.companions import CompanionOptions, run_companions
+    from hf_fisher.digits import load_digits_dataset
+    from hf_fisher.report.sections.path_separation import (
+        card_path_separation,
+        plot_path_separation,
+    )
+
+    classifier = load_classifier(default_model_dir)
+    rows = load_digits_dataset("test").select(range(40))
+    batch = classifier.prepare([row["image"] for row in rows])
+    labels = torch.tensor(rows["label"])
+    options = CompanionOptions(path_separation=True, path_bootstrap=3, path_gamma=0.8)
+    section = run_companions(classifier, batch, labels, torch.ones(40), options, seed=4)[
+        "path_separation"
+    ]
+    direct = path_separation(
+        classifier.model,
+        batch.inputs,
+        labels,
+        forward=classifier.logit_fn(batch),
+        gamma=0.8,
+        seed=4,
+        bootstrap=3,
+    )
+    assert section == direct.to_json()
+    assert [layer["kind"] for layer in section["layers"]] == ["conv2d"] * 7 + ["linear"]
+    card = card_path_separation(section)
+    assert "our reconstruction" in card and "classifier.1" in card and "γ = 0.8" in card
+    assert "[95% interval, 3 resamples]" in card
+    assert plot_path_separation(section, tmp_path / "p.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_cli_writes_a_valid_path_separation_section(tmp_path):
+    import json
+
+    from hf_fisher.cli import main
+    from hf_fisher.results import validate_results
+
+    out = tmp_path / "run"
+    argv = ["evaluate", "--num-samples", "30", "--companion-samples", "30", "--path-separation"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) in (0, None)
+    results = validate_results(json.loads((out / "results.json").read_text()))
+    section = results["path_separation"]
+    assert section["settings"]["num_samples"] == 30 and section["bootstrap"] is None
+    assert results["settings"]["companions"]["path_separation"] is True
+    assert section["score"] > 1  # a trained model separates held-out digit classes
