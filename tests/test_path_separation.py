@@ -381,3 +381,19 @@ def test_cli_writes_a_valid_path_separation_section(tmp_path):
     assert section["settings"]["num_samples"] == 30 and section["bootstrap"] is None
     assert results["settings"]["companions"]["path_separation"] is True
     assert section["score"] > 1  # a trained model separates held-out digit classes
+
+
+def test_hugging_face_vit_with_keyword_inputs(vit_dir):
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(vit_dir, dtype=torch.float64)
+    torch.manual_seed(8)
+    pixel_values = torch.randn(20, 3, 16, 16, dtype=torch.float64)
+    labels = torch.arange(20) % 2
+    result = path_separation(model, {"pixel_values": pixel_values}, labels, batch_size=6)
+    draws = {layer.name: layer.edge_draws for layer in result.layers}
+    patches = (16 // 4) ** 2
+    assert draws["vit.embeddings.patch_embeddings.projection"] == 20 * patches  # conv positions
+    assert draws["vit.layers.0.attention.q_proj"] == 20 * (patches + 1)  # tokens
+    assert draws["classifier"] == 20  # the CLS token only
+    assert math.isfinite(result.score) and model.training is False
