@@ -29,6 +29,8 @@ __all__ = [
     "ZeroShotOptions",
     "lipschitz_bound",
     "bound_report",
+    "path_separation",
+    "PathSeparation",
     # models
     "load_classifier",
     "Classifier",
@@ -72,6 +74,8 @@ _SOURCES = {
     "ZeroShotOptions": "hf_fisher.options",
     "lipschitz_bound": "hf_fisher.bounds",
     "bound_report": "hf_fisher.bounds",
+    "path_separation": "hf_fisher.path_separation",
+    "PathSeparation": "hf_fisher.path_separation",
     "load_classifier": "hf_fisher.adapters",
     "Classifier": "hf_fisher.adapters",
     "PreparedBatch": "hf_fisher.adapters",

@@ -1,9 +1,9 @@
 """Companion measurements that show how far to trust the Fisher number, run after the main pass.
 
 Each one fills a section of results.json ("attacks", "noise_curves", "kl_check", "clever",
-"frequency", "bound") on the first ``num_samples`` evaluated samples, in the same input space as the
-Fisher. They are run by the main process only; under a launcher the other processes return
-once the Fisher records are gathered, without waiting at a (timed) barrier.
+"frequency", "bound", "path_separation") on the first ``num_samples`` evaluated samples, in the
+same input space as the Fisher. They are run by the main process only; under a launcher the other
+processes return once the Fisher records are gathered, without waiting at a (timed) barrier.
 """
 
 from __future__ import annotations
@@ -100,6 +100,15 @@ def _frequency_applies(classifier: Classifier, options: CompanionOptions) -> str
         return (
             f"the frequency view needs images in pixel space, not {classifier.input_space!r}; "
             "drop --frequency or use --input-space pixels"
+        )
+    return None
+
+
+def _path_separation_applies(classifier: Classifier, options: CompanionOptions) -> str | None:
+    if classifier.modality == "text":
+        return (
+            "--path-separation is not available for text models: padding tokens would be "
+            "counted as draws of each layer's edges"
         )
     return None
 
@@ -217,6 +226,21 @@ def _run_frequency(batch: CompanionInputs) -> dict:
     ).to_json()
 
 
+def _run_path_separation(batch: CompanionInputs) -> dict:
+    from hf_fisher.path_separation import path_separation
+
+    return path_separation(
+        batch.classifier.model,
+        batch.inputs,
+        batch.labels,
+        forward=batch.logit_fn,
+        batch_size=len(batch.labels),
+        gamma=batch.options.path_gamma,
+        bootstrap=batch.options.path_bootstrap,
+        seed=batch.seed,
+    ).to_json()
+
+
 COMPANIONS: tuple[Companion, ...] = (
     # data-free and cheap: first, so an unsupported model fails early
     Companion(
@@ -256,6 +280,14 @@ COMPANIONS: tuple[Companion, ...] = (
         _frequency_applies,
         _run_frequency,
         headlines.frequency_headline,
+    ),
+    Companion(
+        "--path-separation",
+        "path_separation",
+        lambda o: o.path_separation,
+        _path_separation_applies,
+        _run_path_separation,
+        headlines.path_separation_headline,
     ),
 )
 """The companion measurements, in the order they run; each says which classifiers it fits."""

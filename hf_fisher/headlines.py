@@ -141,6 +141,29 @@ def frequency_headline(section: dict) -> Headline:
     return Headline(values, (first, second))
 
 
+def path_separation_headline(section: dict) -> Headline:
+    """Class separation S in weight-activation paths vs activations alone (1 = none)."""
+    boot = section.get("bootstrap")
+    interval = None if boot is None else boot["intervals"].get("score")
+    values = {
+        "score": section["score"],
+        "score_ci": interval,
+        "activation_score": section["activation_score"],
+        "excess_score": section["excess_score"],
+        "num_layers": len(section["layers"]),
+    }
+    ci = "" if interval is None else f" [{_num(interval[0])}, {_num(interval[1])}]"
+    first = (
+        f"path separation S {_num(section['score'])}{ci} over {len(section['layers'])} layers "
+        "(1 = no class separation)"
+    )
+    second = (
+        f"activation-only S {_num(section['activation_score'])}; "
+        f"excess divergence {_num(section['excess_score'])} nats (reconstructed definition)"
+    )
+    return Headline(values, (first, second))
+
+
 def bound_headline(section: dict) -> Headline:
     """The data-free bound on lambda_max and how loose it is against the measured values."""
     values = {

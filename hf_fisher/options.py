@@ -94,6 +94,15 @@ def _attack_norm(name: str, flag: str, value: Any) -> None:
         raise InputError(f"attacks={value!r}; choose 'l2' or 'linf'")
 
 
+def _share(name: str, flag: str, value: Any) -> None:
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or not 0 < value <= 1:
+        raise InputError(
+            f"{name} ({flag}) must be a share in (0, 1], got {value!r}: the fraction of a unit's "
+            "positive input whose carrying edges count as on, e.g. 0.9"
+        )
+
+
 def floats(text: str) -> list[float]:
     """Parse a comma-separated list of numbers (an argparse ``type``)."""
     try:
@@ -427,6 +436,10 @@ class CompanionOptions(_Options):
         frequency_bands, frequency_fill, frequency_pixel_map: I-ASIDE knobs.
         bound: the data-free architecture bound on lambda_max, set against the measured
             values (plain ``nn.Sequential`` stacks only; see :mod:`hf_fisher.bounds`).
+        path_separation: Bernoulli path separation of the classes, weight x activation paths
+            vs activations alone (a reconstruction of arXiv 2605.21313; see
+            :mod:`hf_fisher.path_separation`).
+        path_gamma, path_bootstrap: its edge-event share and Poisson-bootstrap resamples.
         num_samples: how many of the evaluated samples the companions use.
     """
 
@@ -469,6 +482,19 @@ class CompanionOptions(_Options):
         "data-free architecture bound on lambda_max vs the measured values "
         "(plain nn.Sequential stacks only)",
     )
+    path_separation: bool = knob(
+        False,
+        "Bernoulli path separation of the classes (reconstruction of arXiv 2605.21313)",
+    )
+    path_gamma: float = knob(
+        0.9, "share of a unit's positive input whose edges count as on", type=float, check=_share
+    )
+    path_bootstrap: int = knob(
+        0,
+        "Poisson-bootstrap resamples for path-separation intervals",
+        type=int,
+        check=integer(0, "bootstrap resamples (0: no intervals)"),
+    )
     num_samples: int = knob(
         64,
         "evaluated samples the companions use",
@@ -480,7 +506,15 @@ class CompanionOptions(_Options):
     @property
     def requested(self) -> bool:
         """Whether any measurement is requested."""
-        wanted = (self.attacks, self.noise, self.kl_check, self.clever, self.frequency, self.bound)
+        wanted = (
+            self.attacks,
+            self.noise,
+            self.kl_check,
+            self.clever,
+            self.frequency,
+            self.bound,
+            self.path_separation,
+        )
         return any(wanted)
 
     def settings(self) -> dict:

@@ -649,6 +649,7 @@ def _companion_requests():
         "clever": CompanionOptions(clever=True),
         "frequency": CompanionOptions(frequency=True),
         "bound": CompanionOptions(bound=True),
+        "path_separation": CompanionOptions(path_separation=True),
     }
 
 

@@ -1116,6 +1116,18 @@ RUNNER_CASES: list[Case] = [
         error=DatasetError,
         match=r"column 'labels' holds lists of labels .* the model is single-label \(softmax\)",
     ),
+    # Path separation: a share outside (0, 1] is refused before the model loads.
+    Case(
+        "runner-path-separation-gamma-out-of-range",
+        lambda tmp_path: evaluate_robustness(
+            "not-a-model-that-would-load",
+            num_samples=4,
+            progress=False,
+            companions=CompanionOptions(path_separation=True, path_gamma=1.5),
+        ),
+        error=InputError,
+        match=r"path_gamma \(--path-gamma\) must be a share in \(0, 1\], got 1\.5",
+    ),
 ]
 
 # --- report: cards, submissions, leaderboard ----------------------------------------------

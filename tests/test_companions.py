@@ -115,7 +115,7 @@ def test_registry_has_one_entry_per_section_and_flag():
     from hf_fisher.companions import COMPANIONS, requested_companions
 
     assert [c.section for c in COMPANIONS] == [
-        "bound", "attacks", "noise_curves", "kl_check", "clever", "frequency",
+        "bound", "attacks", "noise_curves", "kl_check", "clever", "frequency", "path_separation",
     ]  # fmt: skip
     flags = {flag for action in build_parser()._subparsers._group_actions[0].choices[  # noqa: SLF001
         "evaluate"]._actions for flag in action.option_strings}  # noqa: SLF001

@@ -34,7 +34,9 @@ PROBE_SIZE = 2
 _DETERMINISM_RTOL = 1e-4
 _DETERMINISM_ATOL = 1e-5
 
-COMPANIONS = frozenset({"attacks", "noise", "kl_check", "clever", "frequency", "bound"})
+COMPANIONS = frozenset(
+    {"attacks", "noise", "kl_check", "clever", "frequency", "bound", "path_separation"}
+)
 """Every companion measurement (see :mod:`hf_fisher.companions`), by name."""
 
 

@@ -81,6 +81,11 @@ REPORT_REGISTRY: Mapping[str, Companion] = MappingProxyType(
             "hf_fisher.report.sections.bound:plot_bound",
             "hf_fisher.report.sections.bound:card_bound",
         ),
+        "path_separation": Companion(
+            "Path separation",
+            "hf_fisher.report.sections.path_separation:plot_path_separation",
+            "hf_fisher.report.sections.path_separation:card_path_separation",
+        ),
     }
 )
 # Views of REPORT_REGISTRY, derived so that they cannot drift from it.
