@@ -43,6 +43,12 @@ def add_evaluate_parser(subparsers) -> None:
         "model's by name, integer labels taken as the model's ids",
     )
     parser.add_argument("--input-space", choices=("pixels", "normalized", "embeddings"))
+    parser.add_argument(
+        "--position",
+        choices=("last", "all"),
+        help="causal language models: the next token after each text (last, default) or "
+        "every next token of the text, teacher-forced (all)",
+    )
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--out", help="output directory for results.json and per_sample.csv")
@@ -105,6 +111,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         trust_remote_code=args.trust_remote_code,
         companions=companions,
+        position=args.position,
     )
     if report.out_dir is None or _is_main():
         print(report.format_summary())

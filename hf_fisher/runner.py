@@ -94,6 +94,11 @@ class RobustnessReport:
             f"  input space {settings['input_space']}",
             f"samples {summary['num_samples']}  accuracy "
             + ("n/a" if summary["accuracy"] is None else f"{summary['accuracy']:.4f}")
+            + (
+                f"  next-token accuracy {summary['position_accuracy']:.4f}"
+                if summary.get("position_accuracy") is not None
+                else ""
+            )
             + (f"  skipped {len(self.results['skipped'])}" if self.results["skipped"] else ""),
             f"{'quantity':<14}{'mean':>11}{'median':>11}{'p05':>11}{'p95':>11}"
             f"{'median 95% CI':>25}",
@@ -344,21 +349,99 @@ def _remove_partial(partial: Path) -> None:
         logger.warning("kept %s: it holds files that hf-fisher did not write", partial)
 
 
+@dataclass
+class Positions:
+    """What per-position records need from a prepared batch (structured outputs).
+
+    Attributes:
+        output_mask: (N, T) 0/1 output positions that count, or None when all do.
+        targets: (N, T) the known class at each output position (a text's next token), or None.
+        input_lengths: (N,) real input positions per sample (text: non-padded tokens).
+        names: per sample, the real input positions' names (text: tokens), or None.
+    """
+
+    output_mask: torch.Tensor | None
+    targets: torch.Tensor | None
+    input_lengths: list[int]
+    names: list[list[str]] | None
+
+    @staticmethod
+    def of(classifier: Classifier, batch: Any) -> Positions:
+        """Read them from the classifier (which knows its batches' layout)."""
+        if batch.space_mask is not None and batch.inputs.ndim == 3:  # text: (N, L, H)
+            lengths = batch.space_mask[:, :, 0].sum(dim=1).long().tolist()
+        else:
+            lengths = [None] * len(batch)
+        mask = classifier.output_mask(batch)
+        targets = classifier.output_targets(batch)
+        return Positions(
+            output_mask=None if mask is None else mask.cpu(),
+            targets=None if targets is None else targets.cpu(),
+            input_lengths=lengths,
+            names=classifier.input_position_names(batch),
+        )
+
+
+def _position_fields(spectrum: FisherSpectrum, row: int, positions: Positions) -> dict:
+    """Per-position shares of one sample, and its prediction at its most sensitive output.
+
+    Structured (N, T, K) logits: ``predicted`` and ``probability`` are the class and its
+    probability at the output position with the largest share of lambda_max.
+    """
+    fields: dict = {}
+    length = positions.input_lengths[row]
+    if spectrum.input_shares is not None:
+        shares = spectrum.input_shares[row][:length]
+        fields["input_shares"] = shares.tolist()
+        fields["most_sensitive_input"] = int(shares.argmax())
+        if positions.names is not None:
+            fields["input_tokens"] = positions.names[row]
+    if spectrum.output_shares is None:
+        return fields
+    logits = spectrum.logits[row]  # (T, K)
+    mask = positions.output_mask
+    counted = torch.ones(len(logits), dtype=torch.bool) if mask is None else mask[row].bool()
+    shares = spectrum.output_shares[row][: length or len(logits)]
+    top = int(shares.argmax())
+    probs = torch.softmax(logits[top], dim=-1)
+    fields.update(
+        output_shares=shares.tolist(),
+        most_sensitive_output=top,
+        num_positions=int(counted.sum()),
+        predicted=int(probs.argmax()),
+        probability=float(probs.max()),
+    )
+    if positions.targets is not None and counted.any():
+        hits = logits.argmax(dim=-1) == positions.targets[row][: len(logits)]
+        fields["position_accuracy"] = float(hits[counted].double().mean())
+    return fields
+
+
 def _records_from_spectrum(
-    spectrum: FisherSpectrum, indices: list[int], labels: list[int] | None, kl_tau: float
+    spectrum: FisherSpectrum,
+    indices: list[int],
+    labels: list[int] | None,
+    kl_tau: float,
+    positions: Positions | None = None,
 ) -> list[dict]:
     probabilities = spectrum.probabilities
-    predicted = spectrum.predicted.tolist()
+    predicted = spectrum.predicted.tolist() if spectrum.logits.ndim == 2 else None
     records = []
     for row, index in enumerate(indices):
-        label = predicted[row] if labels is None else labels[row]
+        structured = {} if positions is None else _position_fields(spectrum, row, positions)
+        if predicted is None:
+            record_predicted, probability = structured["predicted"], structured["probability"]
+        else:
+            record_predicted = predicted[row]
+            probability = float(probabilities[row, record_predicted])
+        label = record_predicted if labels is None else labels[row]
         norm = float(spectrum.spectral_norm[row])
         record = {
             "index": index,
             "label": int(label),
-            "predicted": int(predicted[row]),
-            "probability": float(probabilities[row, predicted[row]]),
-            "correct": bool(predicted[row] == label),
+            "predicted": int(record_predicted),
+            "probability": probability,
+            "correct": bool(record_predicted == label),
             "spectral_norm": norm,
             "trace": float(spectrum.trace[row]),
             "kl_radius": kl_radius(norm, kl_tau),
@@ -374,6 +457,7 @@ def _records_from_spectrum(
             record["trace_ci"] = spectrum.trace_ci[row].tolist()
         if spectrum.eigenvalues.shape[1] > 1:
             record["eigenvalues"] = spectrum.eigenvalues[row].tolist()
+        record.update({k: v for k, v in structured.items() if k not in record})
         records.append(to_jsonable(record))
     return records
 
@@ -467,6 +551,7 @@ def evaluate_robustness(
     labels: list[int] | None = None,
     label_mapping: dict[str, int | str] | None = None,
     options: EstimatorOptions | None = None,
+    position: str | None = None,
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -504,6 +589,8 @@ def evaluate_robustness(
             match) and integer labels are the model's ids; see :mod:`hf_fisher.labels`.
         options: an :class:`~hf_fisher.options.EstimatorOptions`, instead of the estimator
             keywords.
+        position: causal language models: "last" (default, the next token after each text)
+            or "all" (every next token of the text, teacher-forced).
 
     Returns:
         A :class:`RobustnessReport`.
@@ -539,6 +626,7 @@ def evaluate_robustness(
         companions=companions,
         labels=labels,
         label_mapping=label_mapping,
+        position=position,
     )
     results = gather_results(plan, compute_records(plan))
     if plan.wants_companions:
@@ -632,6 +720,7 @@ def plan_run(
     companions: CompanionOptions | None = None,
     labels: list[int] | None = None,
     label_mapping: dict[str, int | str] | None = None,
+    position: str | None = None,
 ) -> RunPlan:
     """Check the options, load the model and data, resolve the method, prepare the directory.
 
@@ -651,13 +740,12 @@ def plan_run(
         compute_dtype,
         input_space=input_space,
         trust_remote_code=trust_remote_code,
+        position=position,
     )
     if companions is not None and companions.requested:
         check_companions(classifier, companions)
     rows, dataset_name, split = load_any_dataset(dataset, split=split, config=config)
-    columns, label_col, modality = detect_columns(
-        rows, input_columns=input_columns, label_column=label_column
-    )
+    columns, label_col, modality = _columns(classifier, rows, input_columns, label_column)
     alignment = _alignment(classifier, rows, label_col, label_mapping)
     indices = sample_indices(len(rows), run.num_samples, estimator.seed)
     if classifier.input_shape is None and classifier.modality != "text":
@@ -694,6 +782,30 @@ def plan_run(
         progress=progress,
         started=started,
     )
+
+
+def _columns(
+    classifier: Classifier, rows: Any, input_columns: list[str] | None, label_column: str | None
+) -> tuple[list[str], str | None, str]:
+    """Input columns, label column and modality; structured outputs read no labels."""
+    columns, label_col, modality = detect_columns(
+        rows, input_columns=input_columns, label_column=label_column
+    )
+    return columns, _readable_label_column(classifier, label_col), modality
+
+
+def _readable_label_column(classifier: Classifier, label_col: str | None) -> str | None:
+    """The label column, or None for structured outputs (their labels are not read)."""
+    outputs = classifier.outputs_info()
+    if outputs is None or label_col is None:
+        return label_col
+    logger.warning(
+        "ignoring the label column %r: labels are not read for %s outputs (the records "
+        "describe the model's own predictions)",
+        label_col,
+        outputs["kind"],
+    )
+    return None
 
 
 def _dataset_info(
@@ -739,7 +851,7 @@ def _settings(
     classifier: Classifier, estimator: EstimatorOptions, run: RunOptions, concrete: str
 ) -> dict:
     """The settings section (and the fingerprint's): every knob that shapes the numbers."""
-    return {
+    settings = {
         **estimator.to_settings(),
         "method": concrete,
         "requested_method": estimator.method,
@@ -748,6 +860,10 @@ def _settings(
         "dtype": str(classifier.dtype).removeprefix("torch."),
         "kl_tau": run.kl_tau,
     }
+    outputs = classifier.outputs_info()
+    if outputs is not None:  # structured outputs: what the output positions are
+        settings["outputs"] = outputs
+    return settings
 
 
 def compute_records(plan: RunPlan) -> Computed:
@@ -802,7 +918,10 @@ def _batch_records(plan: RunPlan, batch_indices: list[int], used: set[int]) -> l
             classifier, prepared, decoded.indices, plan.estimator.to_settings()
         )
         used.add(size)
-        new += _records_from_spectrum(spectrum, decoded.indices, decoded.labels, plan.run.kl_tau)
+        positions = Positions.of(classifier, prepared) if classifier.position_summaries else None
+        new += _records_from_spectrum(
+            spectrum, decoded.indices, decoded.labels, plan.run.kl_tau, positions
+        )
     return new
 
 
@@ -823,7 +942,11 @@ def gather_results(plan: RunPlan, computed: Computed) -> dict:
     summary = summarize(per_sample, seed=plan.estimator.seed)
     if plan.label_col is None:
         summary["accuracy"] = None  # the labels are the predictions: 1.0 by construction
+    if any("position_accuracy" in record for record in per_sample):
+        summary["position_accuracy"] = _position_accuracy(per_sample)
+    sections = _pixel_sensitivity(plan, per_sample)
     return {
+        **sections,
         "schema_version": SCHEMA_VERSION,
         "hf_fisher_version": package_versions()["hf-fisher"] or "0+unknown",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -843,6 +966,31 @@ def gather_results(plan: RunPlan, computed: Computed) -> dict:
         "summary": summary,
         "per_sample": per_sample,
         "skipped": skipped,
+    }
+
+
+def _position_accuracy(per_sample: list[dict]) -> float | None:
+    """Next-token accuracy over every counted position of every text (position="all")."""
+    counted = [
+        (r["position_accuracy"], r["num_positions"]) for r in per_sample if r.get("num_positions")
+    ]
+    total = sum(count for _, count in counted)
+    return sum(value * count for value, count in counted) / total if total else None
+
+
+def _pixel_sensitivity(plan: RunPlan, per_sample: list[dict]) -> dict:
+    """A segmenter's mean per-pixel shares, as the ``pixel_sensitivity`` section (else none)."""
+    outputs = plan.settings.get("outputs") or {}
+    if outputs.get("kind") != "pixels" or "output_shares" not in per_sample[0]:
+        return {}
+    return {
+        "pixel_sensitivity": {
+            "num_samples": len(per_sample),
+            "output_grid": outputs["grid"],
+            "input_grid": list(plan.classifier.input_shape[1:]),
+            "mean_output_shares": np.mean([r["output_shares"] for r in per_sample], 0).tolist(),
+            "mean_input_shares": np.mean([r["input_shares"] for r in per_sample], 0).tolist(),
+        }
     }
 
 

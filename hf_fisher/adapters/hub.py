@@ -14,6 +14,7 @@ from torch import nn
 
 from hf_fisher.adapters.base import Checkpoint, Classifier, _default_device, _determinism_check
 from hf_fisher.adapters.module import wrap_module
+from hf_fisher.adapters.structured import LM_POSITIONS, CausalLMClassifier
 from hf_fisher.adapters.tasks import MODULE, Task, task_of
 from hf_fisher.errors import ModelLoadError, NotAClassifierError
 from hf_fisher.operators import LIKELIHOODS
@@ -29,6 +30,7 @@ def load_classifier(
     trust_remote_code: bool = False,
     input_shape: tuple[int, ...] | None = None,
     likelihood: str | None = None,
+    position: str | None = None,
 ) -> Classifier:
     """Wrap a Hub id, local directory, ``nn.Module`` or :class:`Classifier` as a Classifier.
 
@@ -54,6 +56,8 @@ def load_classifier(
             Default: "bernoulli" when the model's config has
             ``problem_type="multi_label_classification"``, else "categorical". Given for a
             Classifier, it is set on that Classifier in place.
+        position: causal language models only: "last" (default: the next token after the
+            prompt) or "all" (every next token of the text, teacher-forced).
 
     Returns:
         A :class:`Classifier` (an image, text or module classifier).
@@ -77,7 +81,13 @@ def load_classifier(
             f"got likelihood={likelihood!r}; use 'categorical' (softmax, one label per input) or "
             "'bernoulli' (independent sigmoids, multi-label)"
         )
+    if position is not None and position not in LM_POSITIONS:
+        raise ModelLoadError(
+            f"got position={position!r}; use 'last' (the next token after the prompt) or 'all' "
+            "(every next token of the text, teacher-forced)"
+        )
     if isinstance(model, Classifier):
+        _set_position(model, position)
         if likelihood is not None:
             model.likelihood = likelihood
         if device is None and dtype is None:
@@ -98,7 +108,21 @@ def load_classifier(
         )
     if likelihood is not None:
         classifier.likelihood = likelihood
+    _set_position(classifier, position)
     return classifier
+
+
+def _set_position(classifier: Classifier, position: str | None) -> None:
+    """Set a causal LM's ``position``; refuse it for any other model."""
+    if position is None:
+        return
+    if not isinstance(classifier, CausalLMClassifier):
+        raise ModelLoadError(
+            f"position={position!r} applies to causal language models only; "
+            f"{classifier.source.get('id')!r} is a {classifier.source.get('task') or 'module'} "
+            "model: leave position out"
+        )
+    classifier.position = position
 
 
 def _commit_hash(name: str, revision: str | None) -> str | None:
@@ -215,10 +239,10 @@ def _load_pretrained(
     classifier._num_classes = _determinism_check(
         lambda: classifier(batch.inputs, **batch.context), len(batch), source["architecture"]
     )
-    if classifier._num_classes != len(id2label):
+    if classifier._num_classes != len(classifier.id2label):  # a causal LM's: its vocabulary
         raise NotAClassifierError(
             f"{name!r} returns {classifier._num_classes} logits but its config names "
-            f"{len(id2label)} labels; fix id2label in config.json"
+            f"{len(classifier.id2label)} labels; fix id2label in config.json"
         )
     return classifier
 

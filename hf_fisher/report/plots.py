@@ -75,6 +75,11 @@ REPORT_REGISTRY: Mapping[str, Companion] = MappingProxyType(
             "hf_fisher.report.sections.bound:plot_bound",
             "hf_fisher.report.sections.bound:card_bound",
         ),
+        "pixel_sensitivity": Companion(
+            "Per-pixel sensitivity",
+            "hf_fisher.report.sections.pixel_sensitivity:plot_pixel_sensitivity",
+            "hf_fisher.report.sections.pixel_sensitivity:card_pixel_sensitivity",
+        ),
     }
 )
 # Views of REPORT_REGISTRY, derived so that they cannot drift from it.
