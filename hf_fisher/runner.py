@@ -356,30 +356,35 @@ class Positions:
     Attributes:
         output_mask: (N, T) 0/1 output positions that count, or None when all do.
         targets: (N, T) the known class at each output position (a text's next token), or None.
-        input_lengths: (N,) real input positions per sample (text: non-padded tokens).
+        real: (N, L) bool, the real (non-padded) tokens of a text batch, or None (images).
         names: per sample, the real input positions' names (text: tokens), or None.
     """
 
     output_mask: torch.Tensor | None
     targets: torch.Tensor | None
-    input_lengths: list[int]
+    real: torch.Tensor | None
     names: list[list[str]] | None
 
     @staticmethod
     def of(classifier: Classifier, batch: Any) -> Positions:
         """Read them from the classifier (which knows its batches' layout)."""
+        real = None
         if batch.space_mask is not None and batch.inputs.ndim == 3:  # text: (N, L, H)
-            lengths = batch.space_mask[:, :, 0].sum(dim=1).long().tolist()
-        else:
-            lengths = [None] * len(batch)
+            real = batch.space_mask[:, :, 0].bool().cpu()
         mask = classifier.output_mask(batch)
         targets = classifier.output_targets(batch)
         return Positions(
             output_mask=None if mask is None else mask.cpu(),
             targets=None if targets is None else targets.cpu(),
-            input_lengths=lengths,
+            real=real,
             names=classifier.input_position_names(batch),
         )
+
+    def kept(self, values: torch.Tensor, row: int) -> torch.Tensor:
+        """A text's values at its real tokens (padding left out, either side); else all."""
+        if self.real is None or len(values) != self.real.shape[1]:
+            return values
+        return values[self.real[row]]
 
 
 def _position_fields(spectrum: FisherSpectrum, row: int, positions: Positions) -> dict:
@@ -389,9 +394,8 @@ def _position_fields(spectrum: FisherSpectrum, row: int, positions: Positions) -
     probability at the output position with the largest share of lambda_max.
     """
     fields: dict = {}
-    length = positions.input_lengths[row]
     if spectrum.input_shares is not None:
-        shares = spectrum.input_shares[row][:length]
+        shares = positions.kept(spectrum.input_shares[row], row)
         fields["input_shares"] = shares.tolist()
         fields["most_sensitive_input"] = int(shares.argmax())
         if positions.names is not None:
@@ -401,9 +405,9 @@ def _position_fields(spectrum: FisherSpectrum, row: int, positions: Positions) -
     logits = spectrum.logits[row]  # (T, K)
     mask = positions.output_mask
     counted = torch.ones(len(logits), dtype=torch.bool) if mask is None else mask[row].bool()
-    shares = spectrum.output_shares[row][: length or len(logits)]
+    shares = positions.kept(spectrum.output_shares[row], row)
     top = int(shares.argmax())
-    probs = torch.softmax(logits[top], dim=-1)
+    probs = torch.softmax(positions.kept(logits, row)[top], dim=-1)
     fields.update(
         output_shares=shares.tolist(),
         most_sensitive_output=top,

@@ -39,13 +39,14 @@ def check_compute_dtype(dtype: torch.dtype, what: str) -> None:
         )
 
 
-def _check_black_box_structure(num_positions: int, method: str, black_box: bool) -> None:
+def _check_black_box_structure(outputs: dict | None, method: str, black_box: bool) -> None:
     spec = registry.REGISTRY.get(method)
-    if num_positions > 1 and (black_box or (spec is not None and spec.black_box)):
+    if outputs is not None and (black_box or (spec is not None and spec.black_box)):
         raise InputError(
-            "black-box estimates support only models with one prediction per input, and this "
-            "model predicts at several output positions (tokens or pixels); use a white-box "
-            "method (black_box=False, method 'auto', 'exact' or 'lanczos')"
+            "black-box estimates support only image and text classifiers, and this model has "
+            f"structured outputs ({outputs['kind']}: several output positions, or a vocabulary "
+            "too large for a K x K sketch); use a white-box method (black_box=False, method "
+            "'auto', 'exact' or 'lanczos')"
         )
 
 
@@ -157,7 +158,7 @@ def resolve_run_method(
     if batch_size < 1:
         raise InputError(f"got batch_size={batch_size}; pass a positive batch size")
     _check_black_box_likelihood(classifier.likelihood, method, black_box)
-    _check_black_box_structure(classifier.output_positions, method, black_box)
+    _check_black_box_structure(classifier.outputs_info(), method, black_box)
     if method != "auto" or black_box:
         return resolve_method(method, black_box, None, 0, batch_size)
     dim = _max_input_dim(classifier) if input_dim is None else input_dim

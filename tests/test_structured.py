@@ -245,7 +245,7 @@ def test_bad_position_is_refused_before_loading(tmp_path):
 
 
 def test_black_box_is_refused_for_several_output_positions(token_dir):
-    with pytest.raises(InputError, match="predicts at several output positions"):
+    with pytest.raises(InputError, match=r"structured outputs \(tokens: several output positions"):
         fisher_spectrum(token_dir, PROMPTS[:2], black_box=True)
 
 
@@ -341,3 +341,9 @@ def test_cli_segformer_on_a_saved_image_dataset(monkeypatch, tmp_path):
     assert len(section["mean_output_shares"]) == 16 and len(section["mean_input_shares"]) == 256
     assert abs(sum(section["mean_output_shares"]) - 1) < 1e-9
     assert (tmp_path / "out" / "robustness_plots" / "pixel_sensitivity.png").is_file()
+
+
+def test_black_box_is_refused_for_a_causal_lm(lm_dir):
+    """One next token, but a vocabulary-sized K: no K x K sketch."""
+    with pytest.raises(InputError, match=r"structured outputs \(next-token"):
+        fisher_spectrum(lm_dir, PROMPTS[:2], method="sketch")
