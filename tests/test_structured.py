@@ -347,3 +347,38 @@ def test_black_box_is_refused_for_a_causal_lm(lm_dir):
     """One next token, but a vocabulary-sized K: no K x K sketch."""
     with pytest.raises(InputError, match=r"structured outputs \(next-token"):
         fisher_spectrum(lm_dir, PROMPTS[:2], method="sketch")
+
+
+@pytest.mark.parametrize("name", models.LM_FAMILIES)
+def test_each_causal_lm_family_matches_dense_truth(tmp_path, name):
+    """LLaMA, Mistral, Qwen2 and GPT-2 (absolute positions, tied output layer) load by their
+    architecture name and give the dense next-token Fisher, in a padded batch."""
+    directory = models.build_causal_lm(tmp_path / name, family=name)
+    classifier = load_classifier(directory, dtype=torch.float64)
+    assert classifier.source["task"] == "text-generation"
+    batch = classifier.prepare(PROMPTS[:3])
+    fishers = torch.cat(
+        [
+            dense_fisher(classifier.logit_fn(one), one.inputs, one.space_mask)
+            for one in (batch.select([i]) for i in range(len(batch)))
+        ]
+    )
+    values = torch.linalg.eigvalsh(fishers)[:, -1]
+    result = fisher_spectrum(classifier, PROMPTS[:3], method="lanczos", tol=1e-9)
+    assert _relative(result.spectral_norm, values) < TRUTH_RTOL
+
+
+def test_lm_tokenizer_with_neither_pad_nor_eos_is_refused(tmp_path):
+    tokenizer = models.build_lm_tokenizer()
+    tokenizer.eos_token = None
+    directory = models.build_causal_lm(tmp_path / "lm", tokenizer=tokenizer)
+    with pytest.raises(ModelLoadError, match="neither a padding nor an end-of-sequence token"):
+        load_classifier(directory)
+
+
+def test_lm_without_its_tokenizer_is_refused(tmp_path):
+    directory = models.build_causal_lm(tmp_path / "lm")
+    for path in directory.glob("tokenizer*"):
+        path.unlink()
+    with pytest.raises(ModelLoadError, match="found no tokenizer.*tokenizer.save_pretrained"):
+        load_classifier(directory)

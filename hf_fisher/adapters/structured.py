@@ -105,9 +105,9 @@ class CausalLMClassifier(_StructuredText):
     continuations would average over sampled continuations instead (an expectation hf-fisher
     does not take). Excluded: padding and the last token (nothing of the text follows it).
 
-    Tokenizers without a padding token get their end-of-sequence token as padding, on the right,
-    so real tokens never attend to it (left padding leaves fully masked attention rows, whose
-    NaN gradients would reach the Fisher). For ``position="last"`` the output layer runs only
+    Tokenizers without a padding token (or with one outside the model's vocabulary) get their
+    end-of-sequence token as padding, on the right, so real tokens never attend to it (left
+    padding leaves fully masked attention rows, whose NaN gradients would reach the Fisher). For ``position="last"`` the output layer runs only
     at the prompts' last positions (``logits_to_keep`` where the model takes it): the
     class-space work of a Fisher product is O(K) per distinct prompt length, not O(L K).
     """
@@ -143,7 +143,9 @@ class CausalLMClassifier(_StructuredText):
             ModelLoadError: no tokenizer, or one with neither a padding nor an end token.
         """
         tokenizer = _load_tokenizer(checkpoint.name, checkpoint.hub_kwargs)
-        if tokenizer.pad_token is None:
+        size = model.get_output_embeddings().weight.shape[0]
+        pad = tokenizer.pad_token_id
+        if pad is None or pad >= size:  # none, or one the model has no embedding for
             if tokenizer.eos_token is None:
                 raise ModelLoadError(
                     f"the tokenizer of {checkpoint.name!r} has neither a padding nor an "
@@ -151,7 +153,6 @@ class CausalLMClassifier(_StructuredText):
                     "and save it"
                 )
             tokenizer.pad_token = tokenizer.eos_token
-        size = model.get_output_embeddings().weight.shape[0]
         common = {**checkpoint.common, "id2label": _vocabulary(tokenizer, size)}
         return cls(model, tokenizer=tokenizer, input_space=space, input_shape=None, **common)
 

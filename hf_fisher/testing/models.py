@@ -40,6 +40,7 @@ from hf_fisher.digits import DEFAULT_MODEL_DIR
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
+    "LM_FAMILIES",
     "TEXT_CORPUS",
     "build_bert",
     "build_bert_token_classifier",
@@ -296,29 +297,45 @@ def build_lm_tokenizer(
     )
 
 
+LM_FAMILIES = ("llama", "mistral", "qwen2", "gpt2")
+"""The causal-LM families :func:`build_causal_lm` builds (LLaMA-style unless asked)."""
+
+
+def _lm_config(family: str, vocab: int, hidden: int, tokenizer: PreTrainedTokenizerFast):
+    import transformers
+
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if family == "gpt2":
+        return transformers.GPT2Config(
+            vocab_size=vocab, n_embd=hidden, n_layer=1, n_head=2, n_positions=64,
+            initializer_range=0.3, **special,
+        )
+    names = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config"}
+    return getattr(transformers, names[family])(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+        initializer_range=0.3, tie_word_embeddings=False, **special,
+    )
+
+
 def build_causal_lm(
     directory: str | Path, vocab_size: int = 64, *, hidden_size: int = 16, seed: int = 0,
-    tokenizer: PreTrainedTokenizerFast | None = None,
+    tokenizer: PreTrainedTokenizerFast | None = None, family: str = "llama",
 ) -> Path:
-    """Save a one-layer LLaMA-style causal LM (hidden size 16) with a local BPE tokenizer.
+    """Save a one-layer causal LM (hidden size 16) with a locally trained BPE tokenizer.
 
     ``vocab_size`` is the size of the tokenizer's vocabulary (the BPE trainer stops earlier on
-    the small corpus; the model's output layer has exactly ``len(tokenizer)`` tokens).
+    the small corpus; the model's output layer has exactly ``len(tokenizer)`` tokens);
+    ``family`` is one of :data:`LM_FAMILIES` (GPT-2 has absolute positions and tied weights).
     """
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     directory = Path(directory)
     tokenizer = tokenizer or build_lm_tokenizer(vocab_size=vocab_size)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-        max_position_embeddings=64, initializer_range=0.3,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
+    config = _lm_config(family, len(tokenizer), hidden_size, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
