@@ -107,9 +107,10 @@ class CausalLMClassifier(_StructuredText):
 
     Tokenizers without a padding token (or with one outside the model's vocabulary) get their
     end-of-sequence token as padding, on the right, so real tokens never attend to it (left
-    padding leaves fully masked attention rows, whose NaN gradients would reach the Fisher). For ``position="last"`` the output layer runs only
-    at the prompts' last positions (``logits_to_keep`` where the model takes it): the
-    class-space work of a Fisher product is O(K) per distinct prompt length, not O(L K).
+    padding leaves fully masked attention rows, whose NaN gradients would reach the Fisher).
+    For ``position="last"`` the output layer runs only at the prompts' last positions
+    (``logits_to_keep`` where the model takes it): the class-space work of a Fisher product is
+    O(K) per distinct prompt length, not O(L K).
     """
 
     def __init__(self, model: nn.Module, *, position: str = "last", **kwargs: Any) -> None:
