@@ -65,6 +65,12 @@ def add_evaluate_parser(subparsers) -> None:
     )
     parser.add_argument("--input-space", choices=("pixels", "normalized", "embeddings"))
     ZeroShotOptions.add_arguments(parser)
+    parser.add_argument(
+        "--position",
+        choices=("last", "all"),
+        help="causal language models: the next token after each text (last, default) or "
+        "every next token of the text, teacher-forced (all)",
+    )
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument(
@@ -214,6 +220,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         trust_remote_code=args.trust_remote_code,
         companions=companions,
+        position=args.position,
     )
     if report.out_dir is None or _is_main():
         _print_report(report, args)

@@ -12,6 +12,17 @@ own sigmoid, s = sigmoid(z), and its Fisher is that of a product of K Bernoulli 
 of rank <= K ("bernoulli" likelihood). Every function here takes ``likelihood`` and defaults to
 "categorical".
 
+Structured outputs (a token classifier, a segmenter, a language model read at every position)
+predict a product of categoricals ``p(y|x) = prod_t p_t(y_t|x)`` over T output positions: their
+logits are (N, T, K) and the Fisher is the sum over positions,
+
+    F(x) = sum_t J_t^T (diag(p_t) - p_t p_t^T) J_t,
+
+of rank <= T (K-1). The operators read the structure from the logits' shape: every class-space
+formula below acts on the last (class) dimension, position by position, and one product is still
+one double backward and one backward over all positions at once. Positions an adapter excludes
+(padding) have logits that do not depend on the input, so they add nothing.
+
 Every operator here is *batched over samples*: sample i owns its own d x d block F(x_i), and a
 product takes one vector per sample, ``V`` of shape (N, d), to ``F V`` of shape (N, d). Operators
 know nothing about transformers: they take a plain ``logit_fn`` from a continuous input batch
@@ -106,16 +117,16 @@ def apply_class_covariance(probs: Tensor, top_class: Tensor, values: Tensor) -> 
     mathematical no-op that keeps the result accurate when p_top is close to 1.
 
     Args:
-        probs: (N, K) float64 probabilities.
-        top_class: (N,) index of each sample's most probable class.
-        values: (N, K) vectors ``w``.
+        probs: (N, K) (structured: (N, T, K)) float64 probabilities.
+        top_class: (N,) (structured: (N, T)) index of the most probable class.
+        values: (N, K) (structured: (N, T, K)) vectors ``w``.
 
     Returns:
-        (N, K) float64.
+        Float64, shaped like ``values``; position by position for structured outputs.
 
     """
-    shifted = values.double() - values.double().gather(1, top_class[:, None])
-    return probs * (shifted - (probs * shifted).sum(dim=1, keepdim=True))
+    shifted = values.double() - values.double().gather(-1, top_class[..., None])
+    return probs * (shifted - (probs * shifted).sum(dim=-1, keepdim=True))
 
 
 def check_likelihood(likelihood: str) -> None:
@@ -128,10 +139,10 @@ def check_likelihood(likelihood: str) -> None:
 
 
 def class_probabilities(logits: Tensor, likelihood: str = "categorical") -> Tensor:
-    """Float64 softmax (categorical) or per-class sigmoid (bernoulli) of (N, K) logits."""
+    """Float64 softmax (categorical) or per-class sigmoid (bernoulli) of (N, [T,] K) logits."""
     if likelihood == "bernoulli":
         return torch.sigmoid(logits.double())
-    return torch.softmax(logits.double(), dim=1)
+    return torch.softmax(logits.double(), dim=-1)
 
 
 def bernoulli_variances(logits: Tensor) -> Tensor:  # (N, K) -> (N, K) float64
@@ -140,14 +151,21 @@ def bernoulli_variances(logits: Tensor) -> Tensor:  # (N, K) -> (N, K) float64
     return torch.sigmoid(logits) * torch.sigmoid(-logits)
 
 
+def is_structured(logits: Tensor) -> bool:
+    """Whether logits are (N, T, K): a product of categoricals over T output positions."""
+    return logits.ndim == 3
+
+
 def _check_logits(logits: Tensor, num_samples: int) -> None:
-    if logits.ndim != 2 or logits.shape[0] != num_samples or logits.shape[1] < 2:
+    if logits.ndim not in (2, 3) or logits.shape[0] != num_samples or logits.shape[-1] < 2:
         raise NotAClassifierError(
             f"the model returned an output of shape {tuple(logits.shape)} for {num_samples} "
-            "samples; hf-fisher needs classifier logits of shape (N, K) with K >= 2 classes"
+            "samples; hf-fisher needs classifier logits of shape (N, K) with K >= 2 classes "
+            "(or (N, T, K) for T output positions)"
         )
     if not torch.isfinite(logits).all():
-        bad = (~torch.isfinite(logits)).any(dim=1).nonzero().flatten().tolist()
+        bad = (~torch.isfinite(logits)).reshape(num_samples, -1).any(dim=1)
+        bad = bad.nonzero().flatten().tolist()
         raise InputError(
             f"the model produced non-finite logits for samples {bad[:10]}; check those inputs "
             "and the model's dtype (float16 overflows easily)"
@@ -181,10 +199,12 @@ class FisherOperator:
     """Matrix-free input-space Fisher products for a batch, via double backward.
 
     One forward pass builds the graph; each product then costs one double-backward (``J v``) and
-    one backward (``J^T w``) over the whole batch. No weight gradients are formed.
+    one backward (``J^T w``) over the whole batch, and over all output positions at once for
+    structured (N, T, K) logits. No weight gradients are formed.
 
     Args:
-        logit_fn: maps (N, *input_shape) inputs to (N, K) logits; samples must be independent.
+        logit_fn: maps (N, *input_shape) inputs to (N, K) logits, or (N, T, K) for a product
+            of T categoricals; samples must be independent.
         inputs: (N, *input_shape) batch in the input space.
         space_mask: optional (N, *input_shape) 0/1 mask of coordinates that belong to the space.
         likelihood: "categorical" (softmax) or "bernoulli" (multi-label sigmoids).
@@ -220,7 +240,7 @@ class FisherOperator:
             self.logits = logit_fn(self._inputs)
             _check_logits(self.logits, num_samples)
             self.probs = class_probabilities(self.logits.detach(), likelihood)
-            self.top_class = self.probs.argmax(dim=1)
+            self.top_class = self.probs.argmax(dim=-1)
             self._variances = (
                 bernoulli_variances(self.logits.detach()) if likelihood == "bernoulli" else None
             )
@@ -231,58 +251,78 @@ class FisherOperator:
 
     @property
     def num_classes(self) -> int:
-        """K, the number of classes."""
-        return self.logits.shape[1]
+        """K, the number of classes (per output position)."""
+        return self.logits.shape[-1]
+
+    @property
+    def num_positions(self) -> int:
+        """T, the number of output positions: 1 for (N, K) logits."""
+        return self.logits.shape[1] if is_structured(self.logits) else 1
 
     @property
     def rank_bound(self) -> int:
-        """An upper bound on every block's rank: K-1 (categorical) or K (bernoulli)."""
-        return self.num_classes if self.likelihood == "bernoulli" else self.num_classes - 1
+        """An upper bound on every block's rank: T (K-1) (categorical) or T K (bernoulli)."""
+        per_position = self.num_classes if self.likelihood == "bernoulli" else self.num_classes - 1
+        return self.num_positions * per_position
 
     def _mask(self, vectors: Tensor) -> Tensor:
         return vectors if self.space_mask is None else vectors * self.space_mask
 
-    def jvp(self, vectors: Tensor) -> Tensor:  # (N, d) -> (N, K)
+    def jvp(self, vectors: Tensor) -> Tensor:  # (N, d) -> (N, [T,] K)
         """Return ``J v`` per sample (one double-backward pass over the batch)."""
         tangent = self._mask(vectors.to(self.dtype)).reshape(self._inputs.shape)
         (out,) = torch.autograd.grad(self._transpose_graph, self._probe, tangent, retain_graph=True)
         return out.detach()
 
-    def vjp(self, cotangents: Tensor) -> Tensor:  # (N, K) -> (N, d)
+    def vjp(self, cotangents: Tensor) -> Tensor:  # (N, [T,] K) -> (N, d)
         """Return ``J^T w`` per sample (one backward pass over the batch)."""
         (out,) = torch.autograd.grad(
             self.logits, self._inputs, cotangents.to(self.logits.dtype), retain_graph=True
         )
         return self._mask(out.detach().reshape(self.shape))
 
-    def class_covariance(self, values: Tensor) -> Tensor:  # (N, K) -> (N, K) float64
-        """Return ``C w`` per sample: ``C = diag(p) - p p^T`` or ``diag(s (1 - s))``."""
+    def class_covariance(self, values: Tensor) -> Tensor:  # (N, [T,] K) -> same, float64
+        """Return ``C w`` per sample (and position): ``diag(p) - p p^T`` or ``diag(s (1 - s))``."""
         if self._variances is not None:
             return self._variances * values.double()
         return apply_class_covariance(self.probs, self.top_class, values)
 
-    def class_factor(self) -> Tensor:  # (N, K, rank_bound) float64
-        """Return ``B`` with ``B B^T = C`` per sample, in closed form.
+    def class_factor(self) -> Tensor:  # (N, [T,] K, K-1 or K) float64
+        """Return ``B`` with ``B B^T = C`` per sample (and position), in closed form.
 
         Categorical: the columns are logit-difference cotangents built from
         :func:`covariance_factor` of the non-top classes (accurate when p_top is near 1).
         """
         if self._variances is not None:
             return torch.diag_embed(self._variances.sqrt())
-        classes = other_classes(self.top_class, self.num_classes)
-        small = covariance_factor(self.probs.gather(1, classes))  # (N, K-1, K-1)
-        factor = small.new_zeros(self.shape[0], self.num_classes, self.num_classes - 1)
+        probs, top = self.probs.reshape(-1, self.num_classes), self.top_class.reshape(-1)
+        classes = other_classes(top, self.num_classes)
+        small = covariance_factor(probs.gather(1, classes))  # (M, K-1, K-1)
+        factor = small.new_zeros(len(top), self.num_classes, self.num_classes - 1)
         factor.scatter_(1, classes[:, :, None].expand_as(small), small)
-        factor[torch.arange(self.shape[0], device=factor.device), self.top_class] = -small.sum(1)
-        return factor
+        factor[torch.arange(len(top), device=factor.device), top] = -small.sum(1)
+        return factor.reshape(*self.probs.shape, self.num_classes - 1)
 
     def exact_trace(self) -> Tensor:  # (N,) float64
-        """Return ``tr(F) = ||J^T B||_F^2`` exactly, from ``rank_bound`` backward passes."""
+        """Return ``tr(F) = sum_t ||J_t^T B_t||_F^2`` exactly, from ``rank_bound`` backward passes.
+
+        Structured outputs take one position at a time (one backward over all positions would
+        add their gradients, and the cross terms would not cancel).
+        """
         factor = self.class_factor()
-        return sum(
-            self.vjp(factor[:, :, column]).double().pow(2).sum(dim=1)
-            for column in range(factor.shape[2])
-        )
+        if not is_structured(self.logits):
+            return sum(
+                self.vjp(factor[:, :, column]).double().pow(2).sum(dim=1)
+                for column in range(factor.shape[-1])
+            )
+        total = factor.new_zeros(self.shape[0])
+        cotangent = torch.zeros_like(factor[..., 0])
+        for position in range(self.num_positions):
+            for column in range(factor.shape[-1]):
+                cotangent[:, position] = factor[:, position, :, column]
+                total += self.vjp(cotangent).double().pow(2).sum(dim=1)
+            cotangent[:, position] = 0.0
+        return total
 
     def matvec(self, vectors: Tensor) -> Tensor:  # (N, d) -> (N, d)
         """Return ``F_i v_i`` per sample."""
@@ -290,8 +330,18 @@ class FisherOperator:
 
     def quadratic_form(self, vectors: Tensor) -> Tensor:  # (N, d) -> (N,) float64
         """Return ``v_i^T F_i v_i`` per sample from a single ``J v`` product."""
+        return self.position_quadratic_forms(vectors).sum(dim=1)
+
+    def position_quadratic_forms(self, vectors: Tensor) -> Tensor:  # (N, d) -> (N, T) float64
+        """Return each output position's term ``(J_t v)^T C_t (J_t v)`` of ``v^T F v``.
+
+        For a unit eigenvector v these are the positions' shares of lambda_max: to second
+        order, the KL divergence each position's prediction moves by under the perturbation v.
+        One double-backward pass for all positions. (N, 1) for (N, K) logits.
+        """
         jv = self.jvp(vectors).double()
-        return (jv * self.class_covariance(jv)).sum(dim=1)
+        terms = (jv * self.class_covariance(jv)).sum(dim=-1)
+        return terms if terms.ndim == 2 else terms[:, None]
 
 
 def other_classes(top_class: Tensor, num_classes: int) -> Tensor:  # (N,) -> (N, K-1)

@@ -108,6 +108,11 @@ class RobustnessReport:
             f"  input space {settings['input_space']}",
             f"samples {summary['num_samples']}  accuracy "
             + ("n/a" if summary["accuracy"] is None else f"{summary['accuracy']:.4f}")
+            + (
+                f"  next-token accuracy {summary['position_accuracy']:.4f}"
+                if summary.get("position_accuracy") is not None
+                else ""
+            )
             + (f"  skipped {len(self.results['skipped'])}" if self.results["skipped"] else ""),
             f"{'quantity':<14}{'mean':>11}{'median':>11}{'p05':>11}{'p95':>11}"
             f"{'median 95% CI':>25}",
@@ -390,15 +395,97 @@ def _remove_partial(partial: Path) -> None:
         logger.warning("kept %s: it holds files that hf-fisher did not write", partial)
 
 
+@dataclass
+class Positions:
+    """What per-position records need from a prepared batch (structured outputs).
+
+    Attributes:
+        output_mask: (N, T) 0/1 output positions that count, or None when all do.
+        targets: (N, T) the known class at each output position (a text's next token), or None.
+        real: (N, L) bool, the real (non-padded) tokens of a text batch, or None (images).
+        names: per sample, the real input positions' names (text: tokens), or None.
+    """
+
+    output_mask: torch.Tensor | None
+    targets: torch.Tensor | None
+    real: torch.Tensor | None
+    names: list[list[str]] | None
+
+    @staticmethod
+    def of(classifier: Classifier, batch: Any) -> Positions:
+        """Read them from the classifier (which knows its batches' layout)."""
+        real = None
+        if batch.space_mask is not None and batch.inputs.ndim == 3:  # text: (N, L, H)
+            real = batch.space_mask[:, :, 0].bool().cpu()
+        mask = classifier.output_mask(batch)
+        targets = classifier.output_targets(batch)
+        return Positions(
+            output_mask=None if mask is None else mask.cpu(),
+            targets=None if targets is None else targets.cpu(),
+            real=real,
+            names=classifier.input_position_names(batch),
+        )
+
+    def kept(self, values: torch.Tensor, row: int) -> torch.Tensor:
+        """A text's values at its real tokens (padding left out, either side); else all."""
+        if self.real is None or len(values) != self.real.shape[1]:
+            return values
+        return values[self.real[row]]
+
+
+def _position_fields(spectrum: FisherSpectrum, row: int, positions: Positions) -> dict:
+    """Per-position shares of one sample, and its prediction at its most sensitive output.
+
+    Structured (N, T, K) logits: ``predicted`` and ``probability`` are the class and its
+    probability at the output position with the largest share of lambda_max.
+    """
+    fields: dict = {}
+    if spectrum.input_shares is not None:
+        shares = positions.kept(spectrum.input_shares[row], row)
+        fields["input_shares"] = shares.tolist()
+        fields["most_sensitive_input"] = int(shares.argmax())
+        if positions.names is not None:
+            fields["input_tokens"] = positions.names[row]
+    if spectrum.output_shares is None:
+        return fields
+    logits = spectrum.logits[row]  # (T, K)
+    mask = positions.output_mask
+    counted = torch.ones(len(logits), dtype=torch.bool) if mask is None else mask[row].bool()
+    shares = positions.kept(spectrum.output_shares[row], row)
+    top = int(shares.argmax())
+    probs = torch.softmax(positions.kept(logits, row)[top], dim=-1)
+    fields.update(
+        output_shares=shares.tolist(),
+        most_sensitive_output=top,
+        num_positions=int(counted.sum()),
+        predicted=int(probs.argmax()),
+        probability=float(probs.max()),
+    )
+    if positions.targets is not None and counted.any():
+        hits = logits.argmax(dim=-1) == positions.targets[row][: len(logits)]
+        fields["position_accuracy"] = float(hits[counted].double().mean())
+    return fields
+
+
 def _records_from_spectrum(
-    spectrum: FisherSpectrum, indices: list[int], labels: list[int] | None, kl_tau: float
+    spectrum: FisherSpectrum,
+    indices: list[int],
+    labels: list[int] | None,
+    kl_tau: float,
+    positions: Positions | None = None,
 ) -> list[dict]:
     probabilities = spectrum.probabilities
-    predicted = spectrum.predicted.tolist()
+    predicted = spectrum.predicted.tolist() if spectrum.logits.ndim == 2 else None
     records = []
     for row, index in enumerate(indices):
-        label = predicted[row] if labels is None else labels[row]
-        guess = predicted[row]
+        structured = {} if positions is None else _position_fields(spectrum, row, positions)
+        if predicted is None:
+            record_predicted, probability = structured["predicted"], structured["probability"]
+        else:
+            record_predicted = predicted[row]
+            probability = float(probabilities[row, record_predicted])
+        label = record_predicted if labels is None else labels[row]
+        guess = record_predicted
         if isinstance(label, list):  # multi-label: every class with sigmoid > 1/2, exact match
             guess = (probabilities[row] > 0.5).nonzero().flatten().tolist()
         norm = float(spectrum.spectral_norm[row])
@@ -406,7 +493,7 @@ def _records_from_spectrum(
             "index": index,
             "label": label if isinstance(label, list) else int(label),
             "predicted": guess if isinstance(label, list) else int(guess),
-            "probability": float(probabilities[row, predicted[row]]),
+            "probability": probability,
             "correct": bool(guess == label),
             "spectral_norm": norm,
             "trace": float(spectrum.trace[row]),
@@ -423,6 +510,7 @@ def _records_from_spectrum(
             record["trace_ci"] = spectrum.trace_ci[row].tolist()
         if spectrum.eigenvalues.shape[1] > 1:
             record["eigenvalues"] = spectrum.eigenvalues[row].tolist()
+        record.update({k: v for k, v in structured.items() if k not in record})
         records.append(to_jsonable(record))
     return records
 
@@ -521,6 +609,7 @@ def evaluate_robustness(
     data_files: Any = None,
     candidate_labels: Sequence[str] | None = None,
     hypothesis_template: str | None = None,
+    position: str | None = None,
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -567,6 +656,8 @@ def evaluate_robustness(
         candidate_labels, hypothesis_template: a zero-shot image model's classes and their
             prompt (see :class:`~hf_fisher.options.ZeroShotOptions`); dataset labels are
             matched to the candidate labels by name.
+        position: causal language models: "last" (default, the next token after each text)
+            or "all" (every next token of the text, teacher-forced).
 
     Returns:
         A :class:`RobustnessReport`.
@@ -606,6 +697,7 @@ def evaluate_robustness(
         zero_shot=ZeroShotOptions(
             candidate_labels, hypothesis_template or DEFAULT_HYPOTHESIS_TEMPLATE
         ),
+        position=position,
     )
     return _finish_run(plan, gather_results(plan, compute_records(plan)))
 
@@ -722,6 +814,7 @@ def plan_run(
     label_mapping: dict[str, int | str] | None = None,
     source: SourceOptions = NO_SOURCE,
     zero_shot: ZeroShotOptions | None = None,
+    position: str | None = None,
 ) -> RunPlan:
     """Check the options, load the model and data, resolve the method, prepare the directory.
 
@@ -742,15 +835,14 @@ def plan_run(
         trust_remote_code=trust_remote_code,
         revision=source.revision,
         zero_shot=zero_shot or ZeroShotOptions(),
+        position=position,
     )
     if companions is not None and companions.requested:
         check_companions(classifier, companions)
     rows, dataset_name, split = load_any_dataset(
         dataset, split=split, config=config, **source.dataset_keywords()
     )
-    columns, label_col, modality = detect_columns(
-        rows, input_columns=input_columns, label_column=label_column
-    )
+    columns, label_col, modality = _columns(classifier, rows, input_columns, label_column)
     alignment = _alignment(classifier, rows, label_col, label_mapping)
     indices = sample_indices(len(rows), run.num_samples, estimator.seed)
     concrete = _concrete_method(classifier, estimator, run, rows, indices[:1], columns, modality)
@@ -823,6 +915,30 @@ def _log_plan(classifier: Classifier, dataset_info: dict, settings: dict) -> Non
     )
 
 
+def _columns(
+    classifier: Classifier, rows: Any, input_columns: list[str] | None, label_column: str | None
+) -> tuple[list[str], str | None, str]:
+    """Input columns, label column and modality; structured outputs read no labels."""
+    columns, label_col, modality = detect_columns(
+        rows, input_columns=input_columns, label_column=label_column
+    )
+    return columns, _readable_label_column(classifier, label_col), modality
+
+
+def _readable_label_column(classifier: Classifier, label_col: str | None) -> str | None:
+    """The label column, or None for structured outputs (their labels are not read)."""
+    outputs = classifier.outputs_info()
+    if outputs is None or label_col is None:
+        return label_col
+    logger.warning(
+        "ignoring the label column %r: labels are not read for %s outputs (the records "
+        "describe the model's own predictions)",
+        label_col,
+        outputs["kind"],
+    )
+    return None
+
+
 def _dataset_info(
     rows: Any,
     name: str,
@@ -869,7 +985,7 @@ def _settings(
     classifier: Classifier, estimator: EstimatorOptions, run: RunOptions, concrete: str
 ) -> dict:
     """The settings section (and the fingerprint's): every knob that shapes the numbers."""
-    return {
+    settings = {
         **estimator.to_settings(),
         "method": concrete,
         "requested_method": estimator.method,
@@ -878,6 +994,10 @@ def _settings(
         "dtype": str(classifier.dtype).removeprefix("torch."),
         "kl_tau": run.kl_tau,
     }
+    outputs = classifier.outputs_info()
+    if outputs is not None:  # structured outputs: what the output positions are
+        settings["outputs"] = outputs
+    return settings
 
 
 def compute_records(plan: RunPlan) -> Computed:
@@ -933,7 +1053,10 @@ def _batch_records(plan: RunPlan, batch_indices: list[int], used: set[int]) -> l
             classifier, prepared, decoded.indices, plan.estimator.to_settings()
         )
         used.add(size)
-        new += _records_from_spectrum(spectrum, decoded.indices, labels, plan.run.kl_tau)
+        positions = Positions.of(classifier, prepared) if classifier.position_summaries else None
+        new += _records_from_spectrum(
+            spectrum, decoded.indices, labels, plan.run.kl_tau, positions
+        )
     return new
 
 
@@ -954,7 +1077,11 @@ def gather_results(plan: RunPlan, computed: Computed) -> dict:
     summary = summarize(per_sample, seed=plan.estimator.seed)
     if plan.label_col is None:
         summary["accuracy"] = None  # the labels are the predictions: 1.0 by construction
+    if any("position_accuracy" in record for record in per_sample):
+        summary["position_accuracy"] = _position_accuracy(per_sample)
+    sections = _pixel_sensitivity(plan, per_sample)
     return {
+        **sections,
         "schema_version": SCHEMA_VERSION,
         "hf_fisher_version": package_versions()["hf-fisher"] or "0+unknown",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -974,6 +1101,31 @@ def gather_results(plan: RunPlan, computed: Computed) -> dict:
         "summary": summary,
         "per_sample": per_sample,
         "skipped": skipped,
+    }
+
+
+def _position_accuracy(per_sample: list[dict]) -> float | None:
+    """Next-token accuracy over every counted position of every text (position="all")."""
+    counted = [
+        (r["position_accuracy"], r["num_positions"]) for r in per_sample if r.get("num_positions")
+    ]
+    total = sum(count for _, count in counted)
+    return sum(value * count for value, count in counted) / total if total else None
+
+
+def _pixel_sensitivity(plan: RunPlan, per_sample: list[dict]) -> dict:
+    """A segmenter's mean per-pixel shares, as the ``pixel_sensitivity`` section (else none)."""
+    outputs = plan.settings.get("outputs") or {}
+    if outputs.get("kind") != "pixels" or "output_shares" not in per_sample[0]:
+        return {}
+    return {
+        "pixel_sensitivity": {
+            "num_samples": len(per_sample),
+            "output_grid": outputs["grid"],
+            "input_grid": list(plan.classifier.input_shape[1:]),
+            "mean_output_shares": np.mean([r["output_shares"] for r in per_sample], 0).tolist(),
+            "mean_input_shares": np.mean([r["input_shares"] for r in per_sample], 0).tolist(),
+        }
     }
 
 

@@ -39,6 +39,17 @@ def check_compute_dtype(dtype: torch.dtype, what: str) -> None:
         )
 
 
+def _check_black_box_structure(outputs: dict | None, method: str, black_box: bool) -> None:
+    spec = registry.REGISTRY.get(method)
+    if outputs is not None and (black_box or (spec is not None and spec.black_box)):
+        raise InputError(
+            "black-box estimates support only image and text classifiers, and this model has "
+            f"structured outputs ({outputs['kind']}: several output positions, or a vocabulary "
+            "too large for a K x K sketch); use a white-box method (black_box=False, method "
+            "'auto', 'exact' or 'lanczos')"
+        )
+
+
 def _check_black_box_likelihood(likelihood: str, method: str, black_box: bool) -> None:
     spec = registry.REGISTRY.get(method)
     if likelihood == "bernoulli" and (black_box or (spec is not None and spec.black_box)):
@@ -58,6 +69,7 @@ def resolve_method(
     batch: int,
     itemsize: int = 4,
     likelihood: str = "categorical",
+    num_positions: int = 1,
 ) -> str:
     """Turn ``method`` (maybe "auto") into a concrete one, checking it fits ``black_box``.
 
@@ -79,7 +91,7 @@ def resolve_method(
         return registry.choose_auto(True, problem, auto_budget(batch))
     if num_classes is None:
         raise InputError("method='auto' needs num_classes")
-    problem = Problem(num_classes, dim, itemsize, likelihood)
+    problem = Problem(num_classes, dim, itemsize, likelihood, num_positions=num_positions)
     return registry.choose_auto(False, problem, auto_budget(batch, likelihood))
 
 
@@ -146,6 +158,7 @@ def resolve_run_method(
     if batch_size < 1:
         raise InputError(f"got batch_size={batch_size}; pass a positive batch size")
     _check_black_box_likelihood(classifier.likelihood, method, black_box)
+    _check_black_box_structure(classifier.outputs_info(), method, black_box)
     if method != "auto" or black_box:
         return resolve_method(method, black_box, None, 0, batch_size)
     dim = _max_input_dim(classifier) if input_dim is None else input_dim
@@ -157,6 +170,7 @@ def resolve_run_method(
         batch_size,
         classifier.dtype.itemsize,
         likelihood=classifier.likelihood,
+        num_positions=classifier.output_positions,
     )
 
 
@@ -176,6 +190,7 @@ def spectrum_of_batch(
     sample_ids: Sequence[int] | None = None,
     num_classes: int | None = None,
     likelihood: str = "categorical",
+    shares: bool = False,
 ) -> FisherSpectrum:
     """Fisher spectrum of one batch given a plain ``logit_fn`` (no Hugging Face involved).
 
@@ -198,6 +213,11 @@ def spectrum_of_batch(
             on batching or sharding.
         num_classes: K, if known (saves a forward pass when ``method="auto"``).
         likelihood: "categorical" (softmax) or "bernoulli" (multi-label sigmoids).
+        shares: also return the top eigenvector and, for structured (N, T, K) logits, each
+            output position's share of lambda_max (white-box methods; one more product).
+
+    ``logit_fn`` may return (N, T, K) logits: a product of T categoricals (a token classifier,
+    a segmenter), whose Fisher is the sum of the positions' Fishers (white-box methods only).
 
     Returns:
         A :class:`FisherSpectrum`.
@@ -211,11 +231,20 @@ def spectrum_of_batch(
     num_samples = inputs.shape[0]
     ids = list(range(num_samples)) if sample_ids is None else [int(i) for i in sample_ids]
     dim = inputs[0].numel()
+    num_positions = 1
     if num_classes is None and method == "auto":
         with torch.no_grad():
-            num_classes = logit_fn(inputs).shape[-1]
+            shape = logit_fn(inputs).shape
+        num_classes, num_positions = shape[-1], (shape[1] if len(shape) == 3 else 1)
     chosen = resolve_method(
-        method, black_box, num_classes, dim, num_samples, inputs.element_size(), likelihood
+        method,
+        black_box,
+        num_classes,
+        dim,
+        num_samples,
+        inputs.element_size(),
+        likelihood,
+        num_positions=num_positions,
     )
     options = dict(
         top_k=top_k,
@@ -225,6 +254,8 @@ def spectrum_of_batch(
         num_probes=num_probes,
         seed=seed,
     )
+    if shares:
+        options["shares"] = True
     spec = registry.method_spec(chosen)
     result = spec.run(EstimatorCall(logit_fn, inputs, space_mask, ids, likelihood, options))
     settings = dict(
@@ -371,6 +402,8 @@ def spectrum_of_prepared(
 
     The classifier's model is measured in eval mode (:func:`~hf_fisher.adapters.eval_mode`:
     BatchNorm on its running statistics, dropout off) and its training flags are restored after.
+    A classifier with ``position_summaries`` also gets per-position shares (the output
+    positions' shares of lambda_max, and the input positions' shares of the top eigenvector).
     Every chunk uses the same concrete method, from :func:`resolve_run_method` with the largest
     chunk (``min(batch_size, len(batch))``) and this batch's per-sample size, so a short last
     chunk cannot switch from Lanczos to exact. A run over many batches should resolve ``auto``
@@ -395,8 +428,13 @@ def spectrum_of_prepared(
                 sample_ids=sample_ids[start : start + size],
                 num_classes=classifier.num_classes,
                 likelihood=classifier.likelihood,
+                shares=classifier.position_summaries,
                 **options,
             )
             part.settings["requested_method"] = method
+            if part.eigenvector is not None:
+                squared = part.eigenvector.reshape(chunk.inputs.shape).pow(2)
+                part.input_shares = classifier.input_position_shares(squared).cpu()
+                part.eigenvector = None
             parts.append(part)
     return FisherSpectrum.concatenate(parts)

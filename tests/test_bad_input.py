@@ -29,7 +29,13 @@ from hf_fisher.adapters import load_classifier
 from hf_fisher.cli import main
 from hf_fisher.companions import CompanionOptions
 from hf_fisher.digits import DEFAULT_MODEL_DIR, load_digits_dataset
-from hf_fisher.errors import DatasetError, InputError, ResultsError, SubmissionError
+from hf_fisher.errors import (
+    DatasetError,
+    InputError,
+    ModelLoadError,
+    ResultsError,
+    SubmissionError,
+)
 from hf_fisher.results import load_results
 from hf_fisher.runner import evaluate_robustness
 from hf_fisher.testing.dense import dense_fisher, dense_spectrum
@@ -562,6 +568,35 @@ def _sketch_confidence(tmp_path: Path) -> Any:
     return sketch_fisher(lambda x: x[:, :3], torch.zeros(2, 40), confidence=1.5)
 
 
+def _black_box_token_classifier(tmp_path: Path) -> Any:
+    from hf_fisher import fisher_spectrum
+    from hf_fisher.testing.models import build_bert_token_classifier
+
+    model = build_bert_token_classifier(tmp_path / "token")
+    return fisher_spectrum(model, ["a fine film", "dull"], black_box=True)
+
+
+def _position_on_a_text_classifier(tmp_path: Path) -> Any:
+    return load_classifier(build_bert(tmp_path / "bert"), position="all")
+
+
+def _lm_all_alone_and_padded(tmp_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A short text's sequence Fisher, alone and padded into a batch with a long one."""
+    from hf_fisher import fisher_spectrum
+    from hf_fisher.testing.models import build_causal_lm
+
+    model = load_classifier(build_causal_lm(tmp_path / "lm"), dtype=torch.float64, position="all")
+    texts = ["the plot", "an average film, neither good nor bad"]
+    alone = fisher_spectrum(model, texts[:1], method="lanczos", tol=1e-9).spectral_norm
+    padded = fisher_spectrum(model, texts, method="lanczos", tol=1e-9).spectral_norm[:1]
+    return alone, padded
+
+
+def _check_same_lambda(values: tuple[torch.Tensor, torch.Tensor]) -> None:
+    alone, padded = values
+    torch.testing.assert_close(padded, alone, rtol=1e-5, atol=0)  # eager attention: float32
+
+
 ESTIMATOR_CASES: list[Case] = [
     Case("lanczos-trace-exact-at-two-classes", _two_class_lanczos_trace, check=_check_exact_trace),
     Case("lanczos-converged-means-every-pair", _flat_spectrum_flags("lanczos"), check=_check_flags),
@@ -589,6 +624,20 @@ ESTIMATOR_CASES: list[Case] = [
     Case("sketch-flat-spectrum-lambda-max", _flat_spectrum_sketch, check=_check_flat_sketch),
     Case("sketch-coordinates-fd-error", _wavy_coordinates, check=_check_wavy_coordinates),
     Case("sketch-confidence-range", _sketch_confidence, error=InputError, match="confidence=1.5"),
+    # structured outputs (tokens, pixels, next tokens)
+    Case(
+        "black-box-on-a-token-classifier-refused",
+        _black_box_token_classifier,
+        error=InputError,
+        match="structured outputs.*use a white-box method",
+    ),
+    Case(
+        "lm-position-on-a-text-classifier-refused",
+        _position_on_a_text_classifier,
+        error=ModelLoadError,
+        match="position='all' applies to causal language models only",
+    ),
+    Case("lm-all-padding-is-not-a-position", _lm_all_alone_and_padded, check=_check_same_lambda),
 ]
 
 # --- runner and CLI: options, resume, output directories ----------------------------------

@@ -123,8 +123,8 @@ def test_load_results_missing_file_and_bad_task(tmp_path, results):
     with pytest.raises(ResultsError, match="does not exist"):
         load_reportable_results(tmp_path / "nope.json")
     bad = copy.deepcopy(results)
-    bad["model"]["task"] = "token-classification"
-    with pytest.raises(ResultsError, match="'token-classification' is not one of"):
+    bad["model"]["task"] = "object-detection"  # token classification is reportable now
+    with pytest.raises(ResultsError, match="'object-detection' is not one of"):
         validate_reportable_results(bad)
     bad["model"]["task"] = "image-classification"
     bad["per_sample"] = []

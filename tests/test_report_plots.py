@@ -53,6 +53,7 @@ def test_registry_is_read_only_and_names_plotter_and_card_renderer():
         "frequency",
         "bound",
         "path_separation",
+        "pixel_sensitivity",
     ]
     for section, entry in plots.REPORT_REGISTRY.items():
         assert isinstance(entry, plots.Companion)

@@ -164,11 +164,11 @@ def _as_tensor(raw: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
 
 
 def _determinism_check(forward: Callable[[], Tensor], num_samples: int, what: str) -> int:
-    """Run ``forward`` twice; check it returns identical (N, K) logits. Returns K."""
+    """Run ``forward`` twice; check it returns identical (N, K) (or (N, T, K)) logits. Returns K."""
     with torch.no_grad():
         first = _logits_of(forward(), what)
         second = _logits_of(forward(), what)
-    if first.ndim != 2 or first.shape[0] != num_samples or first.shape[1] < 2:
+    if first.ndim not in (2, 3) or first.shape[0] != num_samples or first.shape[-1] < 2:
         raise NotAClassifierError(
             f"{what} returned an output of shape {_shape_str(first.shape)} for {num_samples} "
             "samples; hf-fisher needs a classifier that returns logits of shape (N, K) with "
@@ -185,7 +185,7 @@ def _determinism_check(forward: Callable[[], Tensor], num_samples: int, what: st
             "Make the forward pass deterministic (e.g. nn.Dropout layers, not "
             "F.dropout(training=True)) before measuring"
         )
-    return first.shape[1]
+    return first.shape[-1]
 
 
 def _logits_of(output: Any, what: str) -> Tensor:
@@ -273,9 +273,15 @@ class Classifier:
         likelihood: how the logits score labels, which fixes the Fisher: "categorical" (a
             softmax over K exclusive classes) or "bernoulli" (multi-label: an independent
             sigmoid per class, as Hugging Face's ``problem_type="multi_label_classification"``).
+        output_positions: T, the most output positions a sample predicts at (a product of T
+            categoricals: tokens, pixels); 1 for one prediction per input. Used for costs.
+        position_summaries: whether results carry per-position shares (which input token or
+            pixel, and which output position, the worst-case perturbation involves most).
     """
 
     modality: str = ""
+    output_positions: int = 1
+    position_summaries: bool = False
 
     def __init__(
         self,
@@ -356,6 +362,35 @@ class Classifier:
         of a sub-batch (attacks and CLEVER work on subsets of the batch).
         """
         return BatchLogits(self, dict(batch.context), len(batch))
+
+    def output_mask(self, batch: PreparedBatch) -> Tensor | None:
+        """(N, T) 0/1 mask of the output positions that count (structured outputs), or None."""
+        return None
+
+    def output_targets(self, batch: PreparedBatch) -> Tensor | None:
+        """(N, T) the known class at each output position (e.g. a text's next tokens), or None."""
+        return None
+
+    def outputs_info(self) -> dict | None:
+        """What the output positions are, for results.json; None for one prediction per input."""
+        return None
+
+    def input_position_names(self, batch: PreparedBatch) -> list[list[str]] | None:
+        """Per sample, a name for each real input position (text: its tokens), or None."""
+        return None
+
+    def input_position_shares(self, squared: Tensor) -> Tensor:  # (N, *shape) -> (N, P)
+        """Sum squared eigenvector entries per input position, as fractions of the total.
+
+        The default treats every coordinate as a position; text sums each token's embedding
+        and images each pixel's channels.
+        """
+        per_position = self._per_position(squared.double())
+        total = per_position.sum(dim=1, keepdim=True)
+        return torch.where(total > 0, per_position / total.clamp_min(1e-300), 0.0)
+
+    def _per_position(self, squared: Tensor) -> Tensor:  # (N, *shape) -> (N, P)
+        return squared.reshape(squared.shape[0], -1)
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None

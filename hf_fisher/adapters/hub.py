@@ -15,6 +15,7 @@ from torch import nn
 
 from hf_fisher.adapters.base import Checkpoint, Classifier, _default_device, _determinism_check
 from hf_fisher.adapters.module import wrap_module
+from hf_fisher.adapters.structured import LM_POSITIONS, CausalLMClassifier
 from hf_fisher.adapters.tasks import MODULE, Task, task_of
 from hf_fisher.errors import InputError, ModelLoadError, NotAClassifierError
 from hf_fisher.operators import LIKELIHOODS
@@ -32,6 +33,7 @@ def load_classifier(
     likelihood: str | None = None,
     candidate_labels: Sequence[str] | None = None,
     hypothesis_template: str | None = None,
+    position: str | None = None,
 ) -> Classifier:
     """Wrap a Hub id, local directory, ``nn.Module`` or :class:`Classifier` as a Classifier.
 
@@ -61,6 +63,8 @@ def load_classifier(
             each image against; required for those, refused for models with their own head.
         hypothesis_template: the prompt of each candidate label, with ``{}`` where the label
             goes (default "This is a photo of {}.", as transformers' zero-shot pipeline).
+        position: causal language models only: "last" (default: the next token after the
+            prompt) or "all" (every next token of the text, teacher-forced).
 
     Returns:
         A :class:`Classifier` (an image, text or module classifier).
@@ -77,23 +81,13 @@ def load_classifier(
     >>> classifier(classifier.prepare(torch.zeros(2, 4)).inputs).shape
     torch.Size([2, 3])
     """
-    if dtype is not None and not dtype.is_floating_point:
-        raise ModelLoadError(f"got dtype={dtype}; pass a floating dtype such as torch.float32")
-    if likelihood is not None and likelihood not in LIKELIHOODS:
-        raise ModelLoadError(
-            f"got likelihood={likelihood!r}; use 'categorical' (softmax, one label per input) or "
-            "'bernoulli' (independent sigmoids, multi-label)"
-        )
+    _check_load_arguments(model, dtype, likelihood, position, candidate_labels)
     task_options = {
         "candidate_labels": candidate_labels,
         "hypothesis_template": hypothesis_template,
     }
-    if candidate_labels is not None and not isinstance(model, (str, Path)):
-        raise InputError(
-            f"got candidate labels for a {type(model).__name__}; they are for zero-shot "
-            "checkpoints (a CLIP directory or Hub id), which load_classifier encodes itself"
-        )
     if isinstance(model, Classifier):
+        _set_position(model, position)
         if likelihood is not None:
             model.likelihood = likelihood
         if device is None and dtype is None:
@@ -114,7 +108,48 @@ def load_classifier(
         )
     if likelihood is not None:
         classifier.likelihood = likelihood
+    _set_position(classifier, position)
     return classifier
+
+
+def _check_load_arguments(
+    model: Any,
+    dtype: torch.dtype | None,
+    likelihood: str | None,
+    position: str | None,
+    candidate_labels: Sequence[str] | None,
+) -> None:
+    """Refuse argument values ``load_classifier`` cannot use, before anything loads."""
+    if dtype is not None and not dtype.is_floating_point:
+        raise ModelLoadError(f"got dtype={dtype}; pass a floating dtype such as torch.float32")
+    if likelihood is not None and likelihood not in LIKELIHOODS:
+        raise ModelLoadError(
+            f"got likelihood={likelihood!r}; use 'categorical' (softmax, one label per input) or "
+            "'bernoulli' (independent sigmoids, multi-label)"
+        )
+    if candidate_labels is not None and not isinstance(model, (str, Path)):
+        raise InputError(
+            f"got candidate labels for a {type(model).__name__}; they are for zero-shot "
+            "checkpoints (a CLIP directory or Hub id), which load_classifier encodes itself"
+        )
+    if position is not None and position not in LM_POSITIONS:
+        raise ModelLoadError(
+            f"got position={position!r}; use 'last' (the next token after the prompt) or 'all' "
+            "(every next token of the text, teacher-forced)"
+        )
+
+
+def _set_position(classifier: Classifier, position: str | None) -> None:
+    """Set a causal LM's ``position``; refuse it for any other model."""
+    if position is None:
+        return
+    if not isinstance(classifier, CausalLMClassifier):
+        raise ModelLoadError(
+            f"position={position!r} applies to causal language models only; "
+            f"{classifier.source.get('id')!r} is a {classifier.source.get('task') or 'module'} "
+            "model: leave position out"
+        )
+    classifier.position = position
 
 
 def _commit_hash(name: str, revision: str | None) -> str | None:
@@ -233,7 +268,7 @@ def _load_pretrained(
     classifier._num_classes = _determinism_check(
         lambda: classifier(batch.inputs, **batch.context), len(batch), source["architecture"]
     )
-    if classifier._num_classes != len(classifier.id2label):
+    if classifier._num_classes != len(classifier.id2label):  # a causal LM's: its vocabulary
         raise NotAClassifierError(
             f"{name!r} returns {classifier._num_classes} logits but its config names "
             f"{len(classifier.id2label)} labels; fix id2label in config.json"

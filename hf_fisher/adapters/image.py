@@ -115,6 +115,9 @@ class ImageClassifier(Classifier):
         self._std = torch.tensor(self._std_values, dtype=self.dtype, device=self.device)
         self._mean, self._std = self._mean.reshape(shape), self._std.reshape(shape)
 
+    def _per_position(self, squared: Tensor) -> Tensor:  # (N, C, H, W) -> (N, H W): per pixel
+        return squared.sum(dim=1).flatten(1)
+
     def normalize(self, pixels: Tensor) -> Tensor:  # (N, C, H, W) -> (N, C, H, W)
         """Map [0, 1] pixels to the normalised values the model takes."""
         return (pixels * self.pixel_scale - self._mean) / self._std

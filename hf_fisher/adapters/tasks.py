@@ -21,6 +21,11 @@ from typing import Any
 from hf_fisher.adapters.base import EMBEDDINGS, NORMALIZED, PIXELS, RAW, Classifier, InputSpace
 from hf_fisher.adapters.image import ImageClassifier
 from hf_fisher.adapters.module import ModuleClassifier
+from hf_fisher.adapters.structured import (
+    CausalLMClassifier,
+    SegmentationClassifier,
+    TokenClassifier,
+)
 from hf_fisher.adapters.text import TextClassifier
 from hf_fisher.adapters.zero_shot import ZeroShotImageClassifier
 from hf_fisher.errors import InputError, ModelLoadError, NotAClassifierError
@@ -176,6 +181,59 @@ TEXT_CLASSIFICATION = Task(
     model_types=_text_model_types,
     description="text classifier",
 )
+
+
+def _mapping_names(name: str) -> Callable[[], Container[str]]:
+    """The model types of one of transformers' auto mappings, read only when needed."""
+
+    def names() -> Container[str]:
+        from transformers.models.auto import modeling_auto
+
+        return getattr(modeling_auto, name)
+
+    return names
+
+
+# Structured outputs: no companion measurement handles a product over positions (yet).
+STRUCTURED_EMBEDDINGS = InputSpace("embeddings", None, frozenset())
+STRUCTURED_PIXELS = InputSpace("pixels", (0.0, 1.0), frozenset())
+
+CAUSAL_LM = Task(
+    name="text-generation",
+    adapter=CausalLMClassifier,
+    model_class="AutoModelForCausalLM",
+    spaces=(STRUCTURED_EMBEDDINGS,),
+    architecture="(ForCausalLM|LMHeadModel)$",
+    example="*ForCausalLM",
+    model_types=_mapping_names("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
+    description="causal language model",
+    likelihood=_categorical,
+)
+"""Causal LMs: the next-token distribution after the prompt (or every next token of a text)."""
+
+TOKEN_CLASSIFICATION = Task(
+    name="token-classification",
+    adapter=TokenClassifier,
+    model_class="AutoModelForTokenClassification",
+    spaces=(STRUCTURED_EMBEDDINGS,),
+    architecture="ForTokenClassification$",
+    example="*ForTokenClassification",
+    model_types=_mapping_names("MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES"),
+    description="token classifier",
+    likelihood=_categorical,
+)
+SEMANTIC_SEGMENTATION = Task(
+    name="image-segmentation",
+    adapter=SegmentationClassifier,
+    model_class="AutoModelForSemanticSegmentation",
+    spaces=(STRUCTURED_PIXELS,),
+    architecture="ForSemanticSegmentation$",
+    example="*ForSemanticSegmentation",
+    model_types=_mapping_names("MODEL_FOR_SEMANTIC_SEGMENTATION_MAPPING_NAMES"),
+    description="semantic segmentation model",
+    likelihood=_categorical,
+)
+
 ZERO_SHOT_IMAGE_CLASSIFICATION = Task(
     name="zero-shot-image-classification",
     adapter=ZeroShotImageClassifier,
@@ -188,10 +246,18 @@ ZERO_SHOT_IMAGE_CLASSIFICATION = Task(
     check_options=_zero_shot_options,
 )
 """A CLIP-style dual encoder, scored against fixed prompts of ``candidate_labels``."""
+
 MODULE = Task(name="module", adapter=ModuleClassifier, model_class=None, spaces=(RAW,))
 """A plain ``nn.Module``: never matched from a config, wrapped as given."""
 
-TASKS: list[Task] = [IMAGE_CLASSIFICATION, TEXT_CLASSIFICATION, ZERO_SHOT_IMAGE_CLASSIFICATION]
+TASKS: list[Task] = [
+    IMAGE_CLASSIFICATION,
+    TEXT_CLASSIFICATION,
+    CAUSAL_LM,
+    TOKEN_CLASSIFICATION,
+    SEMANTIC_SEGMENTATION,
+    ZERO_SHOT_IMAGE_CLASSIFICATION,
+]
 """The registry, searched in order: the first entry whose pattern matches wins."""
 
 def _is_regression(config: Any) -> bool:
@@ -264,10 +330,13 @@ def task_of(config: Any, name: str) -> Task:
 
 
 __all__ = [
+    "CAUSAL_LM",
     "IMAGE_CLASSIFICATION",
     "MODULE",
     "REFUSALS",
+    "SEMANTIC_SEGMENTATION",
     "TASKS",
+    "TOKEN_CLASSIFICATION",
     "TEXT_CLASSIFICATION",
     "ZERO_SHOT_IMAGE_CLASSIFICATION",
     "Refusal",

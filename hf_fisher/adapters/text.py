@@ -105,6 +105,9 @@ class TextClassifier(Classifier):
         ids = torch.randint(0, vocab, (PROBE_SIZE, _PROBE_TEXT_LENGTH), generator=generator)
         return self.prepare({"input_ids": ids})
 
+    def _per_position(self, squared: Tensor) -> Tensor:  # (N, L, H) -> (N, L): per token
+        return squared.sum(dim=2)
+
     @property
     def embeddings(self) -> nn.Module:
         """The model's input embedding table."""
@@ -170,7 +173,11 @@ class TextClassifier(Classifier):
             inputs = self.embeddings(input_ids).to(self.dtype)
         space_mask = context.get("attention_mask", torch.ones_like(input_ids))
         space_mask = space_mask[:, :, None].to(inputs.dtype).expand_as(inputs)
-        return PreparedBatch(inputs, space_mask, context)
+        return self._with_ids(PreparedBatch(inputs, space_mask, context), input_ids)
+
+    def _with_ids(self, batch: PreparedBatch, input_ids: Tensor) -> PreparedBatch:
+        """Hook for adapters that keep more of the tokenization in the context."""
+        return batch
 
     def _encode(self, raw: Any) -> Mapping[str, Any]:
         if isinstance(raw, Mapping):

@@ -135,19 +135,22 @@ def class_space_hutchinson(
     ``diag(p) - p p^T`` exactly, so ``E ||J^T u||^2 = tr(J^T (diag(p) - pp^T) J) = tr(F)``. It
     costs one vector-Jacobian product per probe (no double backward) and its variance is
     governed by the K class directions rather than the d input directions. For a multi-label
-    (bernoulli) operator ``u = sqrt(s (1 - s)) * z`` has covariance ``diag(s (1 - s))``.
+    (bernoulli) operator ``u = sqrt(s (1 - s)) * z`` has covariance ``diag(s (1 - s))``. For
+    structured (N, T, K) outputs each position gets its own independent probe and one backward
+    pass covers all of them: ``E ||sum_t J_t^T u_t||^2 = sum_t tr(F_t)``.
     """
     streams = default_streams(seed, operator.shape[0], "probe", sample_ids)
+    class_shape = tuple(operator.probs.shape[1:])  # (K,) or, structured, (T, K)
     normals = streams.normal(
-        (num_probes, operator.num_classes), dtype=torch.float64, device=operator.device
+        (num_probes, *class_shape), dtype=torch.float64, device=operator.device
     )
     if operator.likelihood == "bernoulli":
-        probes = operator.class_factor().diagonal(dim1=1, dim2=2)[:, None, :] * normals
-    else:
-        sqrt_probs = operator.probs.sqrt()[:, None, :]
-        probes = sqrt_probs * normals - operator.probs[:, None, :] * (sqrt_probs * normals).sum(
-            dim=2, keepdim=True
-        )  # (N, m, K)
+        probes = operator.class_factor().diagonal(dim1=-2, dim2=-1)[:, None] * normals
+    else:  # independent per position: the cross terms of ||sum_t J_t^T u_t||^2 average to 0
+        sqrt_probs = operator.probs.sqrt()[:, None]
+        probes = sqrt_probs * normals - operator.probs[:, None] * (sqrt_probs * normals).sum(
+            dim=-1, keepdim=True
+        )  # (N, m, [T,] K)
     norms = torch.stack(
         [operator.vjp(probes[:, j]).double().pow(2).sum(dim=1) for j in range(num_probes)], dim=1
     )

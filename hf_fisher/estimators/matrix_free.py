@@ -52,6 +52,7 @@ def _lanczos_top(operator: FisherOperator, call: EstimatorCall, max_iter: int) -
         tol=options["tol"],
         seed=options["seed"],
         sample_ids=call.sample_ids,
+        return_eigenvectors=bool(options.get("shares")),
     )
 
 
@@ -63,6 +64,7 @@ def _power_top(operator: FisherOperator, call: EstimatorCall, max_iter: int) -> 
         tol=options["tol"],
         seed=options["seed"],
         sample_ids=call.sample_ids,
+        return_eigenvectors=bool(options.get("shares")),
     )
 
 
@@ -112,7 +114,7 @@ def _run(
     max_iter = DEFAULT_MAX_ITER if max_iter is None else max_iter
     eigen = top(operator, call, max_iter)
     trace_value, trace_error = trace_with_ritz_bounds(trace(operator, call), eigen)
-    return FisherSpectrum(
+    result = FisherSpectrum(
         spectral_norm=eigen.eigenvalues[:, 0],
         trace=trace_value,
         eigenvalues=pad_eigenvalues(eigen.eigenvalues, call.options["top_k"]),
@@ -124,6 +126,10 @@ def _run(
         settings={"max_iter": max_iter, "num_probes": call.options["num_probes"]},
         likelihood=call.likelihood,
     )
+    if eigen.eigenvectors is not None:  # shares asked for: one more double backward
+        vector = eigen.eigenvectors[:, :, 0]
+        result.attach_shares(vector, operator.position_quadratic_forms(vector))
+    return result
 
 
 def _products(problem: Problem, krylov: bool) -> int:

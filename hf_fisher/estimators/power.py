@@ -16,6 +16,7 @@ def power_iteration(
     tol: float = 1e-3,
     seed: int = 0,
     sample_ids: list[int] | None = None,
+    return_eigenvectors: bool = False,
 ) -> EigenEstimate:
     """Largest eigenvalue of every block by power iteration, stopping each sample at ``tol``.
 
@@ -25,7 +26,8 @@ def power_iteration(
     ``rho <= lambda_max`` that eigenvalue is lambda_max unless the random start is (nearly)
     orthogonal to the top eigenvector (see :class:`~hf_fisher.estimators.lanczos.EigenEstimate`).
     Power iteration needs ~log(1/tol) / log(lambda_1 / lambda_2) products and never converges
-    when the top two eigenvalues are (nearly) equal: prefer :func:`lanczos`.
+    when the top two eigenvalues are (nearly) equal: prefer :func:`lanczos`. With
+    ``return_eigenvectors`` the last iterate (unit norm) is returned as the eigenvector.
 
     >>> a = torch.diag(torch.tensor([4.0, 1.0, 0.5], dtype=torch.float64))
     >>> round(power_iteration(a, tol=1e-12, max_iter=200).eigenvalues.item(), 6)
@@ -66,4 +68,5 @@ def power_iteration(
         residuals=residual[:, None],
         ritz_sum=estimate,
         complete=torch.zeros_like(done),
+        eigenvectors=vectors[:, :, None] if return_eigenvectors else None,
     )

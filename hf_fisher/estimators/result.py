@@ -35,6 +35,14 @@ class FisherSpectrum:
         settings: the estimator knobs used (for provenance).
         likelihood: "categorical" (softmax) or "bernoulli" (multi-label sigmoids): which Fisher
             was measured and how :attr:`probabilities` are formed.
+        output_shares: (N, T) float64 for structured (N, T, K) logits when shares were asked
+            for: each output position's share of lambda_max along the top eigenvector u,
+            ``(J_t u)^T C_t (J_t u) / lambda_max`` (they sum to 1): which position's prediction
+            the worst-case perturbation moves most (in KL, to second order). Else None.
+        input_shares: (N, P) float64 when shares were asked for: each input position's (token's
+            or pixel's) share of the top eigenvector's squared norm (they sum to 1). Else None.
+        eigenvector: (N, d) float64 unit top eigenvector, when shares were asked for; the
+            adapter turns it into :attr:`input_shares` (it knows the input layout).
     """
 
     spectral_norm: Tensor
@@ -50,6 +58,9 @@ class FisherSpectrum:
     num_queries: int | None = None
     settings: dict = field(default_factory=dict)
     likelihood: str = "categorical"
+    output_shares: Tensor | None = None
+    input_shares: Tensor | None = None
+    eigenvector: Tensor | None = None
 
     def __len__(self) -> int:
         return self.spectral_norm.shape[0]
@@ -62,6 +73,20 @@ class FisherSpectrum:
         sigmoid (they need not sum to 1).
         """
         return class_probabilities(self.logits, self.likelihood)
+
+    def attach_shares(self, eigenvector: Tensor, position_terms: Tensor) -> None:
+        """Keep the unit top eigenvector (N, d) and, for (N, T) position terms, their shares.
+
+        ``position_terms`` are ``(J_t u)^T C_t (J_t u)``; their sum is ``u^T F u``. A sample
+        whose terms are all zero (F = 0) gets zero shares.
+        """
+        self.eigenvector = eigenvector.double()
+        if self.logits.ndim == 3:
+            terms = position_terms.double().clamp_min(0)
+            total = terms.sum(dim=1, keepdim=True)
+            self.output_shares = torch.where(
+                total > 0, terms / total.clamp_min(torch.finfo(torch.float64).tiny), 0.0
+            )
 
     @property
     def predicted(self) -> Tensor:  # (N,)

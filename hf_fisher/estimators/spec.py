@@ -76,7 +76,8 @@ class Returns:
 class Problem:
     """The sizes a cost model needs: one sample's classes and input size, and the knobs.
 
-    ``max_iter`` and ``num_queries`` of None mean the method's own default.
+    ``max_iter`` and ``num_queries`` of None mean the method's own default; ``num_positions``
+    is T for structured outputs (a product of T categoricals), 1 otherwise.
     """
 
     num_classes: int
@@ -87,11 +88,13 @@ class Problem:
     max_iter: int | None = None
     num_probes: int = 16
     num_queries: int | None = None
+    num_positions: int = 1
 
     @property
     def rank_bound(self) -> int:
-        """Rank bound of the Fisher: K-1 (categorical) or K (bernoulli)."""
-        return self.num_classes if self.likelihood == "bernoulli" else self.num_classes - 1
+        """Rank bound of the Fisher: T (K-1) (categorical) or T K (bernoulli), T positions."""
+        per_position = self.num_classes if self.likelihood == "bernoulli" else self.num_classes - 1
+        return self.num_positions * per_position
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,8 @@ class EstimatorCall:
         sample_ids: stable per-sample ids for the random streams.
         likelihood: "categorical" (softmax) or "bernoulli" (multi-label sigmoids).
         options: the estimator knobs ``top_k``, ``max_iter``, ``tol``, ``num_queries``,
-            ``num_probes`` and ``seed`` (see :func:`~hf_fisher.spectrum.spectrum_of_batch`).
+            ``num_probes`` and ``seed`` (see :func:`~hf_fisher.spectrum.spectrum_of_batch`),
+            and ``shares``: also return the top eigenvector and the output positions' shares.
     """
 
     logit_fn: LogitFn

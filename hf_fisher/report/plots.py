@@ -86,6 +86,11 @@ REPORT_REGISTRY: Mapping[str, Companion] = MappingProxyType(
             "hf_fisher.report.sections.path_separation:plot_path_separation",
             "hf_fisher.report.sections.path_separation:card_path_separation",
         ),
+        "pixel_sensitivity": Companion(
+            "Per-pixel sensitivity",
+            "hf_fisher.report.sections.pixel_sensitivity:plot_pixel_sensitivity",
+            "hf_fisher.report.sections.pixel_sensitivity:card_pixel_sensitivity",
+        ),
     }
 )
 # Views of REPORT_REGISTRY, derived so that they cannot drift from it.

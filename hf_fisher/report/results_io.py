@@ -11,7 +11,14 @@ from hf_fisher.errors import ResultsError
 from hf_fisher.results import load_results as load_valid_results
 from hf_fisher.results import validate_results as validate_schema
 
-TASKS = ("image-classification", "text-classification", "zero-shot-image-classification")
+TASKS = (
+    "image-classification",
+    "text-classification",
+    "text-generation",
+    "token-classification",
+    "image-segmentation",
+    "zero-shot-image-classification",
+)
 NON_NEGATIVE = ("spectral_norm", "kl_radius")
 
 

@@ -43,14 +43,19 @@ from hf_fisher.digits import DEFAULT_MODEL_DIR
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
+    "LM_FAMILIES",
     "TEXT_CORPUS",
     "CLIP_LABELS",
     "build_bert",
     "build_clip",
+    "build_bert_token_classifier",
+    "build_causal_lm",
     "build_convnext",
     "build_headless_resnet",
+    "build_lm_tokenizer",
     "build_mlp",
     "build_resnet",
+    "build_segformer",
     "build_vit",
 ]
 
@@ -318,3 +323,124 @@ def train_digits_mlp(*, seed: int = 0, steps: int = 300) -> tuple[nn.Module, Ten
             nn.functional.cross_entropy(model(inputs[:1400]), labels[:1400]).backward()
             optimizer.step()
     return model.eval(), inputs[1400:], labels[1400:]
+
+
+# --------------------------------------------------------------------------------------------
+# Structured outputs: a causal LM, a token classifier, a semantic segmenter.
+
+
+def build_lm_tokenizer(
+    corpus: list[str] = TEXT_CORPUS, vocab_size: int = 64
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (LLaMA-style ``<s>``/``</s>``, no padding token).
+
+    Its alphabet is the corpus's characters only (so the vocabulary can stay tiny).
+    """
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"])
+    backend.train_from_iterator(corpus, trainer)
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", backend.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+LM_FAMILIES = ("llama", "mistral", "qwen2", "gpt2")
+"""The causal-LM families :func:`build_causal_lm` builds (LLaMA-style unless asked)."""
+
+
+def _lm_config(family: str, vocab: int, hidden: int, tokenizer: PreTrainedTokenizerFast):
+    import transformers
+
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if family == "gpt2":
+        return transformers.GPT2Config(
+            vocab_size=vocab, n_embd=hidden, n_layer=1, n_head=2, n_positions=64,
+            initializer_range=0.3, **special,
+        )
+    names = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config"}
+    return getattr(transformers, names[family])(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+        initializer_range=0.3, tie_word_embeddings=False, **special,
+    )
+
+
+def build_causal_lm(
+    directory: str | Path, vocab_size: int = 64, *, hidden_size: int = 16, seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None, family: str = "llama",
+) -> Path:
+    """Save a one-layer causal LM (hidden size 16) with a locally trained BPE tokenizer.
+
+    ``vocab_size`` is the size of the tokenizer's vocabulary (the BPE trainer stops earlier on
+    the small corpus; the model's output layer has exactly ``len(tokenizer)`` tokens);
+    ``family`` is one of :data:`LM_FAMILIES` (GPT-2 has absolute positions and tied weights).
+    """
+    from transformers import AutoModelForCausalLM
+
+    directory = Path(directory)
+    tokenizer = tokenizer or build_lm_tokenizer(vocab_size=vocab_size)
+    config = _lm_config(family, len(tokenizer), hidden_size, tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_bert_token_classifier(
+    directory: str | Path, num_labels: int = 4, *, seed: int = 0
+) -> Path:
+    """Save a one-layer BERT token classifier (hidden size 16), labels ``O``/``B-X``/..."""
+    from transformers import BertForTokenClassification
+
+    directory = Path(directory)
+    tokenizer = build_tokenizer()
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG"][:num_labels]
+    id2label = dict(enumerate(names))
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64, initializer_range=0.3,
+        pad_token_id=tokenizer.pad_token_id, num_labels=num_labels, id2label=id2label,
+        label2id={name: index for index, name in id2label.items()},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForTokenClassification(config)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_segformer(
+    directory: str | Path, num_labels: int = 3, image_size: int = 16, *, seed: int = 0
+) -> Path:
+    """Save a two-stage SegFormer (widths 8/16, logits on a 1/4-resolution grid)."""
+    from transformers import (
+        SegformerConfig,
+        SegformerForSemanticSegmentation,
+        SegformerImageProcessor,
+    )
+
+    id2label, label2id = _labels(num_labels)
+    config = SegformerConfig(
+        num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1],
+        hidden_sizes=[8, 16], patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2], decoder_hidden_size=16, initializer_range=0.3,
+        num_labels=num_labels, id2label=id2label, label2id=label2id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SegformerForSemanticSegmentation(config)
+        _randomise_batch_norm(model)
+    mean, std = _image_stats(3)
+    processor = SegformerImageProcessor(
+        size={"height": image_size, "width": image_size}, image_mean=mean, image_std=std
+    )
+    return _save_image_classifier(model, processor, directory)
