@@ -112,5 +112,7 @@ def test_dataset_id_names_a_local_copy_in_card_and_submission(
     submission = tmp_path / "sub.json"
     assert main(["submit", str(source), "--out", str(submission), "--dataset-id", "org/x"]) == 0
     assert json.loads(submission.read_text())["dataset"] == "org/x"
-    assert main(["submit", str(source), "--out", str(submission), "--dataset-id", "../x"]) == 2
-    assert "--dataset-id '../x' is not a Hub dataset id" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # a usage error: argparse exits 2 before loading
+        main(["submit", str(source), "--out", str(submission), "--dataset-id", "../x"])
+    assert usage.value.code == 2
+    assert "--dataset-id: '../x' is not a Hub dataset id" in capsys.readouterr().err

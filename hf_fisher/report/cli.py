@@ -20,11 +20,21 @@ HUB_ID = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 """A Hub dataset id: ``name`` or ``owner/name`` (letters, digits, ``-``, ``_``, ``.``)."""
 
 
+def hub_dataset_id(text: str) -> str:
+    """An argparse ``type``: a Hub dataset id, else a usage error (exit 2) naming the form."""
+    if not HUB_ID.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Hub dataset id; pass NAME or OWNER/NAME, e.g. uoft-cs/cifar10"
+        )
+    return text
+
+
 def add_dataset_id_argument(parser: argparse.ArgumentParser) -> None:
     """``--dataset-id``: name the evaluated data by its Hub id in what is published."""
     parser.add_argument(
         "--dataset-id",
         metavar="HUB_ID",
+        type=hub_dataset_id,
         default=None,
         help="the Hub id of the evaluated data (e.g. RESULTS came from a local copy of "
         "uoft-cs/cifar10); default: the dataset name in RESULTS",
