@@ -42,6 +42,7 @@ from hf_fisher.data import (
 )
 from hf_fisher.digits import DEFAULT_MODEL_DIR as BUNDLED_MODEL_DIR
 from hf_fisher.errors import DatasetError, InputError, ResultsError
+from hf_fisher.estimators.registry import method_spec
 from hf_fisher.labels import align_labels, check_label_mapping, label_set
 from hf_fisher.options import (
     DEFAULT_HYPOTHESIS_TEMPLATE,
@@ -51,6 +52,7 @@ from hf_fisher.options import (
     SourceOptions,
     ZeroShotOptions,
 )
+from hf_fisher.paper_compat import PAPER_COMPAT, apply_paper_compat
 from hf_fisher.results import (
     RESULTS_FILE,
     SCHEMA_VERSION,
@@ -521,6 +523,9 @@ def evaluate_robustness(
     data_files: Any = None,
     candidate_labels: Sequence[str] | None = None,
     hypothesis_template: str | None = None,
+    power_start: str = "random",
+    fd_step: float | None = None,
+    paper_compat: bool = False,
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -567,6 +572,10 @@ def evaluate_robustness(
         candidate_labels, hypothesis_template: a zero-shot image model's classes and their
             prompt (see :class:`~hf_fisher.options.ZeroShotOptions`); dataset labels are
             matched to the candidate labels by name.
+        power_start, fd_step: where method "power" starts and the black-box step (see
+            :class:`~hf_fisher.options.EstimatorOptions`).
+        paper_compat: reproduce the paper's public code (docs/paper-compat.md); recorded as
+            ``settings.paper_compat`` and ``settings.paper_compat_settings``.
 
     Returns:
         A :class:`RobustnessReport`.
@@ -581,6 +590,9 @@ def evaluate_robustness(
         num_queries=num_queries,
         num_probes=num_probes,
         seed=seed,
+        power_start=power_start,
+        fd_step=fd_step,
+        paper_compat=paper_compat,
     )
     plan = plan_run(
         model,
@@ -732,6 +744,7 @@ def plan_run(
     compute_dtype, label_mapping, directory = _validate(
         estimator, run, companions, dtype, label_mapping, device, out_dir
     )
+    estimator, input_space = apply_paper_compat(estimator, input_space)
     state = make_state(device)
     model, dataset = _load_dataset(model, dataset, split, labels, source)
     classifier = _load_model(
@@ -869,7 +882,7 @@ def _settings(
     classifier: Classifier, estimator: EstimatorOptions, run: RunOptions, concrete: str
 ) -> dict:
     """The settings section (and the fingerprint's): every knob that shapes the numbers."""
-    return {
+    settings = {
         **estimator.to_settings(),
         "method": concrete,
         "requested_method": estimator.method,
@@ -878,6 +891,11 @@ def _settings(
         "dtype": str(classifier.dtype).removeprefix("torch."),
         "kl_tau": run.kl_tau,
     }
+    if method_spec(concrete).returns.eigenvalue_error == "lower-bound":
+        settings["spectral_norm_is_lower_bound"] = True
+    if estimator.paper_compat:
+        settings["paper_compat_settings"] = PAPER_COMPAT.to_settings()
+    return settings
 
 
 def compute_records(plan: RunPlan) -> Computed:

@@ -16,6 +16,7 @@ from hf_fisher.estimators.result import FisherSpectrum
 from hf_fisher.estimators.spec import AutoBudget, EstimatorCall, Problem
 from hf_fisher.operators import LogitFn, check_likelihood
 from hf_fisher.options import EstimatorOptions
+from hf_fisher.paper_compat import apply_paper_compat
 
 # Views of the registry (hf_fisher.estimators.registry), in its order.
 WHITE_BOX_METHODS = registry.method_names(black_box=False)
@@ -176,6 +177,9 @@ def spectrum_of_batch(
     sample_ids: Sequence[int] | None = None,
     num_classes: int | None = None,
     likelihood: str = "categorical",
+    power_start: str = "random",
+    fd_step: float | None = None,
+    paper_compat: bool = False,
 ) -> FisherSpectrum:
     """Fisher spectrum of one batch given a plain ``logit_fn`` (no Hugging Face involved).
 
@@ -198,6 +202,10 @@ def spectrum_of_batch(
             on batching or sharding.
         num_classes: K, if known (saves a forward pass when ``method="auto"``).
         likelihood: "categorical" (softmax) or "bernoulli" (multi-label sigmoids).
+        power_start: "random" or "top-class-gradient" (method "power").
+        fd_step: black-box central-difference step (None: by dtype).
+        paper_compat: recorded in the settings only; the caller resolves the preset
+            (:func:`~hf_fisher.paper_compat.apply_paper_compat`).
 
     Returns:
         A :class:`FisherSpectrum`.
@@ -224,6 +232,8 @@ def spectrum_of_batch(
         num_queries=num_queries,
         num_probes=num_probes,
         seed=seed,
+        power_start=power_start,
+        fd_step=fd_step,
     )
     spec = registry.method_spec(chosen)
     result = spec.run(EstimatorCall(logit_fn, inputs, space_mask, ids, likelihood, options))
@@ -237,6 +247,8 @@ def spectrum_of_batch(
     )
     if likelihood != "categorical":
         settings["likelihood"] = likelihood
+    if paper_compat:
+        settings["paper_compat"] = True
     result.settings = {**settings, **result.settings}  # the method's own knobs last
     return result
 
@@ -260,6 +272,9 @@ def fisher_spectrum(
     sample_ids: Sequence[int] | None = None,
     likelihood: str | None = None,
     options: EstimatorOptions | None = None,
+    power_start: str = "random",
+    fd_step: float | None = None,
+    paper_compat: bool = False,
 ) -> FisherSpectrum:
     """Per-sample lambda_max and trace of the input-space Fisher of a classifier.
 
@@ -291,6 +306,11 @@ def fisher_spectrum(
             (``problem_type="multi_label_classification"`` is bernoulli), else categorical.
         options: an :class:`~hf_fisher.options.EstimatorOptions` holding method ... seed,
             instead of those keywords (not both).
+        power_start: "random" or "top-class-gradient" (where method "power" starts).
+        fd_step: black-box central-difference step (None: 1e-2 in float32, 1e-4 in float64).
+        paper_compat: reproduce the paper's public code (docs/paper-compat.md): normalised
+            inputs, "rayleigh-probes" (white box) or "rayleigh-max" (black box), 100 probes,
+            power from the top-class gradient, step 1e-3.
 
     A model in train mode is measured in eval mode (BatchNorm on its running statistics,
     dropout off): an ``nn.Module``'s or Classifier's training flags, submodule by submodule,
@@ -320,7 +340,11 @@ def fisher_spectrum(
         num_queries=num_queries,
         num_probes=num_probes,
         seed=seed,
+        power_start=power_start,
+        fd_step=fd_step,
+        paper_compat=paper_compat,
     )
+    estimator, input_space = apply_paper_compat(estimator, input_space)
     _check_requested_dtype(model, dtype)
     if batch_size is not None and batch_size < 1:
         raise InputError(f"got batch_size={batch_size}; pass a positive batch size or None")
