@@ -1116,6 +1116,16 @@ RUNNER_CASES: list[Case] = [
         error=DatasetError,
         match=r"column 'labels' holds lists of labels .* the model is single-label \(softmax\)",
     ),
+    # --paper-compat measures in the normalised space: pixels with it is a contradiction.
+    Case(
+        "runner-paper-compat-with-pixel-input-space",
+        lambda tmp_path: evaluate_robustness(
+            num_samples=2, progress=False, paper_compat=True, input_space="pixels"
+        ),
+        error=InputError,
+        match=r"paper_compat \(--paper-compat\) measures in the 'normalized' input space, but "
+        r"input_space='pixels' \(--input-space\) was given: drop one of them",
+    ),
 ]
 
 # --- report: cards, submissions, leaderboard ----------------------------------------------
