@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from hf_fisher.errors import InputError
-from hf_fisher.options import EstimatorOptions
+from hf_fisher.options import CompanionOptions, EstimatorOptions
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,10 @@ class PaperCompat:
         fd_step: the black-box central-difference step, in normalised input units.
         attacks: the attack companions' budgets, in normalised input units (epsilon and
             step as absolute values); "cw" applies once a CW attack is available.
+        attack_options: the PGD budget as :class:`~hf_fisher.options.CompanionOptions`
+            fields, applied to an ``attacks="linf"`` run by :func:`apply_paper_compat_companions`
+            (``attack_step_size`` is PGD's step as a fraction of epsilon: 2/255 of 8/255). A
+            name that is not (yet) a companion option is recorded as not applied.
     """
 
     input_space: str = "normalized"
@@ -49,11 +53,26 @@ class PaperCompat:
         }
     )
 
+    attack_options: dict[str, Any] = field(
+        default_factory=lambda: {
+            "attack_epsilons": [8 / 255],
+            "attack_steps": 20,
+            "attack_step_size": 0.25,
+        }
+    )
+
     def to_settings(self) -> dict[str, Any]:
         """Every setting as plain JSON (results.json ``settings.paper_compat_settings``)."""
         data = asdict(self)
         data["methods"] = list(self.methods)
+        data["attack_options_not_applied"] = not_applied_attack_options(self)
         return data
+
+
+def not_applied_attack_options(preset: PaperCompat) -> list[str]:
+    """The preset's attack options that :class:`CompanionOptions` has no field for (yet)."""
+    known = {item.name for item in fields(CompanionOptions)}
+    return sorted(name for name in preset.attack_options if name not in known)
 
 
 PAPER_COMPAT = PaperCompat()
@@ -113,3 +132,37 @@ def apply_paper_compat(
             )
         changes[name] = wanted
     return replace(options, **changes), preset.input_space
+
+
+def apply_paper_compat_companions(
+    companions: CompanionOptions | None,
+    estimator: EstimatorOptions,
+    preset: PaperCompat = PAPER_COMPAT,
+) -> CompanionOptions | None:
+    """The companions of a ``paper_compat`` run: the paper's PGD budget on ``attacks="linf"``.
+
+    Only the preset's ``attack_options`` that are companion options apply (the rest are listed
+    in ``settings.paper_compat_settings.attack_options_not_applied``); other companions, and
+    ``attacks="l2"`` (the paper's L2 attack is CW), are left as given. Idempotent.
+
+    Raises:
+        InputError: an explicit attack option that contradicts the preset.
+    """
+    pgd = preset.attacks["pgd"]["norm"]
+    if not estimator.paper_compat or companions is None or companions.attacks != pgd:
+        return companions
+    defaults = {item.name: item.default for item in fields(CompanionOptions)}
+    changes = {}
+    for name, wanted in preset.attack_options.items():
+        if name not in defaults:
+            continue
+        value = getattr(companions, name)
+        plain = list(value) if isinstance(value, (list, tuple)) else value
+        if plain not in (defaults[name], wanted):
+            flag = "--" + name.replace("_", "-")
+            raise InputError(
+                f"paper_compat (--paper-compat) sets {name}={wanted!r} for --attacks {pgd}, but "
+                f"{name}={plain!r} ({flag}) was given: drop {flag} or --paper-compat"
+            )
+        changes[name] = wanted
+    return replace(companions, **changes)

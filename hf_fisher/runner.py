@@ -52,7 +52,7 @@ from hf_fisher.options import (
     SourceOptions,
     ZeroShotOptions,
 )
-from hf_fisher.paper_compat import PAPER_COMPAT, apply_paper_compat
+from hf_fisher.paper_compat import PAPER_COMPAT, apply_paper_compat, apply_paper_compat_companions
 from hf_fisher.results import (
     RESULTS_FILE,
     SCHEMA_VERSION,
@@ -711,6 +711,14 @@ def _load_model(
     return classifier
 
 
+def _paper_compat(
+    estimator: EstimatorOptions, input_space: str | None, companions: CompanionOptions | None
+) -> tuple[EstimatorOptions, str | None, CompanionOptions | None]:
+    """The concrete options of a ``paper_compat`` run (unchanged without it), before loading."""
+    estimator, input_space = apply_paper_compat(estimator, input_space)
+    return estimator, input_space, apply_paper_compat_companions(companions, estimator)
+
+
 def plan_run(
     model: Any,
     dataset: Any,
@@ -744,7 +752,7 @@ def plan_run(
     compute_dtype, label_mapping, directory = _validate(
         estimator, run, companions, dtype, label_mapping, device, out_dir
     )
-    estimator, input_space = apply_paper_compat(estimator, input_space)
+    estimator, input_space, companions = _paper_compat(estimator, input_space, companions)
     state = make_state(device)
     model, dataset = _load_dataset(model, dataset, split, labels, source)
     classifier = _load_model(

@@ -19,8 +19,13 @@ from hf_fisher._random import default_streams
 from hf_fisher.adapters import load_classifier
 from hf_fisher.cli import main
 from hf_fisher.errors import InputError
-from hf_fisher.options import EstimatorOptions
-from hf_fisher.paper_compat import PAPER_COMPAT, apply_paper_compat
+from hf_fisher.options import CompanionOptions, EstimatorOptions
+from hf_fisher.paper_compat import (
+    PAPER_COMPAT,
+    apply_paper_compat,
+    apply_paper_compat_companions,
+    not_applied_attack_options,
+)
 from hf_fisher.results import load_results
 from hf_fisher.testing.models import build_resnet
 from hf_fisher.testing.tolerances import tolerance_for
@@ -207,11 +212,38 @@ def test_contradicting_settings_are_refused(options, space, match):
         apply_paper_compat(EstimatorOptions(paper_compat=True, **options), space)
 
 
+def test_preset_sets_the_pgd_budget_of_linf_attacks_only():
+    compat = EstimatorOptions(paper_compat=True)
+    linf = apply_paper_compat_companions(CompanionOptions(attacks="linf"), compat)
+    companion_fields = CompanionOptions.names()
+    for name, value in PAPER_COMPAT.attack_options.items():
+        if name in companion_fields:
+            assert getattr(linf, name) == value, name
+        else:
+            assert name in not_applied_attack_options(PAPER_COMPAT), name
+    assert linf.attack_epsilons == [8 / 255]
+    assert apply_paper_compat_companions(linf, compat) == linf  # idempotent
+    l2 = CompanionOptions(attacks="l2")
+    assert apply_paper_compat_companions(l2, compat) == l2  # the paper's L2 attack is CW
+    assert apply_paper_compat_companions(CompanionOptions(attacks="linf"), EstimatorOptions()) == (
+        CompanionOptions(attacks="linf")
+    )
+    with pytest.raises(InputError, match=r"attack_epsilons=\[0\.031.*\(--attack-epsilons\)"):
+        apply_paper_compat_companions(
+            CompanionOptions(attacks="linf", attack_epsilons=[0.1]), compat
+        )
+
+
+@pytest.mark.slow
 def test_cli_records_every_setting(tmp_path):
     out = tmp_path / "run"
     args = ["evaluate", "--no-progress", "--paper-compat", "--num-samples", "3", "--out", out]
-    assert main([str(arg) for arg in args]) == 0
-    settings = load_results(out)["settings"]
+    attacks = ["--attacks", "linf", "--eps-max", "1", "--companion-samples", "2"]
+    assert main([str(arg) for arg in args + attacks]) == 0
+    results = load_results(out)
+    assert results["attacks"]["epsilons"] == [8 / 255]
+    settings = results["settings"]
+    assert settings["companions"]["attack_epsilons"] == [8 / 255]
     assert settings["paper_compat"] is True
     assert settings["paper_compat_settings"] == PAPER_COMPAT.to_settings()
     assert settings["input_space"] == "normalized"
