@@ -23,6 +23,8 @@ class PaperCompat:
 
     Attributes:
         input_space: where the Fisher is measured: the model's normalised inputs.
+        module_input_space: the same for a plain ``nn.Module``, whose own inputs are its
+            normalised inputs.
         method: the white-box estimator for ``method="auto"`` (SRP's "Hutchinson").
         black_box_method: the estimator for ``method="auto"`` with ``black_box=True``.
         methods: the estimators the paper's code has; any other method is refused.
@@ -39,6 +41,7 @@ class PaperCompat:
     """
 
     input_space: str = "normalized"
+    module_input_space: str = "raw"
     method: str = "rayleigh-probes"
     black_box_method: str = "rayleigh-max"
     methods: tuple[str, ...] = ("rayleigh-probes", "power", "rayleigh-max")
@@ -99,11 +102,16 @@ def _method(options: EstimatorOptions, preset: PaperCompat) -> str:
 
 
 def apply_paper_compat(
-    options: EstimatorOptions, input_space: str | None, preset: PaperCompat = PAPER_COMPAT
+    options: EstimatorOptions,
+    input_space: str | None,
+    preset: PaperCompat = PAPER_COMPAT,
+    *,
+    plain_module: bool = False,
 ) -> tuple[EstimatorOptions, str | None]:
     """The concrete options and input space of a run; unchanged unless ``options.paper_compat``.
 
-    Idempotent: the resolved options resolve to themselves.
+    Idempotent: the resolved options resolve to themselves. ``plain_module``: the model is a
+    plain ``nn.Module`` (its space is ``preset.module_input_space``).
 
     Raises:
         InputError: an explicit input space, method or knob that contradicts the preset,
@@ -115,9 +123,10 @@ def apply_paper_compat(
     """
     if not options.paper_compat:
         return options, input_space
-    if input_space not in (None, preset.input_space):
+    space = preset.module_input_space if plain_module else preset.input_space
+    if input_space not in (None, space):
         raise InputError(
-            f"paper_compat (--paper-compat) measures in the {preset.input_space!r} input space, "
+            f"paper_compat (--paper-compat) measures in the {space!r} input space, "
             f"but input_space={input_space!r} (--input-space) was given: drop one of them"
         )
     defaults = _defaults()
@@ -131,7 +140,23 @@ def apply_paper_compat(
                 f"({flag}) was given: drop {flag} or --paper-compat"
             )
         changes[name] = wanted
-    return replace(options, **changes), preset.input_space
+    return replace(options, **changes), space
+
+
+def check_paper_compat_space(
+    options: EstimatorOptions, input_space: str, preset: PaperCompat = PAPER_COMPAT
+) -> None:
+    """Refuse a ``paper_compat`` run on an already loaded classifier in another input space.
+
+    Raises:
+        InputError: the classifier measures in, e.g., pixel space.
+    """
+    if options.paper_compat and input_space not in (preset.input_space, preset.module_input_space):
+        raise InputError(
+            f"paper_compat (--paper-compat) measures in the model's {preset.input_space!r} "
+            f"inputs, but the classifier given measures in {input_space!r}: load it with "
+            f"load_classifier(..., input_space={preset.input_space!r}), or pass the model itself"
+        )
 
 
 def apply_paper_compat_companions(

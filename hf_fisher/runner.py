@@ -52,7 +52,12 @@ from hf_fisher.options import (
     SourceOptions,
     ZeroShotOptions,
 )
-from hf_fisher.paper_compat import PAPER_COMPAT, apply_paper_compat, apply_paper_compat_companions
+from hf_fisher.paper_compat import (
+    PAPER_COMPAT,
+    apply_paper_compat,
+    apply_paper_compat_companions,
+    check_paper_compat_space,
+)
 from hf_fisher.results import (
     RESULTS_FILE,
     SCHEMA_VERSION,
@@ -712,11 +717,24 @@ def _load_model(
 
 
 def _paper_compat(
-    estimator: EstimatorOptions, input_space: str | None, companions: CompanionOptions | None
+    estimator: EstimatorOptions,
+    input_space: str | None,
+    companions: CompanionOptions | None,
+    model: Any,
 ) -> tuple[EstimatorOptions, str | None, CompanionOptions | None]:
     """The concrete options of a ``paper_compat`` run (unchanged without it), before loading."""
-    estimator, input_space = apply_paper_compat(estimator, input_space)
+    plain_module = isinstance(model, torch.nn.Module)
+    estimator, input_space = apply_paper_compat(estimator, input_space, plain_module=plain_module)
     return estimator, input_space, apply_paper_compat_companions(companions, estimator)
+
+
+def _check_loaded(
+    classifier: Classifier, estimator: EstimatorOptions, companions: CompanionOptions | None
+) -> None:
+    """Checks that need the loaded model and no data: its input space, the companions' fit."""
+    check_paper_compat_space(estimator, classifier.input_space)
+    if companions is not None and companions.requested:
+        check_companions(classifier, companions)
 
 
 def plan_run(
@@ -752,7 +770,7 @@ def plan_run(
     compute_dtype, label_mapping, directory = _validate(
         estimator, run, companions, dtype, label_mapping, device, out_dir
     )
-    estimator, input_space, companions = _paper_compat(estimator, input_space, companions)
+    estimator, input_space, companions = _paper_compat(estimator, input_space, companions, model)
     state = make_state(device)
     model, dataset = _load_dataset(model, dataset, split, labels, source)
     classifier = _load_model(
@@ -764,8 +782,7 @@ def plan_run(
         revision=source.revision,
         zero_shot=zero_shot or ZeroShotOptions(),
     )
-    if companions is not None and companions.requested:
-        check_companions(classifier, companions)
+    _check_loaded(classifier, estimator, companions)
     rows, dataset_name, split = load_any_dataset(
         dataset, split=split, config=config, **source.dataset_keywords()
     )

@@ -16,7 +16,7 @@ from hf_fisher.estimators.result import FisherSpectrum
 from hf_fisher.estimators.spec import AutoBudget, EstimatorCall, Problem
 from hf_fisher.operators import LogitFn, check_likelihood
 from hf_fisher.options import EstimatorOptions
-from hf_fisher.paper_compat import apply_paper_compat
+from hf_fisher.paper_compat import apply_paper_compat, check_paper_compat_space
 
 # Views of the registry (hf_fisher.estimators.registry), in its order.
 WHITE_BOX_METHODS = registry.method_names(black_box=False)
@@ -344,7 +344,8 @@ def fisher_spectrum(
         fd_step=fd_step,
         paper_compat=paper_compat,
     )
-    estimator, input_space = apply_paper_compat(estimator, input_space)
+    plain_module = isinstance(model, torch.nn.Module)
+    estimator, input_space = apply_paper_compat(estimator, input_space, plain_module=plain_module)
     _check_requested_dtype(model, dtype)
     if batch_size is not None and batch_size < 1:
         raise InputError(f"got batch_size={batch_size}; pass a positive batch size or None")
@@ -356,6 +357,7 @@ def fisher_spectrum(
             model, input_space=input_space, device=device, dtype=dtype, likelihood=likelihood
         )
         check_compute_dtype(classifier.dtype, "the classifier's dtype")
+        check_paper_compat_space(estimator, classifier.input_space)
         _check_black_box_likelihood(classifier.likelihood, estimator.method, estimator.black_box)
         batch = classifier.prepare(inputs)
         ids = list(range(len(batch))) if sample_ids is None else list(sample_ids)

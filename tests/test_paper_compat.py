@@ -178,6 +178,22 @@ def test_rayleigh_probes_is_a_lower_bound_of_exact(cnn):
     torch.testing.assert_close(probes.trace, exact.trace, rtol=RTOL, atol=0)
 
 
+def test_a_plain_module_is_measured_in_its_own_inputs():
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
+    inputs = torch.randn(5, 6, generator=torch.Generator().manual_seed(1)).double()
+    result = fisher_spectrum(net.double(), inputs, dtype=torch.float64, paper_compat=True)
+    exact = fisher_spectrum(net, inputs, dtype=torch.float64, method="exact")
+    assert result.method == "rayleigh-probes" and result.settings["paper_compat"] is True
+    assert (result.spectral_norm <= exact.spectral_norm * (1 + RTOL)).all()
+
+
+def test_a_classifier_loaded_in_pixels_is_refused(cnn, tmp_path):
+    _, inputs = cnn
+    pixels = load_classifier(str(build_resnet(tmp_path, image_size=8)), dtype=torch.float64)
+    with pytest.raises(InputError, match=r"measures in 'pixels': load it with load_classifier"):
+        fisher_spectrum(pixels, inputs.clamp(0, 1), dtype=torch.float64, paper_compat=True)
+
+
 # --------------------------------------------------------------------------------------------
 # The preset.
 
@@ -194,6 +210,8 @@ def test_preset_resolves_to_concrete_settings():
     black_box, _ = apply_paper_compat(EstimatorOptions(paper_compat=True, black_box=True), None)
     assert black_box.method == "rayleigh-max" and black_box.num_queries == 201
     assert apply_paper_compat(options, space) == (options, space)  # idempotent
+    module_space = apply_paper_compat(EstimatorOptions(paper_compat=True), None, plain_module=True)
+    assert module_space[1] == "raw"
     plain = EstimatorOptions(method="lanczos")
     assert apply_paper_compat(plain, "pixels") == (plain, "pixels")
 
