@@ -274,8 +274,8 @@ class EstimatorOptions(_Options):
     """How the per-sample Fisher spectrum is estimated (see :func:`~hf_fisher.fisher_spectrum`).
 
     Attributes:
-        method: "auto", a white-box method (exact, lanczos, power, hutchinson, hutchpp) or a
-            black-box one (sketch, rayleigh-max).
+        method: "auto", a white-box method (exact, lanczos, power, hutchinson, hutchpp,
+            rayleigh-probes) or a black-box one (sketch, rayleigh-max).
         black_box: forward queries only.
         top_k: eigenvalues reported per sample.
         max_iter: Fisher products per sample of the iterative methods (None: 100).

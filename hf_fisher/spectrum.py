@@ -289,6 +289,7 @@ def fisher_spectrum(
             tokenized batch, or a :class:`~hf_fisher.adapters.PreparedBatch`.
         method: "auto", "exact" (K-1 backward passes, exact), "lanczos", "power" (the paper's
             method), "hutchinson" / "hutchpp" (stochastic trace, lambda_max by Lanczos),
+            "rayleigh-probes" (the paper code's "Hutchinson": a lower bound on lambda_max),
             "sketch" (black-box) or "rayleigh-max" (the paper's black-box estimator).
         black_box: use forward queries only (softmax classifiers only).
         top_k: eigenvalues to report.
