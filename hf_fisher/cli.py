@@ -27,6 +27,7 @@ from hf_fisher.options import (
     SourceOptions,
     ZeroShotOptions,
 )
+from hf_fisher.paper_compat import apply_paper_compat, apply_paper_compat_companions
 from hf_fisher.report.cli import add_card_parser, add_leaderboard_parser, add_submit_parser
 
 
@@ -183,6 +184,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     zero_shot = ZeroShotOptions.from_namespace(args)
     for options in (estimator, run, companions, source, zero_shot):
         options.validate()
+    apply_paper_compat(estimator, args.input_space)  # a contradicting flag is a usage error
+    apply_paper_compat_companions(companions, estimator)
     label_mapping = None if args.label_mapping is None else read_label_mapping(args.label_mapping)
     check_data_source(args.dataset, source.data_files, source.dataset_revision)
     out_dir = _out_dir(args)

@@ -27,10 +27,12 @@ from typing import Any
 
 from hf_fisher.errors import DatasetError, InputError
 
-WHITE_BOX_METHODS = ("exact", "lanczos", "power", "hutchinson", "hutchpp")
+WHITE_BOX_METHODS = ("exact", "lanczos", "power", "hutchinson", "hutchpp", "rayleigh-probes")
 BLACK_BOX_METHODS = ("sketch", "rayleigh-max")
 METHODS = ("auto", *WHITE_BOX_METHODS, *BLACK_BOX_METHODS)
 """Method names; :mod:`hf_fisher.spectrum` implements them (a test checks the two agree)."""
+POWER_STARTS = ("random", "top-class-gradient")
+"""Power-iteration starts; :data:`hf_fisher.estimators.matrix_free.POWER_STARTS` implements them."""
 
 DEFAULT_EPSILONS = {"l2": (0.25, 0.5, 1.0, 2.0), "linf": (1 / 255, 2 / 255, 4 / 255, 8 / 255)}
 DEFAULT_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
@@ -281,15 +283,19 @@ class EstimatorOptions(_Options):
     """How the per-sample Fisher spectrum is estimated (see :func:`~hf_fisher.fisher_spectrum`).
 
     Attributes:
-        method: "auto", a white-box method (exact, lanczos, power, hutchinson, hutchpp) or a
-            black-box one (sketch, rayleigh-max).
+        method: "auto", a white-box method (exact, lanczos, power, hutchinson, hutchpp,
+            rayleigh-probes) or a black-box one (sketch, rayleigh-max).
         black_box: forward queries only.
         top_k: eigenvalues reported per sample.
         max_iter: Fisher products per sample of the iterative methods (None: 100).
         tol: relative tolerance of the iterative methods.
         num_queries: black-box queries per sample (None: 201).
-        num_probes: probes of the stochastic trace estimators.
+        num_probes: probes of the stochastic trace estimators (and of "rayleigh-probes").
         seed: seed of every random draw.
+        power_start: "random" or "top-class-gradient" (the SRP code's start).
+        fd_step: the black-box central-difference step (None: by dtype).
+        paper_compat: the SRP preset (:mod:`hf_fisher.paper_compat`): the runner and
+            :func:`~hf_fisher.fisher_spectrum` resolve it to concrete settings.
 
     >>> EstimatorOptions(top_k=2).to_settings()["top_k"]
     2
@@ -338,6 +344,25 @@ class EstimatorOptions(_Options):
     )
     seed: int = knob(
         0, "seed of every random draw", type=int, check=integer(0, "it seeds every random draw")
+    )
+    power_start: str = knob(
+        "random",
+        "where power iteration starts: a seeded random vector, or the top class's logit "
+        "gradient (the paper's code)",
+        type=str,
+        choices=POWER_STARTS,
+    )
+    fd_step: float | None = knob(
+        None,
+        "black-box central-difference step in input units (default: 1e-2 in float32, 1e-4 in "
+        "float64)",
+        type=float,
+        check=positive("the finite-difference step of the black-box methods", optional=True),
+    )
+    paper_compat: bool = knob(
+        False,
+        "reproduce the paper's public code: normalised inputs, its estimators and steps "
+        "(docs/paper-compat.md)",
     )
 
     def validate(self) -> None:

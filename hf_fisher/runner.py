@@ -42,6 +42,7 @@ from hf_fisher.data import (
 )
 from hf_fisher.digits import DEFAULT_MODEL_DIR as BUNDLED_MODEL_DIR
 from hf_fisher.errors import DatasetError, InputError, ResultsError
+from hf_fisher.estimators.registry import method_spec
 from hf_fisher.labels import align_labels, check_label_mapping, label_set
 from hf_fisher.options import (
     DEFAULT_HYPOTHESIS_TEMPLATE,
@@ -50,6 +51,12 @@ from hf_fisher.options import (
     RunOptions,
     SourceOptions,
     ZeroShotOptions,
+)
+from hf_fisher.paper_compat import (
+    PAPER_COMPAT,
+    apply_paper_compat,
+    apply_paper_compat_companions,
+    check_paper_compat_space,
 )
 from hf_fisher.results import (
     RESULTS_FILE,
@@ -608,8 +615,11 @@ def evaluate_robustness(
     dataset_revision: str | None = None,
     data_files: Any = None,
     candidate_labels: Sequence[str] | None = None,
-    hypothesis_template: str | None = None,
+    hypothesis_template: str = DEFAULT_HYPOTHESIS_TEMPLATE,
     position: str | None = None,
+    power_start: str = "random",
+    fd_step: float | None = None,
+    paper_compat: bool = False,
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -658,6 +668,10 @@ def evaluate_robustness(
             matched to the candidate labels by name.
         position: causal language models: "last" (default, the next token after each text)
             or "all" (every next token of the text, teacher-forced).
+        power_start, fd_step: where method "power" starts and the black-box step (see
+            :class:`~hf_fisher.options.EstimatorOptions`).
+        paper_compat: reproduce the paper's public code (docs/paper-compat.md); recorded as
+            ``settings.paper_compat`` and ``settings.paper_compat_settings``.
 
     Returns:
         A :class:`RobustnessReport`.
@@ -672,6 +686,9 @@ def evaluate_robustness(
         num_queries=num_queries,
         num_probes=num_probes,
         seed=seed,
+        power_start=power_start,
+        fd_step=fd_step,
+        paper_compat=paper_compat,
     )
     plan = plan_run(
         model,
@@ -694,9 +711,7 @@ def evaluate_robustness(
         labels=labels,
         label_mapping=label_mapping,
         source=SourceOptions(revision, dataset_revision, data_files),
-        zero_shot=ZeroShotOptions(
-            candidate_labels, hypothesis_template or DEFAULT_HYPOTHESIS_TEMPLATE
-        ),
+        zero_shot=ZeroShotOptions(candidate_labels, hypothesis_template),
         position=position,
     )
     return _finish_run(plan, gather_results(plan, compute_records(plan)))
@@ -791,6 +806,27 @@ def _load_model(
     return classifier
 
 
+def _paper_compat(
+    estimator: EstimatorOptions,
+    input_space: str | None,
+    companions: CompanionOptions | None,
+    model: Any,
+) -> tuple[EstimatorOptions, str | None, CompanionOptions | None]:
+    """The concrete options of a ``paper_compat`` run (unchanged without it), before loading."""
+    plain_module = isinstance(model, torch.nn.Module)
+    estimator, input_space = apply_paper_compat(estimator, input_space, plain_module=plain_module)
+    return estimator, input_space, apply_paper_compat_companions(companions, estimator)
+
+
+def _check_loaded(
+    classifier: Classifier, estimator: EstimatorOptions, companions: CompanionOptions | None
+) -> None:
+    """Checks that need the loaded model and no data: its input space, the companions' fit."""
+    check_paper_compat_space(estimator, classifier.input_space)
+    if companions is not None and companions.requested:
+        check_companions(classifier, companions)
+
+
 def plan_run(
     model: Any,
     dataset: Any,
@@ -825,6 +861,7 @@ def plan_run(
     compute_dtype, label_mapping, directory = _validate(
         estimator, run, companions, dtype, label_mapping, device, out_dir
     )
+    estimator, input_space, companions = _paper_compat(estimator, input_space, companions, model)
     state = make_state(device)
     model, dataset = _load_dataset(model, dataset, split, labels, source)
     classifier = _load_model(
@@ -837,8 +874,7 @@ def plan_run(
         zero_shot=zero_shot or ZeroShotOptions(),
         position=position,
     )
-    if companions is not None and companions.requested:
-        check_companions(classifier, companions)
+    _check_loaded(classifier, estimator, companions)
     rows, dataset_name, split = load_any_dataset(
         dataset, split=split, config=config, **source.dataset_keywords()
     )
@@ -997,6 +1033,10 @@ def _settings(
     outputs = classifier.outputs_info()
     if outputs is not None:  # structured outputs: what the output positions are
         settings["outputs"] = outputs
+    if method_spec(concrete).returns.eigenvalue_error == "lower-bound":
+        settings["spectral_norm_is_lower_bound"] = True
+    if estimator.paper_compat:
+        settings["paper_compat_settings"] = PAPER_COMPAT.to_settings()
     return settings
 
 
@@ -1054,9 +1094,7 @@ def _batch_records(plan: RunPlan, batch_indices: list[int], used: set[int]) -> l
         )
         used.add(size)
         positions = Positions.of(classifier, prepared) if classifier.position_summaries else None
-        new += _records_from_spectrum(
-            spectrum, decoded.indices, labels, plan.run.kl_tau, positions
-        )
+        new += _records_from_spectrum(spectrum, decoded.indices, labels, plan.run.kl_tau, positions)
     return new
 
 

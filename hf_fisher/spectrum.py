@@ -16,6 +16,7 @@ from hf_fisher.estimators.result import FisherSpectrum
 from hf_fisher.estimators.spec import AutoBudget, EstimatorCall, Problem
 from hf_fisher.operators import LogitFn, check_likelihood
 from hf_fisher.options import EstimatorOptions
+from hf_fisher.paper_compat import apply_paper_compat, check_paper_compat_space
 
 # Views of the registry (hf_fisher.estimators.registry), in its order.
 WHITE_BOX_METHODS = registry.method_names(black_box=False)
@@ -41,6 +42,12 @@ def check_compute_dtype(dtype: torch.dtype, what: str) -> None:
 
 def _check_black_box_structure(outputs: dict | None, method: str, black_box: bool) -> None:
     spec = registry.REGISTRY.get(method)
+    if outputs is not None and spec is not None and not spec.black_box:
+        if not spec.structured_outputs:
+            raise InputError(
+                f"method {method!r} takes one prediction per input, and this model has "
+                f"structured outputs ({outputs['kind']}); use 'auto', 'exact' or 'lanczos'"
+            )
     if outputs is not None and (black_box or (spec is not None and spec.black_box)):
         raise InputError(
             "black-box estimates support only image and text classifiers, and this model has "
@@ -191,6 +198,9 @@ def spectrum_of_batch(
     num_classes: int | None = None,
     likelihood: str = "categorical",
     shares: bool = False,
+    power_start: str = "random",
+    fd_step: float | None = None,
+    paper_compat: bool = False,
 ) -> FisherSpectrum:
     """Fisher spectrum of one batch given a plain ``logit_fn`` (no Hugging Face involved).
 
@@ -218,6 +228,10 @@ def spectrum_of_batch(
 
     ``logit_fn`` may return (N, T, K) logits: a product of T categoricals (a token classifier,
     a segmenter), whose Fisher is the sum of the positions' Fishers (white-box methods only).
+        power_start: "random" or "top-class-gradient" (method "power").
+        fd_step: black-box central-difference step (None: by dtype).
+        paper_compat: recorded in the settings only; the caller resolves the preset
+            (:func:`~hf_fisher.paper_compat.apply_paper_compat`).
 
     Returns:
         A :class:`FisherSpectrum`.
@@ -253,6 +267,8 @@ def spectrum_of_batch(
         num_queries=num_queries,
         num_probes=num_probes,
         seed=seed,
+        power_start=power_start,
+        fd_step=fd_step,
     )
     if shares:
         options["shares"] = True
@@ -268,6 +284,8 @@ def spectrum_of_batch(
     )
     if likelihood != "categorical":
         settings["likelihood"] = likelihood
+    if paper_compat:
+        settings["paper_compat"] = True
     result.settings = {**settings, **result.settings}  # the method's own knobs last
     return result
 
@@ -291,6 +309,9 @@ def fisher_spectrum(
     sample_ids: Sequence[int] | None = None,
     likelihood: str | None = None,
     options: EstimatorOptions | None = None,
+    power_start: str = "random",
+    fd_step: float | None = None,
+    paper_compat: bool = False,
 ) -> FisherSpectrum:
     """Per-sample lambda_max and trace of the input-space Fisher of a classifier.
 
@@ -305,6 +326,7 @@ def fisher_spectrum(
             tokenized batch, or a :class:`~hf_fisher.adapters.PreparedBatch`.
         method: "auto", "exact" (K-1 backward passes, exact), "lanczos", "power" (the paper's
             method), "hutchinson" / "hutchpp" (stochastic trace, lambda_max by Lanczos),
+            "rayleigh-probes" (the paper code's "Hutchinson": a lower bound on lambda_max),
             "sketch" (black-box) or "rayleigh-max" (the paper's black-box estimator).
         black_box: use forward queries only (softmax classifiers only).
         top_k: eigenvalues to report.
@@ -322,6 +344,11 @@ def fisher_spectrum(
             (``problem_type="multi_label_classification"`` is bernoulli), else categorical.
         options: an :class:`~hf_fisher.options.EstimatorOptions` holding method ... seed,
             instead of those keywords (not both).
+        power_start: "random" or "top-class-gradient" (where method "power" starts).
+        fd_step: black-box central-difference step (None: 1e-2 in float32, 1e-4 in float64).
+        paper_compat: reproduce the paper's public code (docs/paper-compat.md): normalised
+            inputs, "rayleigh-probes" (white box) or "rayleigh-max" (black box), 100 probes,
+            power from the top-class gradient, step 1e-3.
 
     A model in train mode is measured in eval mode (BatchNorm on its running statistics,
     dropout off): an ``nn.Module``'s or Classifier's training flags, submodule by submodule,
@@ -351,7 +378,12 @@ def fisher_spectrum(
         num_queries=num_queries,
         num_probes=num_probes,
         seed=seed,
+        power_start=power_start,
+        fd_step=fd_step,
+        paper_compat=paper_compat,
     )
+    plain_module = isinstance(model, torch.nn.Module)
+    estimator, input_space = apply_paper_compat(estimator, input_space, plain_module=plain_module)
     _check_requested_dtype(model, dtype)
     if batch_size is not None and batch_size < 1:
         raise InputError(f"got batch_size={batch_size}; pass a positive batch size or None")
@@ -363,6 +395,7 @@ def fisher_spectrum(
             model, input_space=input_space, device=device, dtype=dtype, likelihood=likelihood
         )
         check_compute_dtype(classifier.dtype, "the classifier's dtype")
+        check_paper_compat_space(estimator, classifier.input_space)
         _check_black_box_likelihood(classifier.likelihood, estimator.method, estimator.black_box)
         batch = classifier.prepare(inputs)
         ids = list(range(len(batch))) if sample_ids is None else list(sample_ids)

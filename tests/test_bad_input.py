@@ -1177,6 +1177,16 @@ RUNNER_CASES: list[Case] = [
         error=InputError,
         match=r"path_gamma \(--path-gamma\) must be a share in \(0, 1\], got 1\.5",
     ),
+    # --paper-compat measures in the normalised space: pixels with it is a contradiction.
+    Case(
+        "runner-paper-compat-with-pixel-input-space",
+        lambda tmp_path: evaluate_robustness(
+            num_samples=2, progress=False, paper_compat=True, input_space="pixels"
+        ),
+        error=InputError,
+        match=r"paper_compat \(--paper-compat\) measures in the 'normalized' input space, but "
+        r"input_space='pixels' \(--input-space\) was given: drop one of them",
+    ),
 ]
 
 # --- report: cards, submissions, leaderboard ----------------------------------------------

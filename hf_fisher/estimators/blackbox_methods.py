@@ -29,6 +29,7 @@ def _run(
         space_mask=call.space_mask,
         seed=options["seed"],
         sample_ids=call.sample_ids,
+        step=options.get("fd_step"),  # None: the dtype's default step
         **({"top_k": options["top_k"]} if top_k else {}),
     )
     return FisherSpectrum(

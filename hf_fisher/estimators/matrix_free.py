@@ -56,6 +56,20 @@ def _lanczos_top(operator: FisherOperator, call: EstimatorCall, max_iter: int) -
     )
 
 
+def _top_class_gradient(operator: FisherOperator) -> Tensor:  # (N, d)
+    """Each sample's top-class logit gradient ``grad_x z_top`` (one backward pass)."""
+    selector = torch.zeros_like(operator.logits)
+    selector[torch.arange(selector.shape[0], device=selector.device), operator.top_class] = 1.0
+    return operator.vjp(selector)
+
+
+POWER_STARTS: dict[str, Callable[[FisherOperator], Tensor | None]] = {
+    "random": lambda operator: None,  # each sample's seeded "start" stream
+    "top-class-gradient": _top_class_gradient,  # the SRP code's start (paper_compat)
+}
+"""Where power iteration starts, by the ``power_start`` option's value."""
+
+
 def _power_top(operator: FisherOperator, call: EstimatorCall, max_iter: int) -> EigenEstimate:
     options = call.options
     return power_iteration(
@@ -65,6 +79,7 @@ def _power_top(operator: FisherOperator, call: EstimatorCall, max_iter: int) -> 
         seed=options["seed"],
         sample_ids=call.sample_ids,
         return_eigenvectors=bool(options.get("shares")),
+        start=POWER_STARTS[options.get("power_start", "random")](operator),
     )
 
 

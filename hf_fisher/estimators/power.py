@@ -17,6 +17,7 @@ def power_iteration(
     seed: int = 0,
     sample_ids: list[int] | None = None,
     return_eigenvectors: bool = False,
+    start: torch.Tensor | None = None,
 ) -> EigenEstimate:
     """Largest eigenvalue of every block by power iteration, stopping each sample at ``tol``.
 
@@ -29,13 +30,23 @@ def power_iteration(
     when the top two eigenvalues are (nearly) equal: prefer :func:`lanczos`. With
     ``return_eigenvectors`` the last iterate (unit norm) is returned as the eigenvector.
 
+    ``start`` (N, d) replaces the random start vectors (drawn from each sample's "start"
+    stream); the SRP code starts from the top class's logit gradient (see
+    :data:`~hf_fisher.estimators.matrix_free.POWER_STARTS`).
+
     >>> a = torch.diag(torch.tensor([4.0, 1.0, 0.5], dtype=torch.float64))
     >>> round(power_iteration(a, tol=1e-12, max_iter=200).eigenvalues.item(), 6)
     4.0
     """
     op = as_operator(operator)
     num_samples = op.shape[0]
-    vectors = _start_vectors(op, default_streams(seed, num_samples, "start", sample_ids))
+    if start is None:
+        vectors = _start_vectors(op, default_streams(seed, num_samples, "start", sample_ids))
+    else:
+        vectors = start.double().reshape(num_samples, -1)
+        vectors = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(
+            torch.finfo(torch.float64).tiny
+        )
     estimate = torch.zeros(num_samples, dtype=torch.float64, device=op.device)
     residual = torch.full_like(estimate, float("inf"))
     relative = torch.full_like(estimate, float("inf"))

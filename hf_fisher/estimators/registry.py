@@ -8,7 +8,7 @@ means writing that module and listing its spec in :data:`REGISTRY` below. Everyt
 from __future__ import annotations
 
 from hf_fisher.errors import InputError
-from hf_fisher.estimators import blackbox_methods, exact, matrix_free
+from hf_fisher.estimators import blackbox_methods, exact, matrix_free, rayleigh_probes
 from hf_fisher.estimators.spec import AutoBudget, MethodSpec, Problem
 
 REGISTRY: dict[str, MethodSpec] = {
@@ -19,6 +19,7 @@ REGISTRY: dict[str, MethodSpec] = {
         matrix_free.POWER,
         matrix_free.HUTCHINSON,
         matrix_free.HUTCHPP,
+        rayleigh_probes.RAYLEIGH_PROBES,
         blackbox_methods.SKETCH,
         blackbox_methods.RAYLEIGH_MAX,
     )

@@ -168,6 +168,8 @@ class MethodSpec:
         run: estimates one batch; the result's ``settings`` hold the knobs it used beyond
             ``top_k``, ``tol`` and ``seed``.
         auto: whether ``method="auto"`` may choose it.
+        structured_outputs: whether it handles (N, T, K) logits (a product of T categoricals);
+            black-box methods never do.
     """
 
     name: str
@@ -176,3 +178,4 @@ class MethodSpec:
     cost: Callable[[Problem], Cost]
     run: Callable[[EstimatorCall], FisherSpectrum]
     auto: bool = False
+    structured_outputs: bool = True

@@ -53,7 +53,12 @@ from hf_fisher.testing.tolerances import tolerance_for
 
 # Every registered method is under test; a method without an ESTIMATOR_CASES row fails collection.
 METHODS_UNDER_TEST = registry.method_names()
-WHITE_BOX = registry.method_names(black_box=False)
+# The white-box methods that take (N, T, K) logits: the rows of structured-output models.
+WHITE_BOX = tuple(
+    name
+    for name in registry.method_names(black_box=False)
+    if registry.REGISTRY[name].structured_outputs
+)
 DTYPES = (torch.float32, torch.float64)
 MIN_SAMPLES = 8  # so that batch size 7 differs from "all"
 BATCH_SIZES = (1, 7, None)  # None: all samples in one batch
@@ -373,6 +378,16 @@ def _check_rayleigh_max(m: Measurement) -> None:
     assert not bad.any(), _fail("rayleigh-max in [0, lambda_max]", bad, "")
 
 
+def _check_rayleigh_probes(m: Measurement) -> None:
+    """Class-space Rayleigh quotients: a lower bound on lambda_max; the trace is exact."""
+    result = m.result
+    assert result.converged is None and result.settings["is_lower_bound"], "claims a bound only"
+    ceiling = m.eigenvalues[:, 0] * (1 + m.rtol)
+    bad = (result.spectral_norm > ceiling) | (result.spectral_norm < 0)
+    assert not bad.any(), _fail("rayleigh-probes in [0, lambda_max]", bad, "")
+    _check_relative(result.trace, m.trace, m.rtol, "rayleigh-probes exact trace")
+
+
 _PROBES = 16
 _ESTIMATORS = (
     EstimatorCase(
@@ -416,6 +431,13 @@ _ESTIMATORS = (
         lambda dim: {"top_k": 2, "num_queries": 4 * dim + 1},
         _check_sketch,
         finite_differences=True,
+    ),
+    EstimatorCase(
+        "rayleigh-probes",
+        "the largest of num_probes class-space Rayleigh quotients of the K x K matrix "
+        "C^1/2 J J^T C^1/2: a lower bound on lambda_max; its trace is tr(F) exactly",
+        lambda dim: {"num_probes": 100},
+        _check_rayleigh_probes,
     ),
     EstimatorCase(
         "rayleigh-max",
