@@ -12,6 +12,7 @@ from torch import nn
 
 from hf_fisher import companions as companions_module
 from hf_fisher.bounds import (
+    BoundReport,
     bound_report,
     composed_bound,
     lipschitz_bound,
@@ -20,6 +21,7 @@ from hf_fisher.bounds import (
 from hf_fisher.companions import CompanionOptions, run_companions
 from hf_fisher.errors import InputError
 from hf_fisher.estimators.exact import dual_spectrum, gradient_rows
+from hf_fisher.headlines import bound_headline
 from hf_fisher.report import card, plots
 from hf_fisher.report.badge import format_sig
 from hf_fisher.report.sections.bound import card_bound, plot_bound
@@ -514,9 +516,10 @@ def test_attention_blocks_enter_as_local_estimates_matching_the_dense_jacobian(v
     assert local[0].norm == pytest.approx(dense, rel=1e-4)
     section = json.loads(json.dumps(bound_report_of(bound)))
     assert section["kind"] == "estimate" and "estimate" in {e["kind"] for e in section["layers"]}
+    assert "are estimates, not bounds" in card_bound(section)
+    assert bound_headline(section).lines[0].startswith("estimate (attention blocks local)")
+    assert BoundReport.from_json(section).bound.kind == "estimate"
 
 
 def bound_report_of(bound):
-    from hf_fisher.bounds import BoundReport
-
     return BoundReport(bound, torch.ones(2, dtype=torch.float64)).to_json()
