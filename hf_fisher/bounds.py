@@ -101,6 +101,8 @@ class LayerBound(NamedTuple):
         norm: its L2 Lipschitz constant (spectral norm for linear layers).
         method: ``"exact"``, ``"power iteration"`` or ``"constant"`` (see the module docstring).
         relative_change: power iteration only: ``|s_n - s_{n-1}| / s_n`` at the last step.
+        kind: ``"bound"`` (holds for every input) or ``"estimate"`` (a local Jacobian norm
+            measured at the data: attention blocks, which have no global Lipschitz constant).
     """
 
     name: str
@@ -108,6 +110,7 @@ class LayerBound(NamedTuple):
     norm: float
     method: str
     relative_change: float | None = None
+    kind: str = "bound"
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ class ArchitectureBound:
         jacobian_bound: ``s * prod_l L_l >= ||J(x)||_2`` for every x.
         lambda_bound: ``1/2 jacobian_bound^2 >= lambda_max(F(x))`` for every x.
         num_iterations, num_vectors, seed: power-iteration settings.
+        kind: ``"bound"``, or ``"estimate"`` when any factor is an estimate (then
+            ``jacobian_bound`` and ``lambda_bound`` are estimates, not bounds).
     """
 
     layer_norms: list[LayerBound]
@@ -129,6 +134,7 @@ class ArchitectureBound:
     num_iterations: int
     num_vectors: int
     seed: int
+    kind: str = "bound"
 
 
 def operator_norm(
@@ -334,6 +340,19 @@ def _as_tuple(value: int | tuple[int, ...], length: int) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * length
 
 
+def _checked_scale(input_scale: float | Tensor) -> float:
+    if isinstance(input_scale, Tensor):
+        scale = float(input_scale.detach().abs().max()) if input_scale.numel() else math.nan
+    else:
+        scale = abs(float(input_scale))
+    if not (math.isfinite(scale) and scale > 0):
+        raise InputError(
+            f"got input_scale={input_scale!r}; pass a finite scale > 0 (1.0 when the model "
+            "takes the inputs as they are)"
+        )
+    return scale
+
+
 def lipschitz_bound(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -380,15 +399,7 @@ def lipschitz_bound(
             f"got input_shape={input_shape!r}; pass the per-sample shape as a tuple of "
             "positive ints, e.g. (64,) or (1, 8, 8)"
         )
-    if isinstance(input_scale, Tensor):
-        scale = float(input_scale.detach().abs().max()) if input_scale.numel() else math.nan
-    else:
-        scale = abs(float(input_scale))
-    if not (math.isfinite(scale) and scale > 0):
-        raise InputError(
-            f"got input_scale={input_scale!r}; pass a finite scale > 0 (1.0 when the model "
-            "takes the inputs as they are)"
-        )
+    scale = _checked_scale(input_scale)
     power = {"num_iterations": num_iterations, "num_vectors": num_vectors, "seed": seed}
     kind = _probe_kind(model)
     layers = []
@@ -446,9 +457,11 @@ class BoundReport:
                     "relative_change": None
                     if entry.relative_change is None
                     else json_float(entry.relative_change),
+                    "kind": entry.kind,
                 }
                 for entry in bound.layer_norms
             ],
+            "kind": bound.kind,
             "input_scale": json_float(bound.input_scale),
             "jacobian_bound": json_float(bound.jacobian_bound),
             "lambda_bound": json_float(bound.lambda_bound),
@@ -480,6 +493,7 @@ class BoundReport:
                 None
                 if entry["relative_change"] is None
                 else float_from_json(entry["relative_change"]),
+                entry.get("kind", "bound"),
             )
             for entry in data["layers"]
         ]
@@ -491,6 +505,7 @@ class BoundReport:
             data["num_iterations"],
             data["num_vectors"],
             data["seed"],
+            data.get("kind", "bound"),
         )
         return cls(bound, floats_from_json(data["spectral_norm"]))
 
@@ -533,3 +548,229 @@ def bound_report(
         seed=seed,
     )
     return BoundReport(bound, spectral_norm.detach().double().cpu())
+
+
+# Residual networks and transformers ---------------------------------------------------------
+
+_FIRST_TOKEN = "<first token>"
+_SPATIAL_MEAN = "<mean over positions>"
+
+_CHAINS: dict[str, tuple[str, ...]] = {
+    "ResNetForImageClassification": ("resnet", "classifier"),
+    "ResNetModel": ("embedder", "encoder", "pooler"),
+    "ResNetEmbeddings": ("embedder", "pooler"),
+    "ResNetConvLayer": ("convolution", "normalization", "activation"),
+    "ResNetShortCut": ("convolution", "normalization"),
+    "ResNetEncoder": ("stages",),
+    "ResNetStage": ("layers",),
+    "ConvNextForImageClassification": ("convnext", "classifier"),
+    "ConvNextModel": ("embeddings", "encoder", _SPATIAL_MEAN, "layernorm"),
+    "ConvNextEmbeddings": ("patch_embeddings", "layernorm"),
+    "ConvNextEncoder": ("stages",),
+    "ConvNextStage": ("downsampling_layer", "layers"),
+    "ViTForImageClassification": ("vit", _FIRST_TOKEN, "classifier"),
+    "ViTModel": ("embeddings", "layers", "layernorm"),
+}
+"""Modules run as the plain composition of the named children (or pseudo-layers), in order."""
+
+_LOCAL_BLOCKS = ("ViTLayer",)
+"""Blocks with dot-product attention: not globally Lipschitz, estimated at the data."""
+
+COMPOSED_MODELS = "Hugging Face ResNet, ConvNeXt and ViT image classifiers"
+
+
+class _Walker:
+    """Composes per-block constants of a model from shapes and inputs recorded at the data."""
+
+    def __init__(self, shapes: dict, inputs: dict, kind, power: dict) -> None:
+        self.shapes, self.inputs, self.kind, self.power = shapes, inputs, kind, power
+        self.entries: list[LayerBound] = []
+
+    def norm(self, name: str, module: nn.Module) -> float:
+        """The L2 Lipschitz constant (or local estimate) of ``module``, recording its entries."""
+        kind_name = type(module).__name__
+        if kind_name in _LOCAL_BLOCKS:
+            return self._local(name, module)
+        if kind_name in ("ResNetBasicLayer", "ResNetBottleNeckLayer"):
+            return self._residual(name, module, "shortcut", "layer")
+        if kind_name == "ConvNextLayer":
+            return self._convnext_layer(name, module)
+        if kind_name == "ViTEmbeddings":
+            projection = module.patch_embeddings.projection  # the rest adds constants
+            return self.norm(f"{name}.patch_embeddings.projection", projection)
+        if kind_name in _CHAINS or _is_plain(module, (nn.Sequential, nn.ModuleList)):
+            children = _CHAINS.get(kind_name) or tuple(n for n, _ in module.named_children())
+            return math.prod(self._child(name, module, child) for child in children)
+        return self._leaf(name, module)
+
+    def _child(self, name: str, module: nn.Module, child: str) -> float:
+        if child in (_FIRST_TOKEN, _SPATIAL_MEAN):  # a selection / an average: 1-Lipschitz
+            self.entries.append(LayerBound(f"{name}.{child}", "selection", 1.0, "constant"))
+            return 1.0
+        return self.norm(f"{name}.{child}" if name else child, getattr(module, child))
+
+    def _residual(self, name: str, module: nn.Module, *paths: str) -> float:
+        """``act(s(x) + f(x))``: ``Lip(act) * (Lip(s) + Lip(f))``, with ``Lip(I) = 1``."""
+        total = sum(self.norm(f"{name}.{path}", getattr(module, path)) for path in paths)
+        norm = self.norm(f"{name}.activation", module.activation) * total
+        self.entries.append(LayerBound(name, type(module).__name__, norm, "residual"))
+        return norm
+
+    def _convnext_layer(self, name: str, module: nn.Module) -> float:
+        """``x + gamma * pw2(act(pw1(ln(dw(x)))))``: ``1 + max|gamma| * prod``."""
+        parts = ("dwconv", "layernorm", "pwconv1", "act", "pwconv2")
+        branch = math.prod(self.norm(f"{name}.{p}", getattr(module, p)) for p in parts)
+        gamma = getattr(module, "layer_scale_parameter", None)
+        if gamma is not None:
+            branch *= float(gamma.detach().abs().max())
+        norm = 1.0 + branch
+        self.entries.append(LayerBound(name, type(module).__name__, norm, "residual"))
+        return norm
+
+    def _leaf(self, name: str, module: nn.Module) -> float:
+        kind_name = type(module).__name__
+        if kind_name.endswith("LayerNorm") and hasattr(module, "eps"):
+            weight = getattr(module, "weight", None)
+            gamma = 1.0 if weight is None else float(weight.detach().abs().max())
+            norm = gamma / math.sqrt(module.eps)
+            self.entries.append(LayerBound(name, kind_name, norm, "layer norm"))
+            return norm
+        if module not in self.shapes:  # e.g. a pooler that the classifier does not use
+            raise _unsupported(name, module, " (it did not run on the probe input)")
+        if _is_plain(module, _MAX_POOLS):
+            return self._max_pool(name, module)
+        if kind_name.endswith("Activation"):  # Hugging Face elementwise activations
+            norm = _max_slope(module)
+            self.entries.append(LayerBound(name, kind_name, norm, "constant"))
+            return norm
+        entry = _layer_bound(name, module, self.shapes[module], self.kind, self.power)
+        self.entries.append(entry)
+        return entry.norm
+
+    def _max_pool(self, name: str, module: nn.Module) -> float:
+        """Each input lies in at most ``prod ceil(k / s)`` windows: ``sqrt`` of that."""
+        dims = len(self.shapes[module]) - 1
+        kernel, stride = (
+            _as_tuple(module.kernel_size, dims),
+            _as_tuple(module.stride or module.kernel_size, dims),
+        )
+        dilation = _as_tuple(module.dilation, dims)
+        windows = math.prod(
+            min(k, math.ceil((d * (k - 1) + 1) / s))
+            for k, s, d in zip(kernel, stride, dilation, strict=True)
+        )
+        norm = math.sqrt(windows)
+        self.entries.append(LayerBound(name, type(module).__name__, norm, "constant"))
+        return norm
+
+    def _local(self, name: str, module: nn.Module) -> float:
+        """Largest local Jacobian norm of the block at the recorded inputs (power iteration)."""
+        norm, change = local_jacobian_norm(
+            module,
+            self.inputs[module],
+            num_iterations=self.power["num_iterations"],
+            seed=self.power["seed"],
+        )
+        self.entries.append(
+            LayerBound(
+                name, type(module).__name__, norm, "local power iteration", change, "estimate"
+            )
+        )
+        return norm
+
+
+def local_jacobian_norm(
+    block: nn.Module,
+    inputs: Tensor,  # (N, *shape) the block's inputs at the data
+    *,
+    num_iterations: int = 50,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Largest over samples of ``||d block / d x||_2`` at ``inputs``, by power iteration.
+
+    Per sample, ``v <- J^T J v`` with ``J v`` from ``torch.func.jvp`` and ``J^T u`` from a vjp
+    (forward-mode AD: attention must be eager). ``||J v||`` with unit v approaches the local norm
+    from below (one vector per sample).
+
+    Returns:
+        ``(norm, relative_change)`` of the sample with the largest norm.
+    """
+
+    def apply(x: Tensor) -> Tensor:
+        out = block(x)
+        return out[0] if isinstance(out, tuple) else out
+
+    generator = torch.Generator(device=inputs.device).manual_seed(seed)
+    inputs = inputs.detach()
+    vector = torch.randn(inputs.shape, generator=generator, device=inputs.device).to(inputs)
+    estimate = previous = torch.zeros(inputs.shape[0], dtype=torch.float64)
+    with torch.no_grad():
+        _, pullback = torch.func.vjp(apply, inputs)
+        for _ in range(num_iterations):
+            vector = vector / _per_sample_norm(vector).clamp_min(1e-30).view(
+                -1, *[1] * (inputs.ndim - 1)
+            )
+            _, image = torch.func.jvp(apply, (inputs,), (vector,))
+            previous, estimate = estimate, _per_sample_norm(image).double().cpu()
+            (vector,) = pullback(image)
+    best = int(estimate.argmax())
+    norm = float(estimate[best])
+    return norm, abs(norm - float(previous[best])) / max(norm, 1e-300)
+
+
+def _per_sample_norm(values: Tensor) -> Tensor:
+    return values.flatten(1).norm(dim=1)
+
+
+def composed_bound(
+    model: nn.Module,
+    run: Callable[[Tensor], object],
+    inputs: Tensor,  # (N, *shape) model inputs at the data
+    *,
+    input_scale: float | Tensor = 1.0,
+    num_iterations: int = 50,
+    num_vectors: int = 4,
+    seed: int = 0,
+) -> ArchitectureBound:
+    """Compose per-block Lipschitz constants of a residual network or transformer.
+
+    ``run(inputs)`` is run once with hooks that record each module's input shape (and the
+    inputs of attention blocks). Structure is read from module class names (no
+    ``transformers`` import): chains multiply; a residual block ``act(s(x) + f(x))`` gives
+    ``Lip(act) (Lip(s) + Lip(f))`` (``||I + f|| <= 1 + ||f||``); a LayerNorm
+    ``max|gamma| / sqrt(eps)`` (its Jacobian is ``diag(gamma) / sigma(x)`` times a projection,
+    and ``sigma >= sqrt(eps)``); an overlapping max-pool ``sqrt(windows per input)``; leaf layers
+    as in :func:`lipschitz_bound`. Dot-product attention is not globally Lipschitz: each
+    attention block (ViTLayer) enters with its largest local Jacobian norm at ``inputs``
+    (:func:`local_jacobian_norm`), labelled ``kind="estimate"``, and so does the product.
+
+    Raises:
+        InputError: a module with no rule (naming it and the supported models).
+    """
+    scale = _checked_scale(input_scale)
+    power = {"num_iterations": num_iterations, "num_vectors": num_vectors, "seed": seed}
+    shapes, recorded = {}, {}
+
+    def record(module: nn.Module, args: tuple) -> None:
+        if args and isinstance(args[0], Tensor):
+            shapes[module] = tuple(args[0].shape[1:])
+            if type(module).__name__ in _LOCAL_BLOCKS:
+                recorded[module] = args[0].detach()
+
+    handles = [m.register_forward_pre_hook(record) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            run(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    walker = _Walker(shapes, recorded, _probe_kind(model), power)
+    try:
+        product = walker.norm("", model)
+    except InputError as error:
+        raise InputError(f"{error} (composition rules cover {COMPOSED_MODELS})") from None
+    kind = "estimate" if any(e.kind == "estimate" for e in walker.entries) else "bound"
+    jacobian = scale * product
+    return ArchitectureBound(
+        walker.entries, scale, jacobian, 0.5 * jacobian**2, num_iterations, num_vectors, seed, kind
+    )

@@ -7,6 +7,11 @@ maximum likelihood to ``num_batches`` batch maxima of ``||grad g_j||_q`` over ``
 points drawn uniformly in the Lp ball of radius R (q the dual norm of p). The untargeted score is
 the minimum over all targets j != c, the top-2 score uses the runner-up class.
 
+Departures from the plain procedure (docs/clever.md): a fit whose location runs to the top of its
+search range is flagged ``at_edge`` and replaced by the largest observed gradient norm, other
+locations are capped one spread above it (:func:`lipschitz_estimate`), and each sample draws its
+ball points from its own random stream keyed by ``(seed, sample index)``.
+
 Unlike the per-sample NumPy reference, one forward and T backward passes (T targets) serve a
 whole batch of samples and ball points at once, and all reverse Weibull fits run as one batched
 profile-likelihood search (:func:`reverse_weibull_fit`).
@@ -19,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -50,12 +56,16 @@ class WeibullFit:
     Attributes:
         shape, location, scale: (P,) float64 parameters (scipy's ``weibull_max`` c, loc, scale).
         log_likelihood: (P,) float64 at the fitted parameters.
+        at_edge: (P,) bool, True where the likelihood still rose at the top of the location
+            search range (``max + spread * LOCATION_RANGE[1]``): the location is not identified
+            by the batch maxima (a Gumbel-like tail), so :func:`clever_scores` does not use it.
     """
 
     shape: Tensor
     location: Tensor
     scale: Tensor
     log_likelihood: Tensor
+    at_edge: Tensor
 
 
 def _weibull_shape(log_y: Tensor, low: float, high: float, iterations: int) -> Tensor:
@@ -99,6 +109,13 @@ def _profile(samples: Tensor, location: Tensor, low: float, high: float) -> tupl
     return shape, log_scale.exp(), likelihood
 
 
+LOCATION_RANGE = (1e-4, 10.0)
+"""Searched Weibull locations, as ``t`` in ``max + spread * t`` (spread = max - min)."""
+
+LOCATION_CAP = 1.0
+"""Largest ``t`` a CLEVER Lipschitz estimate uses (:func:`lipschitz_estimate`)."""
+
+
 def reverse_weibull_fit(
     samples: Tensor,  # (P, B)
     *,
@@ -109,16 +126,18 @@ def reverse_weibull_fit(
     """Batched maximum-likelihood fit of a reverse Weibull to each row of ``samples``.
 
     The location is searched on a log grid above each row's maximum (``max + spread * t``,
-    ``t`` in [1e-4, 10], refined ``refinements`` times around the best point); for each
-    location the shape solves the likelihood equation and the scale is in closed form. The
-    shape is kept in ``shape_bounds``: below 1 the likelihood is unbounded as the location
-    approaches the sample maximum. Rows with (almost) no spread get ``location = max``.
+    ``t`` in :data:`LOCATION_RANGE` = [1e-4, 10], refined ``refinements`` times around the best
+    point and never leaving that range); for each location the shape solves the likelihood
+    equation and the scale is in closed form. The shape is kept in ``shape_bounds``: below 1
+    the likelihood is unbounded as the location approaches the sample maximum. Rows whose best
+    location is the top of the range are flagged ``at_edge``. Rows with (almost) no spread get
+    ``location = max`` (not flagged).
 
     >>> import scipy.stats
     >>> draws = scipy.stats.weibull_max.rvs(4.0, loc=2.0, size=(1, 4000), random_state=0)
     >>> fit = reverse_weibull_fit(torch.tensor(draws))
-    >>> abs(fit.location.item() - 2.0) < 0.05
-    True
+    >>> abs(fit.location.item() - 2.0) < 0.05, fit.at_edge.item()
+    (True, False)
     """
     if samples.ndim != 2 or samples.shape[1] < 3:
         raise InputError(
@@ -130,8 +149,9 @@ def reverse_weibull_fit(
     spread = peak - samples.amin(dim=1)
     flat = spread <= 1e-12 * peak.abs().clamp_min(1.0)
     spread = torch.where(flat, torch.ones_like(spread), spread)
-    low = torch.full_like(peak, math.log(1e-4))
-    high = torch.full_like(peak, math.log(10.0))
+    bottom, top = (math.log(t) for t in LOCATION_RANGE)
+    low = torch.full_like(peak, bottom)
+    high = torch.full_like(peak, top)
     grid = torch.linspace(0.0, 1.0, grid_size, dtype=torch.float64, device=samples.device)
     for _ in range(refinements + 1):
         log_t = low.unsqueeze(-1) + (high - low).unsqueeze(-1) * grid  # (P, G)
@@ -139,13 +159,39 @@ def reverse_weibull_fit(
         _, _, likelihood = _profile(samples, location, *shape_bounds)
         best_log_t = log_t.gather(1, likelihood.argmax(dim=1, keepdim=True))[:, 0]
         step = (high - low) / (grid_size - 1)
-        low, high = best_log_t - step, best_log_t + step
+        low, high = (best_log_t - step).clamp_min(bottom), (best_log_t + step).clamp_max(top)
     location = peak + spread * best_log_t.exp()
     shape, scale, likelihood = (
         v[:, 0] for v in _profile(samples, location[:, None], *shape_bounds)
     )
+    at_edge = (best_log_t >= top - 1e-12) & ~flat
     location = torch.where(flat, peak, location)
-    return WeibullFit(shape, location, scale, likelihood)
+    return WeibullFit(shape, location, scale, likelihood, at_edge)
+
+
+def lipschitz_estimate(maxima: Tensor) -> tuple[Tensor, Tensor]:  # (P, B) -> (P,), (P,)
+    """Local Lipschitz estimates from batch maxima: a capped Weibull location, or the max.
+
+    Where the fitted location sits at the top of :data:`LOCATION_RANGE` (``at_edge``), the
+    maxima do not pin it down and an unbounded fit wanders off (scipy puts it up to 1e8 spreads
+    above the data, and the score near zero). There the estimate falls back to the largest
+    gradient norm observed over all batches, what ART uses when its fit fails: a lower estimate
+    of L (a higher score), never an arbitrary one. Elsewhere the location is capped at
+    :data:`LOCATION_CAP` spreads above that maximum: fits that extrapolate further are the
+    seed-to-seed noise of a few dozen maxima (docs/clever.md has the measurement).
+
+    Returns:
+        The (P,) float64 estimates and the (P,) bool ``at_edge`` flags.
+    """
+    fit = reverse_weibull_fit(maxima)
+    maxima = maxima.double()
+    observed = maxima.amax(dim=1)
+    cap = observed + LOCATION_CAP * (observed - maxima.amin(dim=1))
+    return torch.where(fit.at_edge, observed, fit.location.minimum(cap)), fit.at_edge
+
+
+EDGE_FALLBACK = "largest observed gradient norm over all batches"
+"""The Lipschitz estimate of a (sample, target) whose Weibull fit is ``at_edge``."""
 
 
 @dataclass
@@ -155,8 +201,15 @@ class CleverScores:
     Attributes:
         untargeted: (N,) min over targets of ``min(g_j / L_j, radius)``; None if not computed.
         top2: (N,) the same for the runner-up class.
-        lipschitz: (N, T) fitted Weibull locations (T = K-1 targets, or 1 for top-2 only);
-            None when read back from results.json, which does not keep them.
+        lipschitz: (N, T) Lipschitz estimates (T = K-1 targets, or 1 for top-2 only): the
+            fitted Weibull location capped at ``LOCATION_CAP`` spreads above the largest
+            maximum, or that maximum where the fit is ``at_edge`` (:func:`lipschitz_estimate`);
+            None when read back from results.json.
+        targets: (N, T) target class of each column; None in results written before it.
+        at_edge: (N, T) bool, the fit of that (sample, target) hit the top of its location
+            range and fell back to the observed maximum; None in older results.
+        maxima: (N, T, num_batches) float64 batch maxima of the gradient norm the estimates
+            were fitted to; None when read back from results.json.
         norm, radius, num_batches, batch_points, seed: settings.
         forward_equivalents: per sample, counting a backward pass as 2 forwards:
             ``num_batches * batch_points * (1 + 2T)``; compare ``1 + 2(K-1)`` for exact
@@ -170,6 +223,9 @@ class CleverScores:
     untargeted: Tensor | None
     top2: Tensor
     lipschitz: Tensor | None
+    targets: Tensor | None
+    at_edge: Tensor | None
+    maxima: Tensor | None
     norm: str
     radius: float
     num_batches: int
@@ -182,8 +238,11 @@ class CleverScores:
     correlations: dict[str, RankCorrelation]
 
     def to_json(self) -> dict:
-        """Plain-Python dict with per-sample scores, costs and correlations."""
-        return {
+        """Plain-Python dict with per-sample scores, costs, correlations and edge flags.
+
+        The edge-fit keys are left out for results read back from files written before them.
+        """
+        section = {
             "norm": self.norm,
             "radius": float(self.radius),
             "num_batches": int(self.num_batches),
@@ -212,6 +271,18 @@ class CleverScores:
                 else json_floats(self.spectral_norm),
             },
         }
+        if self.at_edge is not None and self.targets is not None:
+            section |= {
+                "fits": int(self.at_edge.numel()),
+                "fits_at_edge": int(self.at_edge.sum()),
+                "edge_fallback": EDGE_FALLBACK,
+                "location_cap_spreads": LOCATION_CAP,
+            }
+            section["per_sample"] |= {
+                "targets": self.targets.tolist(),
+                "fit_at_edge": self.at_edge.tolist(),
+            }
+        return section
 
     @classmethod
     def from_json(cls, data: dict) -> CleverScores:
@@ -221,10 +292,17 @@ class CleverScores:
         def scores(key: str) -> Tensor | None:
             return None if per_sample[key] is None else floats_from_json(per_sample[key])
 
+        def flags(key: str, dtype: torch.dtype) -> Tensor | None:
+            value = per_sample.get(key)
+            return None if value is None else torch.tensor(value, dtype=dtype)
+
         return cls(
             untargeted=scores("untargeted"),
             top2=floats_from_json(per_sample["top2"]),
             lipschitz=None,
+            targets=flags("targets", torch.long),
+            at_edge=flags("fit_at_edge", torch.bool),
+            maxima=None,
             norm=data["norm"],
             radius=float(data["radius"]),
             num_batches=data["num_batches"],
@@ -251,16 +329,33 @@ def _batch_maxima(
     batch_points: int,
     clip: tuple[float, float] | None,
     space_mask: Tensor | None,
-    generator: torch.Generator,
+    generators: list[torch.Generator],  # (n,) one random stream per sample
 ) -> Tensor:  # (n, T)
-    """Max over ``batch_points`` ball points of ``||grad (z_c - z_j)||_q``, per sample/target."""
+    """Max over ``batch_points`` ball points of ``||grad (z_c - z_j)||_q``, per sample/target.
+
+    Each sample's points come from its own generator, so they do not depend on the batch.
+    """
     count = inputs.shape[0]
     repeated = inputs.repeat_interleave(batch_points, dim=0)
     mask = None
     if space_mask is not None:
         mask = space_mask.to(inputs).expand_as(inputs).repeat_interleave(batch_points, dim=0)
-    radii = torch.full((repeated.shape[0],), radius, dtype=inputs.dtype, device=inputs.device)
-    points = repeated + sample_in_ball(repeated, radii, norm, space_mask=mask, generator=generator)
+    radii = torch.full((batch_points,), radius, dtype=inputs.dtype, device=inputs.device)
+    offsets = [
+        sample_in_ball(
+            repeated[rows],
+            radii,
+            norm,
+            space_mask=None if mask is None else mask[rows],
+            generator=generator,
+        )
+        for generator, rows in zip(
+            generators,
+            (slice(i * batch_points, (i + 1) * batch_points) for i in range(count)),
+            strict=True,
+        )
+    ]
+    points = repeated + torch.cat(offsets)
     if clip is not None:
         points = points.clamp(clip[0], clip[1])
     leaf = points.detach().requires_grad_(True)
@@ -343,6 +438,7 @@ def _chunked_maxima(
     *,
     chunk: int,
     space_mask: Tensor | None,
+    generators: list[torch.Generator],
     **options,
 ) -> Tensor:  # (N, T)
     """One batch maximum per sample and target, ``chunk`` samples per forward pass."""
@@ -357,10 +453,24 @@ def _chunked_maxima(
                 classes[part],
                 targets[part],
                 space_mask=mask,
+                generators=generators[part],
                 **options,
             )
         )
     return torch.cat(parts)
+
+
+def sample_generators(seed: int, count: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per sample, seeded from ``(seed, sample index)`` via NumPy's SeedSequence.
+
+    A sample's ball points, hence its score, then depend on the seed and its index only, not
+    on the other samples of the batch or on ``max_points`` chunking.
+    """
+    states = np.random.SeedSequence(seed).spawn(count)
+    return [
+        torch.Generator(device=device).manual_seed(int(state.generate_state(1, np.uint64)[0]))
+        for state in states
+    ]
 
 
 def _local_lipschitz(
@@ -372,15 +482,16 @@ def _local_lipschitz(
     num_batches: int,
     steps: Steps,
     **options,
-) -> Tensor:  # (N, T)
-    """Weibull location of ``num_batches`` batch maxima of the margin's gradient norm."""
+) -> tuple[Tensor, Tensor, Tensor]:  # (N, T), (N, T), (N, T, num_batches)
+    """Lipschitz estimates, edge flags and the ``num_batches`` batch maxima they come from."""
     maxima = torch.empty(
         inputs.shape[0], targets.shape[1], num_batches, dtype=torch.float64, device=inputs.device
     )
     for batch in range(num_batches):
         maxima[:, :, batch] = _chunked_maxima(logit_fn, inputs, classes, targets, **options)
         steps.advance()
-    return reverse_weibull_fit(maxima.flatten(0, 1)).location.reshape(targets.shape)
+    lipschitz, at_edge = lipschitz_estimate(maxima.flatten(0, 1))
+    return lipschitz.reshape(targets.shape), at_edge.reshape(targets.shape), maxima
 
 
 def _correlations(
@@ -447,8 +558,7 @@ def clever_scores(
     start = time.perf_counter()
     inputs = inputs.detach()
     logits, classes, targets, runner_up = _targets(logit_fn, inputs, untargeted)
-    generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    lipschitz = _local_lipschitz(
+    lipschitz, at_edge, maxima = _local_lipschitz(
         logit_fn,
         inputs,
         classes,
@@ -461,7 +571,7 @@ def clever_scores(
         batch_points=batch_points,
         clip=clip,
         space_mask=space_mask,
-        generator=generator,
+        generators=sample_generators(seed, inputs.shape[0], inputs.device),
     )
     margins = logits.double().gather(1, classes[:, None]) - logits.double().gather(1, targets)
     scores = (margins / lipschitz.clamp_min(1e-300)).clamp(max=radius)
@@ -472,6 +582,9 @@ def clever_scores(
         untargeted=untargeted_scores,
         top2=top2,
         lipschitz=lipschitz,
+        targets=targets,
+        at_edge=at_edge,
+        maxima=maxima,
         norm=norm,
         radius=float(radius),
         num_batches=num_batches,

@@ -127,21 +127,44 @@ def _bound_applies(classifier: Classifier, options: CompanionOptions) -> str | N
     try:
         lipschitz_bound(classifier.model, classifier.input_shape, num_iterations=1)
     except InputError as error:
-        return str(error)
+        if not isinstance(classifier, ImageClassifier):
+            return str(error)
+        try:  # residual networks and transformers: the composed bound (docs/bounds.md)
+            _composed(classifier, classifier.probe_batch().inputs, num_iterations=1, seed=0)
+        except InputError as composed_error:
+            return str(composed_error)
     return None
 
 
+def _composed(classifier, inputs: Tensor, **settings):
+    """The composed bound of an image classifier at ``inputs`` (in its input space)."""
+    from hf_fisher.bounds import composed_bound
+
+    values = classifier.normalize(inputs) if classifier.input_space == "pixels" else inputs
+    return composed_bound(
+        classifier.model,
+        lambda v: classifier.model(pixel_values=v),
+        values,
+        input_scale=_input_scale(classifier),
+        **settings,
+    )
+
+
 def _run_bound(batch: CompanionInputs) -> dict:
-    from hf_fisher.bounds import bound_report
+    from hf_fisher.bounds import BoundReport, bound_report
 
     classifier = batch.classifier
-    return bound_report(
-        classifier.model,
-        classifier.input_shape,
-        batch.spectral_norm,
-        input_scale=_input_scale(classifier),
-        seed=batch.seed,
-    ).to_json()
+    try:
+        return bound_report(
+            classifier.model,
+            classifier.input_shape,
+            batch.spectral_norm,
+            input_scale=_input_scale(classifier),
+            seed=batch.seed,
+        ).to_json()
+    except InputError:  # not a plain stack: _bound_applies checked the composed bound applies
+        bound = _composed(classifier, batch.inputs, seed=batch.seed)
+        return BoundReport(bound, batch.spectral_norm.detach().double().cpu()).to_json()
 
 
 def _run_attacks(batch: CompanionInputs) -> dict:

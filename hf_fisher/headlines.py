@@ -171,6 +171,8 @@ def bound_headline(section: dict) -> Headline:
         for key in ("lambda_bound", "ratio_to_max", "ratio_to_median", "num_above_bound")
     }
     first = f"data-free bound lambda_max <= {_num(section['lambda_bound'])}"
+    if section.get("kind") == "estimate":  # attention blocks entered as local estimates
+        first = f"estimate (attention blocks local) lambda_max ~ {_num(section['lambda_bound'])}"
     second = (
         f"{_num(section['ratio_to_max'], '.2g')}x the largest measured lambda_max, "
         f"{_num(section['ratio_to_median'], '.2g')}x the median; "

@@ -12,13 +12,16 @@ from torch import nn
 
 from hf_fisher import companions as companions_module
 from hf_fisher.bounds import (
+    BoundReport,
     bound_report,
+    composed_bound,
     lipschitz_bound,
     operator_norm,
 )
 from hf_fisher.companions import CompanionOptions, run_companions
 from hf_fisher.errors import InputError
 from hf_fisher.estimators.exact import dual_spectrum, gradient_rows
+from hf_fisher.headlines import bound_headline
 from hf_fisher.report import card, plots
 from hf_fisher.report.badge import format_sig
 from hf_fisher.report.sections.bound import card_bound, plot_bound
@@ -408,23 +411,19 @@ def test_evaluate_robustness_writes_a_valid_bound_section(tmp_path):
     assert "### Architecture bound" in text and "](bound.png)" in text
 
 
-def test_hugging_face_models_are_not_plain_stacks(default_model_dir):
+def test_hugging_face_models_get_the_composed_bound(default_model_dir):
     from hf_fisher.adapters import load_classifier
 
     classifier = load_classifier(default_model_dir)
-    batch = classifier.prepare(torch.zeros(2, 1, 32, 32))
-    with pytest.raises(
-        InputError,
-        match=r"ResNetForImageClassification is not a plain "
-        r"feed-forward stack.*drop --bound",
-    ):
-        run_companions(
-            classifier,
-            batch,
-            torch.tensor([0, 1]),
-            torch.ones(2),
-            CompanionOptions(bound=True, attacks="l2"),
-        )  # fails before the attacks
+    batch = classifier.prepare(torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+    spectral = dual_spectrum(gradient_rows(classifier, batch.inputs)).eigenvalues[:, 0]
+    sections = run_companions(
+        classifier, batch, torch.tensor([0, 1]), spectral, CompanionOptions(bound=True)
+    )
+    section = sections["bound"]
+    assert section["kind"] == "bound"
+    assert {layer["method"] for layer in section["layers"]} >= {"residual"}
+    assert section["num_above_bound"] == 0
     slopes = companions_module._input_scale(classifier)
     expected = classifier.pixel_scale / torch.tensor(classifier._std_values)
     assert slopes.tolist() == pytest.approx(expected.tolist())
@@ -459,5 +458,68 @@ def test_cli_flag_reaches_the_options_and_hf_models_get_one_clear_line(capsys, t
         ]
     )
     error = capsys.readouterr().err
-    assert code == 1  # found once the model is loaded: a failed run, not a usage error
-    assert "hf-fisher: error: ResNetForImageClassification is not a plain feed-forward" in error
+    assert code == 0, error  # the bundled ResNet gets the composed bound
+
+
+def dense_logit_jacobian_norms(classifier, inputs):
+    """Exact ||d logits / d model input||_2 per sample, in float64 (dense Jacobian, SVD)."""
+    model = classifier.model
+    norms = []
+    for x in inputs:
+        jacobian = torch.autograd.functional.jacobian(
+            lambda v: model(pixel_values=v[None]).logits[0], x
+        )
+        norms.append(float(torch.linalg.matrix_norm(jacobian.reshape(len(jacobian), -1), 2)))
+    return torch.tensor(norms, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", ["resnet_dir", "convnext_dir"])
+def test_composed_bound_exceeds_local_jacobian_norms_of_residual_networks(name, request):
+    from hf_fisher.adapters import load_classifier
+
+    classifier = load_classifier(request.getfixturevalue(name), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(4, *classifier.input_shape, generator=generator, dtype=torch.float64)
+    model = classifier.model
+    bound = composed_bound(model, lambda v: model(pixel_values=v), inputs)
+    assert bound.kind == "bound" and all(e.kind == "bound" for e in bound.layer_norms)
+    assert any(e.method == "residual" for e in bound.layer_norms)
+    measured = dense_logit_jacobian_norms(classifier, inputs)
+    assert (measured > 0).all() and (bound.jacobian_bound >= measured).all()
+    assert bound.lambda_bound == pytest.approx(0.5 * bound.jacobian_bound**2, rel=1e-12)
+
+
+def test_attention_blocks_enter_as_local_estimates_matching_the_dense_jacobian(vit_dir):
+    from hf_fisher.adapters import load_classifier
+
+    classifier = load_classifier(vit_dir, dtype=torch.float64)
+    model = classifier.model
+    inputs = torch.randn(3, *classifier.input_shape, generator=torch.Generator().manual_seed(1),
+                         dtype=torch.float64)
+    bound = composed_bound(model, lambda v: model(pixel_values=v), inputs, num_iterations=200)
+    assert bound.kind == "estimate"
+    local = [e for e in bound.layer_norms if e.kind == "estimate"]
+    assert [e.type for e in local] == ["ViTLayer"] and local[0].method == "local power iteration"
+    block = model.vit.layers[0]
+    hidden = model.vit.embeddings(inputs)
+
+    def apply(h):
+        out = block(h[None])
+        return (out[0] if isinstance(out, tuple) else out)[0]
+
+    dense = max(
+        float(torch.linalg.matrix_norm(
+            torch.autograd.functional.jacobian(apply, h).reshape(h.numel(), h.numel()), 2))
+        for h in hidden
+    )
+    # HF attention runs its softmax in float32: agreement to float32 accuracy
+    assert local[0].norm == pytest.approx(dense, rel=1e-4)
+    section = json.loads(json.dumps(bound_report_of(bound)))
+    assert section["kind"] == "estimate" and "estimate" in {e["kind"] for e in section["layers"]}
+    assert "are estimates, not bounds" in card_bound(section)
+    assert bound_headline(section).lines[0].startswith("estimate (attention blocks local)")
+    assert BoundReport.from_json(section).bound.kind == "estimate"
+
+
+def bound_report_of(bound):
+    return BoundReport(bound, torch.ones(2, dtype=torch.float64)).to_json()

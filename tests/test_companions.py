@@ -103,8 +103,13 @@ def test_inapplicable_companion_fails_before_the_fisher_pass(monkeypatch):
         raise AssertionError("the Fisher pass ran before the companion check")
 
     monkeypatch.setattr(spectrum_module, "spectrum_of_batch", never)
-    with pytest.raises(InputError, match="not a plain feed-forward stack"):
-        evaluate_robustness(num_samples=4, progress=False, companions=CompanionOptions(bound=True))
+    with pytest.raises(InputError, match="has no natural bound: pass --eps-max"):
+        evaluate_robustness(
+            num_samples=4,
+            progress=False,
+            input_space="normalized",
+            companions=CompanionOptions(attacks="l2"),
+        )
 
 
 # The registry: one entry per measurement, each saying which classifiers it applies to.

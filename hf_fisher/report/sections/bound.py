@@ -78,6 +78,12 @@ def card_bound(section: dict) -> str:
         f"{format_sig(section['ratio_to_max'])}× the max and "
         f"{format_sig(section['ratio_to_median'])}× the median."
     )
+    if section.get("kind") == "estimate":
+        summary += (
+            " Some blocks (attention) have no global Lipschitz constant and enter with their "
+            "largest local Jacobian norm at these samples (kind: estimate), so these figures "
+            "are estimates, not bounds."
+        )
     return paragraphs(
         intro,
         table(["layer", "type", "L2 constant", "method"], rows),

@@ -72,6 +72,12 @@ def card_clever(section: dict) -> str:
         f"{section['num_samples']} samples. A larger score means more robust, so it should "
         "fall as λ_max rises (negative rank correlation)."
     )
+    if section.get("fits_at_edge") is not None:
+        intro += (
+            f" {section['fits_at_edge']} of {section['fits']} (sample, target) fits ran to the "
+            "edge of their location range and used the largest observed gradient norm instead "
+            "(docs/clever.md)."
+        )
     cost = section["cost"]
     cost_table = table(
         ["cost per sample", "CLEVER", "λ_max (exact engine)"],
