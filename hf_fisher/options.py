@@ -94,6 +94,14 @@ def _attack_norm(name: str, flag: str, value: Any) -> None:
         raise InputError(f"attacks={value!r}; choose 'l2' or 'linf'")
 
 
+def _fraction(name: str, flag: str, value: Any) -> None:
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or not 0 < value < 1:
+        raise InputError(
+            f"{name} ({flag}) must be a relative width in (0, 1), e.g. 0.01, got {value!r}"
+        )
+
+
 def floats(text: str) -> list[float]:
     """Parse a comma-separated list of numbers (an argparse ``type``)."""
     try:
@@ -418,6 +426,11 @@ class CompanionOptions(_Options):
         attack_epsilons: budgets of the robust-accuracy curve (default per norm).
         eps_max: largest epsilon of the bisection (default: the pixel box; required for
             embeddings).
+        attack_steps, attack_restarts: PGD steps and random restarts (restarts run only on
+            samples not flipped yet).
+        bisection_steps, bisection_tolerance: the minimal-epsilon bisection stops per sample
+            once its bracket is within ``bisection_tolerance`` of its upper end, after at most
+            ``bisection_steps`` halvings.
         noise: random-noise robustness curves with Hoeffding / empirical-Bernstein bounds.
         noise_sigmas, noise_kind, noise_draws: the noise grid, "gaussian" or "uniform", and
             draws per sample.
@@ -440,6 +453,19 @@ class CompanionOptions(_Options):
     attack_epsilons: Sequence[float] | None = knob(None, "comma-separated budgets", type=floats)
     eps_max: float | None = knob(
         None, "largest epsilon tried by the bisection", type=float, check=positive(optional=True)
+    )
+    attack_steps: int = knob(20, "PGD steps per restart", type=int, check=integer(1))
+    attack_restarts: int = knob(
+        2, "PGD random restarts (only on samples not flipped yet)", type=int, check=integer(1)
+    )
+    bisection_steps: int = knob(
+        20, "most halvings of each sample's minimal-epsilon bracket", type=int, check=integer(0)
+    )
+    bisection_tolerance: float = knob(
+        0.01,
+        "stop bisecting a sample once its bracket is within this fraction of its upper end",
+        type=float,
+        check=_fraction,
     )
     noise: bool = knob(False, "random-noise robustness curves")
     noise_sigmas: Sequence[float] = knob(

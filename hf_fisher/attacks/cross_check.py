@@ -204,9 +204,10 @@ def attack_report(
     epsilons: Sequence[float],
     norm: Norm = "l2",
     eps_max: float | None = None,
-    bisection_steps: int = 10,
+    bisection_steps: int = 20,
+    tolerance: float | None = 0.01,
     steps: int = 20,
-    restarts: int = 1,
+    restarts: int = 2,
     step_size: float | None = None,
     loss: Loss = "ce",
     clip: tuple[float, float] | None = None,
@@ -218,7 +219,8 @@ def attack_report(
 ) -> AttackReport:
     """Attack cross-check: robust accuracy, minimal epsilons, and what predicts them.
 
-    Runs PGD and FGSM at each epsilon, bisects each sample's minimal PGD epsilon, computes the
+    Runs PGD and FGSM at each epsilon, bisects each sample's minimal PGD epsilon (to a relative
+    ``tolerance``, at most ``bisection_steps`` halvings; see :func:`minimal_epsilon`), computes the
     baselines and sanity flags, and correlates every predictor with the minimal epsilon over
     the correctly classified samples (samples never flipped rank last). ``progress(done,
     total)`` counts one step per epsilon, per bisection PGD run and for the baselines.
@@ -236,14 +238,16 @@ def attack_report(
     robust = _robust_accuracy(
         logit_fn, inputs, labels, epsilons, steps, pgd_options=pgd_options, common=common, seed=seed
     )
+    before = steps.done
     minimal = minimal_epsilon(
         logit_fn,
         inputs,
         labels,
         eps_max=eps_max,
         bisection_steps=bisection_steps,
+        tolerance=tolerance,
         seed=seed,
-        progress=lambda done, total: steps.advance(),
+        progress=lambda done, total: steps.advance(before + done - steps.done),
         **pgd_options,
         **common,
     )
