@@ -14,6 +14,7 @@ examples; masked gradients make every gradient-based number, lambda_max included
 One concept per module: :mod:`~hf_fisher.attacks._geometry` (input checks, norms, projection,
 clipping, ball sampling), :mod:`~hf_fisher.attacks.gradient` (PGD, FGSM),
 :mod:`~hf_fisher.attacks.minimal` (bisection of the minimal epsilon),
+:mod:`~hf_fisher.attacks.carlini_wagner` (Carlini-Wagner L2, the minimal-perturbation attack),
 :mod:`~hf_fisher.attacks.baselines` (baselines and sanity flags) and
 :mod:`~hf_fisher.attacks.cross_check` (:class:`AttackReport`, the results section).
 """
@@ -39,6 +40,11 @@ from hf_fisher.attacks.baselines import (
     baseline_scores,
     sanity_flags,
 )
+from hf_fisher.attacks.carlini_wagner import (
+    CarliniWagnerResult,
+    CarliniWagnerSettings,
+    carlini_wagner_l2,
+)
 from hf_fisher.attacks.cross_check import AttackReport, attack_report
 from hf_fisher.attacks.gradient import AttackResult, fgsm, pgd
 from hf_fisher.attacks.minimal import (
@@ -56,6 +62,9 @@ __all__ = [
     "pgd",
     "fgsm",
     "AttackResult",
+    "carlini_wagner_l2",
+    "CarliniWagnerResult",
+    "CarliniWagnerSettings",
     "minimal_epsilon",
     "MinimalEpsilon",
     "AttackBudget",
