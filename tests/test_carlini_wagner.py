@@ -1,10 +1,22 @@
 """Carlini-Wagner L2 against the closed-form boundary distance of linear classifiers."""
 
+import json
+
 import pytest
 import torch
 
-from hf_fisher.attacks import carlini_wagner_l2, lp_norm
+from hf_fisher import CompanionOptions, load_classifier
+from hf_fisher.attacks import (
+    AttackReport,
+    CarliniWagnerSettings,
+    attack_report,
+    carlini_wagner_l2,
+    lp_norm,
+)
 from hf_fisher.errors import InputError
+from hf_fisher.estimators.exact import dual_spectrum, gradient_rows
+from hf_fisher.report.sections.attacks import _carlini_wagner
+from hf_fisher.testing.models import train_digits_mlp
 from hf_fisher.testing.tolerances import tolerance_for
 
 torch.set_num_threads(1)
@@ -124,3 +136,110 @@ def test_bad_knobs_raise_before_any_forward_pass():
         carlini_wagner_l2(logit_fn, x, labels, kappa=-1.0)
     with pytest.raises(InputError, match=r"outside clip=\(0.0, 1.0\)"):
         carlini_wagner_l2(logit_fn, x, labels, clip=(0.0, 1.0))
+
+
+def test_cw_sits_next_to_pgd_in_the_attack_report_and_round_trips():
+    model, inputs, labels = train_digits_mlp()
+    x, y = inputs[:16], labels[:16]
+    spectral = dual_spectrum(gradient_rows(model, x)).eigenvalues[:, 0]
+    settings = CarliniWagnerSettings(steps=40, binary_search_steps=4, learning_rate=0.05)
+    report = attack_report(
+        model,
+        x,
+        y,
+        spectral,
+        epsilons=[1.0],
+        clip=(0.0, 1.0),
+        steps=10,
+        restarts=1,
+        bisection_steps=8,
+        num_bootstrap=50,
+        carlini_wagner=settings,
+    )
+    section = json.loads(json.dumps(report.to_json()))
+    cw = section["cw"]
+    assert cw["settings"]["clip"] == [0.0, 1.0]  # the report's box, not the settings' None
+    assert cw["settings"]["gradient_evaluations_per_sample"] == 160
+    assert len(section["per_sample"]["cw_norm"]) == 16
+    correct = report.correct
+    both = correct & torch.isfinite(report.cw_norm) & torch.isfinite(report.minimal.epsilon)
+    ratio = (report.minimal.epsilon[both] / report.cw_norm[both]).median()
+    assert cw["median_ratio_minimal_epsilon_to_cw"] == pytest.approx(float(ratio))
+    assert -1 <= cw["correlation_spectral_norm"]["spearman"] <= 1
+    back = AttackReport.from_json(section)
+    torch.testing.assert_close(back.cw_norm, report.cw_norm.double())
+    assert back.cw_settings == report.cw_settings
+    assert back.to_json() == section
+    without = attack_report(
+        model,
+        x[:4],
+        y[:4],
+        spectral[:4],
+        epsilons=[1.0],
+        clip=(0.0, 1.0),
+        steps=2,
+        bisection_steps=1,
+        num_bootstrap=10,
+    ).to_json()
+    assert "cw" not in without and "cw_norm" not in without["per_sample"]
+    with pytest.raises(InputError, match="Carlini-Wagner is an L2 attack"):
+        attack_report(
+            model,
+            x,
+            y,
+            spectral,
+            epsilons=[0.1],
+            norm="linf",
+            clip=(0.0, 1.0),
+            carlini_wagner=settings,
+        )
+
+
+def test_cw_moves_only_real_tokens_and_a_padded_sample_matches_itself_alone(bert_dir):
+    bert64 = load_classifier(bert_dir, dtype=torch.float64, device="cpu")
+    batch = bert64.prepare(["good", "a very bad and long film indeed", "fine film"])
+    alone = bert64.prepare(["good"])
+    norms = []
+    for prepared in (batch, alone):
+        logit_fn = bert64.logit_fn(prepared)
+        labels = logit_fn(prepared.inputs).argmax(dim=1)
+        result = carlini_wagner_l2(
+            logit_fn,
+            prepared.inputs,
+            labels,
+            steps=15,
+            binary_search_steps=2,
+            learning_rate=0.05,
+            space_mask=prepared.space_mask,
+        )
+        delta = result.adversarial - prepared.inputs
+        assert (delta * (1 - prepared.space_mask)).abs().max() == 0  # padding never moves
+        assert_valid(logit_fn, prepared.inputs, labels, result)
+        norms.append(result.norm[0])
+    assert torch.isfinite(norms[0])
+    # HF eager attention keeps its softmax in float32: float32 tolerance, as for PGD
+    torch.testing.assert_close(norms[0], norms[1], rtol=tolerance_for(torch.float32), atol=1e-8)
+
+
+def test_attacks_cw_option_runs_the_l2_cross_check_with_cw():
+    options = CompanionOptions(attacks="cw", cw_steps=5)
+    assert options.attack_norm == "l2" and CompanionOptions(attacks="linf").attack_norm == "linf"
+    with pytest.raises(InputError, match="choose 'l2' or 'linf', or 'cw'"):
+        CompanionOptions(attacks="cw-linf").validate()
+    with pytest.raises(InputError, match=r"bisection_tolerance \(--bisection-tolerance\)"):
+        CompanionOptions(attacks="l2", bisection_tolerance=1.5).validate()
+
+
+def test_card_shows_cw_next_to_pgd():
+    section = {
+        "settings": CarliniWagnerSettings(steps=40, binary_search_steps=4).to_json(),
+        "median_norm": 0.5,
+        "num_not_flipped": 1,
+        "median_ratio_minimal_epsilon_to_cw": 1.08,
+        "fraction_minimal_epsilon_above_cw_by_10_percent": 0.25,
+        "correlation_spectral_norm": {"spearman": -0.8, "spearman_ci": [-0.9, -0.6]},
+    }
+    text = _carlini_wagner({"cw": section})
+    assert "40 Adam steps × 4 rounds" in text and "1.08× the CW norm" in text
+    assert "fraction 0.25" in text and "-0.8 [-0.9, -0.6]" in text.replace("−", "-")
+    assert _carlini_wagner({}) == ""

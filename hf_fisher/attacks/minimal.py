@@ -50,10 +50,12 @@ class AttackBudget:
         return (self.bisection_steps + 1) * self.steps * self.restarts
 
     def to_json(self) -> dict:
-        """Plain-Python dict, including the worst-case cost."""
+        """Plain-Python dict, including the worst-case cost; no ``tolerance`` key without one."""
         data = asdict(self)
         data["clip"] = None if self.clip is None else [float(v) for v in self.clip]
         data["gradient_evaluations_per_sample"] = self.gradient_evaluations_per_sample
+        if self.tolerance is None:  # fixed halvings, as in files written before the tolerance
+            del data["tolerance"]
         return data
 
     @classmethod
