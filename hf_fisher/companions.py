@@ -161,6 +161,8 @@ def _run_attacks(batch: CompanionInputs) -> dict:
         bisection_steps=options.bisection_steps,
         tolerance=options.bisection_tolerance,
         carlini_wagner=cw,
+        lipschitz_radius=options.lipschitz_radius,
+        lipschitz_points=options.lipschitz_points,
         clip=batch.clip,
         space_mask=batch.space_mask,
         seed=batch.seed,

@@ -106,6 +106,12 @@ def _fraction(name: str, flag: str, value: Any) -> None:
         )
 
 
+def _non_negative(name: str, flag: str, value: Any) -> None:
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or not math.isfinite(value) or value < 0:
+        raise InputError(f"{name} ({flag}) must be a finite number >= 0, got {value!r}")
+
+
 def floats(text: str) -> list[float]:
     """Parse a comma-separated list of numbers (an argparse ``type``)."""
     try:
@@ -439,6 +445,8 @@ class CompanionOptions(_Options):
             ``bisection_steps`` halvings.
         cw_steps, cw_binary_search_steps, cw_initial_const, cw_learning_rate: the
             Carlini-Wagner budget (Adam steps per round, rounds of the search over ``c``).
+        lipschitz_radius, lipschitz_points: the Lipschitz baseline's neighbourhood (the sample
+            and that many uniform points in its L2 ball; radius 0: the sample only).
         noise: random-noise robustness curves with Hoeffding / empirical-Bernstein bounds.
         noise_sigmas, noise_kind, noise_draws: the noise grid, "gaussian" or "uniform", and
             draws per sample.
@@ -485,6 +493,15 @@ class CompanionOptions(_Options):
     )
     cw_learning_rate: float = knob(
         0.01, "Carlini-Wagner Adam learning rate", type=float, check=positive()
+    )
+    lipschitz_radius: float = knob(
+        0.1,
+        "Lipschitz baseline: L2 radius around each sample (0: at the sample only)",
+        type=float,
+        check=_non_negative,
+    )
+    lipschitz_points: int = knob(
+        8, "Lipschitz baseline: random points in the ball", type=int, check=integer(0)
     )
     noise: bool = knob(False, "random-noise robustness curves")
     noise_sigmas: Sequence[float] = knob(

@@ -38,7 +38,9 @@ from hf_fisher.attacks.baselines import (
     Baselines,
     SanityFlags,
     baseline_scores,
+    lipschitz_scores,
     sanity_flags,
+    softmax_jacobian_norm,
 )
 from hf_fisher.attacks.carlini_wagner import (
     CarliniWagnerResult,
@@ -72,6 +74,8 @@ __all__ = [
     # baselines and sanity flags
     "baseline_scores",
     "Baselines",
+    "lipschitz_scores",
+    "softmax_jacobian_norm",
     "sanity_flags",
     "SanityFlags",
     "GRADIENT_MASKING_WARNING",

@@ -17,7 +17,12 @@ from torch import Tensor
 
 from hf_fisher._progress import ProgressCallback, Steps
 from hf_fisher.attacks._geometry import Loss, Norm, _logits, check_batch
-from hf_fisher.attacks.baselines import SanityFlags, baseline_scores, sanity_flags
+from hf_fisher.attacks.baselines import (
+    SanityFlags,
+    baseline_scores,
+    lipschitz_scores,
+    sanity_flags,
+)
 from hf_fisher.attacks.carlini_wagner import CarliniWagnerSettings, carlini_wagner_l2
 from hf_fisher.attacks.gradient import fgsm, pgd
 from hf_fisher.attacks.minimal import AttackBudget, MinimalEpsilon, _seeded, minimal_epsilon
@@ -34,7 +39,7 @@ from hf_fisher.errors import InputError
 from hf_fisher.operators import LogitFn
 
 _CW_KNOBS = ("steps", "binary_search_steps", "initial_const", "learning_rate", "kappa", "clip")
-EXPECTED_SIGNS = {"spectral_norm": -1, "confidence": -1, "first_order": 1}
+EXPECTED_SIGNS = {"spectral_norm": -1, "confidence": -1, "first_order": 1, "lipschitz": -1}
 
 
 @dataclass
@@ -54,6 +59,9 @@ class AttackReport:
         cw_norm: (N,) Carlini-Wagner L2 minimal perturbation norms (+inf: not flipped), or
             None when CW did not run; ``cw_settings`` its budget.
         cw_correlation: spectral_norm vs the CW norm over the correct samples.
+        lipschitz: (N,) local Lipschitz baseline (max spectral norm of the softmax Jacobian
+            over the sample and ``lipschitz_points`` points in its L2 ball of
+            ``lipschitz_radius``), or None when it did not run.
     """
 
     epsilons: list[float]
@@ -70,6 +78,9 @@ class AttackReport:
     cw_norm: Tensor | None = None
     cw_settings: CarliniWagnerSettings | None = None
     cw_correlation: RankCorrelation | None = None
+    lipschitz: Tensor | None = None
+    lipschitz_radius: float | None = None
+    lipschitz_points: int | None = None
 
     def to_json(self) -> dict:
         """Plain-Python dict; +inf minimal epsilons become null."""
@@ -77,6 +88,13 @@ class AttackReport:
         if self.cw_norm is not None:
             data["cw"] = _cw_json(self)
             data["per_sample"]["cw_norm"] = json_floats(self.cw_norm)
+        if self.lipschitz is not None:
+            data["lipschitz_baseline"] = {
+                "radius": float(self.lipschitz_radius),
+                "num_points": int(self.lipschitz_points),
+                "norm": "spectral norm of the softmax Jacobian (diag p - p p^T) J",
+            }
+            data["per_sample"]["lipschitz"] = json_floats(self.lipschitz)
         return data
 
     def _pgd_json(self) -> dict:
@@ -97,7 +115,7 @@ class AttackReport:
                 else float("nan")
             ),
             "correlations": {name: c.to_json() for name, c in self.correlations.items()},
-            "expected_signs": dict(EXPECTED_SIGNS),
+            "expected_signs": {name: EXPECTED_SIGNS[name] for name in self.correlations},
             "partial_spectral_norm_given_confidence": self.partial.to_json(),
             "sanity": self.sanity.to_json(),
             "per_sample": {
@@ -119,7 +137,7 @@ class AttackReport:
         zero gradient), any other null NaN.
         """
         per_sample = data["per_sample"]
-        cw = data.get("cw")
+        cw, lipschitz = data.get("cw"), data.get("lipschitz_baseline")
         minimal = MinimalEpsilon(
             floats_from_json(per_sample["minimal_epsilon"], math.inf),
             floats_from_json(per_sample["lower_epsilon"]),
@@ -144,6 +162,9 @@ class AttackReport:
             cw_correlation=None
             if cw is None
             else RankCorrelation.from_json(cw["correlation_spectral_norm"]),
+            lipschitz=None if lipschitz is None else floats_from_json(per_sample["lipschitz"]),
+            lipschitz_radius=None if lipschitz is None else lipschitz["radius"],
+            lipschitz_points=None if lipschitz is None else lipschitz["num_points"],
         )
 
 
@@ -258,6 +279,8 @@ def attack_report(
     num_bootstrap: int = 1000,
     seed: int = 0,
     carlini_wagner: CarliniWagnerSettings | None = None,
+    lipschitz_radius: float | None = None,
+    lipschitz_points: int = 8,
     progress: ProgressCallback | None = None,
 ) -> AttackReport:
     """Attack cross-check: robust accuracy, minimal epsilons, and what predicts them.
@@ -269,6 +292,8 @@ def attack_report(
     ``carlini_wagner`` settings (L2 only; their ``clip`` is replaced by ``clip``), Carlini-Wagner
     L2 also runs and its per-sample norms sit next to PGD's minimal epsilon. ``progress(done,
     total)`` counts one step per epsilon, per bisection PGD run, for CW and for the baselines.
+    With ``lipschitz_radius`` (0: at the sample only), the Lipschitz baseline
+    (:func:`~hf_fisher.attacks.baselines.lipschitz_scores`) joins the correlation table.
 
     Raises:
         InputError: bad shapes, norm, clip or epsilons, or CW with ``norm="linf"``.
@@ -296,12 +321,8 @@ def attack_report(
         **pgd_options,
         **common,
     )
-    baselines = baseline_scores(logit_fn, inputs, norm=norm, space_mask=space_mask)
-    predictors = {
-        "spectral_norm": spectral_norm,
-        "confidence": baselines.confidence,
-        "first_order": baselines.first_order,
-    }
+    lipschitz = {"radius": lipschitz_radius, "num_points": lipschitz_points, "clip": clip}
+    predictors = _predictors(logit_fn, inputs, spectral_norm, norm, space_mask, lipschitz, seed)
     stats = {"confidence_level": confidence_level, "num_bootstrap": num_bootstrap, "seed": seed}
     correlations, partial = _correlate(predictors, minimal.epsilon, correct, **stats)
     unflipped = int(torch.isinf(minimal.epsilon).sum())
@@ -317,8 +338,8 @@ def attack_report(
         robust_accuracy=robust,
         minimal=minimal,
         spectral_norm=spectral_norm,
-        confidence=baselines.confidence,
-        first_order=baselines.first_order,
+        confidence=predictors["confidence"],
+        first_order=predictors["first_order"],
         correct=correct,
         correlations=correlations,
         partial=partial,
@@ -326,7 +347,37 @@ def attack_report(
         cw_norm=cw,
         cw_settings=carlini_wagner,
         cw_correlation=None if cw is None else cw_correlations["spectral_norm"],
+        lipschitz=predictors.get("lipschitz"),
+        lipschitz_radius=lipschitz_radius,
+        lipschitz_points=None if lipschitz_radius is None else lipschitz_points,
     )
+
+
+def _predictors(
+    logit_fn: LogitFn,
+    inputs: Tensor,
+    spectral_norm: Tensor,  # (N,)
+    norm: str,
+    space_mask: Tensor | None,
+    lipschitz: dict,
+    seed: int,
+) -> dict[str, Tensor]:  # name -> (N,)
+    """lambda_max and the baselines it is ranked against (Lipschitz when a radius is given)."""
+    baselines = baseline_scores(logit_fn, inputs, norm=norm, space_mask=space_mask)
+    predictors = {
+        "spectral_norm": spectral_norm,
+        "confidence": baselines.confidence,
+        "first_order": baselines.first_order,
+    }
+    if lipschitz["radius"] is not None:
+        predictors["lipschitz"] = lipschitz_scores(
+            logit_fn,
+            inputs,
+            space_mask=space_mask,
+            generator=_seeded(seed, inputs.device),
+            **lipschitz,
+        )
+    return predictors
 
 
 def _cw_settings(

@@ -24,6 +24,7 @@ PREDICTOR_LABELS = {
     "spectral_norm": "spectral norm λ_max",
     "confidence": "confidence, 1 − max p (baseline)",
     "first_order": "first-order boundary distance (baseline)",
+    "lipschitz": "local Lipschitz ‖∇ₓ softmax‖₂ (baseline)",
 }
 SIGN_WORDS = {-1: "negative", 1: "positive"}
 
