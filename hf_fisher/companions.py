@@ -168,18 +168,33 @@ def _run_bound(batch: CompanionInputs) -> dict:
 
 
 def _run_attacks(batch: CompanionInputs) -> dict:
-    from hf_fisher.attacks import attack_report
+    from hf_fisher.attacks import CarliniWagnerSettings, attack_report
 
     options = batch.options
-    epsilons = options.attack_epsilons or DEFAULT_EPSILONS[options.attacks]
+    epsilons = options.attack_epsilons or DEFAULT_EPSILONS[options.attack_norm]
+    cw = None
+    if options.attacks == "cw":
+        cw = CarliniWagnerSettings(
+            steps=options.cw_steps,
+            binary_search_steps=options.cw_binary_search_steps,
+            initial_const=options.cw_initial_const,
+            learning_rate=options.cw_learning_rate,
+        )
     return attack_report(
         batch.logit_fn,
         batch.inputs,
         batch.labels,
         batch.spectral_norm.to(batch.inputs.device),
         epsilons=list(epsilons),
-        norm=options.attacks,
+        norm=options.attack_norm,
         eps_max=options.eps_max,
+        steps=options.attack_steps,
+        restarts=options.attack_restarts,
+        bisection_steps=options.bisection_steps,
+        tolerance=options.bisection_tolerance,
+        carlini_wagner=cw,
+        lipschitz_radius=options.lipschitz_radius,
+        lipschitz_points=options.lipschitz_points,
         clip=batch.clip,
         space_mask=batch.space_mask,
         seed=batch.seed,

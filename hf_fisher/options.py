@@ -35,6 +35,8 @@ POWER_STARTS = ("random", "top-class-gradient")
 """Power-iteration starts; :data:`hf_fisher.estimators.matrix_free.POWER_STARTS` implements them."""
 
 DEFAULT_EPSILONS = {"l2": (0.25, 0.5, 1.0, 2.0), "linf": (1 / 255, 2 / 255, 4 / 255, 8 / 255)}
+ATTACK_NORMS = {"l2": "l2", "linf": "linf", "cw": "l2"}
+"""``--attacks`` value -> the norm of the PGD cross-check; "cw" adds Carlini-Wagner L2."""
 DEFAULT_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 DEFAULT_RADII = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
@@ -92,8 +94,24 @@ def _num_samples(name: str, flag: str, value: Any) -> None:
 
 
 def _attack_norm(name: str, flag: str, value: Any) -> None:
-    if value is not None and value not in DEFAULT_EPSILONS:
-        raise InputError(f"attacks={value!r}; choose 'l2' or 'linf'")
+    if value is not None and value not in ATTACK_NORMS:
+        raise InputError(
+            f"attacks={value!r}; choose 'l2' or 'linf', or 'cw' (L2 PGD plus Carlini-Wagner L2)"
+        )
+
+
+def _fraction(name: str, flag: str, value: Any) -> None:
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or not 0 < value < 1:
+        raise InputError(
+            f"{name} ({flag}) must be a relative width in (0, 1), e.g. 0.01, got {value!r}"
+        )
+
+
+def _non_negative(name: str, flag: str, value: Any) -> None:
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not real or not math.isfinite(value) or value < 0:
+        raise InputError(f"{name} ({flag}) must be a finite number >= 0, got {value!r}")
 
 
 def _share(name: str, flag: str, value: Any) -> None:
@@ -136,6 +154,8 @@ def data_files(text: str) -> str | list[str] | dict[str, list[str]]:
     for split, _, path in named:
         mapping.setdefault(split.strip(), []).append(path.strip())
     return mapping
+
+
 def label_list(text: str) -> list[str]:
     """Parse comma-separated class names (an argparse ``type``): ``"cat, dog"`` -> two names."""
     return [item.strip() for item in text.split(",") if item.strip()]
@@ -447,11 +467,20 @@ class CompanionOptions(_Options):
     """Which companion measurements to run, and their knobs (see each module for details).
 
     Attributes:
-        attacks: "l2" or "linf" for the attack cross-check (PGD, FGSM, minimal epsilon), or
-            None.
+        attacks: "l2" or "linf" for the attack cross-check (PGD, FGSM, minimal epsilon), "cw"
+            for the L2 cross-check plus Carlini-Wagner L2, or None.
         attack_epsilons: budgets of the robust-accuracy curve (default per norm).
         eps_max: largest epsilon of the bisection (default: the pixel box; required for
             embeddings).
+        attack_steps, attack_restarts: PGD steps and random restarts (restarts run only on
+            samples not flipped yet).
+        bisection_steps, bisection_tolerance: the minimal-epsilon bisection stops per sample
+            once its bracket is within ``bisection_tolerance`` of its upper end, after at most
+            ``bisection_steps`` halvings.
+        cw_steps, cw_binary_search_steps, cw_initial_const, cw_learning_rate: the
+            Carlini-Wagner budget (Adam steps per round, rounds of the search over ``c``).
+        lipschitz_radius, lipschitz_points: the Lipschitz baseline's neighbourhood (the sample
+            and that many uniform points in its L2 ball; radius 0: the sample only).
         noise: random-noise robustness curves with Hoeffding / empirical-Bernstein bounds.
         noise_sigmas, noise_kind, noise_draws: the noise grid, "gaussian" or "uniform", and
             draws per sample.
@@ -470,14 +499,47 @@ class CompanionOptions(_Options):
 
     attacks: str | None = knob(
         None,
-        "attack cross-check: PGD/FGSM, minimal epsilon, rank correlations",
+        "attack cross-check: PGD/FGSM, minimal epsilon, rank correlations; cw: L2 plus "
+        "Carlini-Wagner L2",
         type=str,
-        choices=("l2", "linf"),
+        choices=tuple(ATTACK_NORMS),
         check=_attack_norm,
     )
     attack_epsilons: Sequence[float] | None = knob(None, "comma-separated budgets", type=floats)
     eps_max: float | None = knob(
         None, "largest epsilon tried by the bisection", type=float, check=positive(optional=True)
+    )
+    attack_steps: int = knob(20, "PGD steps per restart", type=int, check=integer(1))
+    attack_restarts: int = knob(
+        2, "PGD random restarts (only on samples not flipped yet)", type=int, check=integer(1)
+    )
+    bisection_steps: int = knob(
+        20, "most halvings of each sample's minimal-epsilon bracket", type=int, check=integer(0)
+    )
+    bisection_tolerance: float = knob(
+        0.01,
+        "stop bisecting a sample once its bracket is within this fraction of its upper end",
+        type=float,
+        check=_fraction,
+    )
+    cw_steps: int = knob(100, "Carlini-Wagner Adam steps per round", type=int, check=integer(1))
+    cw_binary_search_steps: int = knob(
+        7, "Carlini-Wagner rounds of the per-sample search over c", type=int, check=integer(1)
+    )
+    cw_initial_const: float = knob(
+        1.0, "Carlini-Wagner starting constant c", type=float, check=positive()
+    )
+    cw_learning_rate: float = knob(
+        0.01, "Carlini-Wagner Adam learning rate", type=float, check=positive()
+    )
+    lipschitz_radius: float = knob(
+        0.1,
+        "Lipschitz baseline: L2 radius around each sample (0: at the sample only)",
+        type=float,
+        check=_non_negative,
+    )
+    lipschitz_points: int = knob(
+        8, "Lipschitz baseline: random points in the ball", type=int, check=integer(0)
     )
     noise: bool = knob(False, "random-noise robustness curves")
     noise_sigmas: Sequence[float] = knob(
@@ -527,6 +589,11 @@ class CompanionOptions(_Options):
         check=integer(1),
         flag="--companion-samples",
     )
+
+    @property
+    def attack_norm(self) -> str | None:
+        """The norm of the PGD cross-check (``"cw"`` runs it in L2)."""
+        return None if self.attacks is None else ATTACK_NORMS[self.attacks]
 
     @property
     def requested(self) -> bool:

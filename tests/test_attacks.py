@@ -73,7 +73,8 @@ def test_attacks_reduce_accuracy_on_trained_model(digits_model):
 def test_bisection_brackets_the_flip(digits_model):
     model, x, y = digits_model
     x, y = x[:20], y[:20]
-    result = minimal_epsilon(model, x, y, norm="l2", clip=(0.0, 1.0), bisection_steps=8, seed=3)
+    result = minimal_epsilon(model, x, y, norm="l2", clip=(0.0, 1.0), bisection_steps=8, seed=3,
+                             tolerance=None, restarts=1)
     correct = model(x).argmax(1) == y
     assert torch.isfinite(result.epsilon).all()
     assert (result.epsilon[~correct] == 0).all()
@@ -96,7 +97,7 @@ def test_minimal_epsilon_matches_linear_closed_form(norm, num_classes, dual):
     # the margin of a linear model is convex, so single-start PGD can stall at a local maximum
     # (the boundary of a farther class): random restarts are what make it find the nearest one
     result = minimal_epsilon(logit_fn, x, labels, norm=norm, eps_max=20.0, bisection_steps=14,
-                             steps=40, restarts=10, loss="margin")
+                             steps=40, restarts=10, loss="margin", tolerance=None)
     # no attack can succeed below the true distance; a good one gets within 3%
     assert (result.epsilon >= truth * (1 - 1e-6)).all()
     assert (result.epsilon <= truth * 1.03 + 20.0 / 2**14).all()
@@ -104,6 +105,27 @@ def test_minimal_epsilon_matches_linear_closed_form(norm, num_classes, dual):
     if num_classes == 2:
         estimate = baseline_scores(logit_fn, x, norm=norm).first_order
         assert torch.allclose(estimate, truth, rtol=1e-9)
+
+
+@pytest.mark.parametrize("tolerance", [0.01, 0.002])
+def test_relative_bisection_is_within_its_tolerance_of_the_linear_boundary(tolerance):
+    # binary linear model: the margin gradient is constant, so PGD-L2 with the margin loss moves
+    # straight to the boundary and succeeds exactly when epsilon >= the closed-form distance
+    logit_fn, weight, x = linear_model(num_classes=2, dim=6, seed=4)
+    labels = logit_fn(x).argmax(1)
+    truth = exact_distance(weight, logit_fn(x), labels, 2)
+    result = minimal_epsilon(logit_fn, x, labels, eps_max=50.0, bisection_steps=40,
+                             tolerance=tolerance, steps=60, step_size=1.0, restarts=1,
+                             loss="margin")
+    assert (result.epsilon >= truth * (1 - 1e-9)).all()
+    assert (result.epsilon <= truth / (1 - tolerance)).all()
+    assert (result.lower <= truth).all()
+    # the stopping rule holds per sample, and it stopped there (not at the step cap)
+    width = result.epsilon - result.lower
+    assert (width <= tolerance * result.epsilon).all()
+    assert (width > tolerance * result.epsilon / 2 - 1e-12).all()
+    assert result.budget.tolerance == tolerance
+    assert result.budget.to_json()["tolerance"] == tolerance
 
 
 def test_unflipped_samples_get_inf_and_rank_last():
@@ -130,7 +152,8 @@ def test_attack_report_json_and_plot(digits_model, tmp_path):
     low, high = section["correlations"]["spectral_norm"]["spearman_ci"]
     assert low <= section["correlations"]["spectral_norm"]["spearman"] <= high
     assert section["sanity"]["ok"] and len(section["sanity"]["messages"]) == 1
-    assert section["budget"]["gradient_evaluations_per_sample"] == 7 * 10
+    assert section["budget"]["gradient_evaluations_per_sample"] == 7 * 10 * 2  # 2 restarts
+    assert section["budget"]["tolerance"] == 0.01
     path = plot_attacks(section, tmp_path / "attacks.png")
     assert path.stat().st_size > 1000
 

@@ -597,6 +597,29 @@ def _check_same_lambda(values: tuple[torch.Tensor, torch.Tensor]) -> None:
     torch.testing.assert_close(padded, alone, rtol=1e-5, atol=0)  # eager attention: float32
 
 
+def _bisection_tolerance(tmp_path: Path) -> Any:
+    from hf_fisher.attacks import minimal_epsilon
+
+    return minimal_epsilon(
+        lambda x: x[:, :3],
+        torch.rand(2, 4),
+        torch.zeros(2, dtype=torch.long),
+        clip=(0.0, 1.0),
+        tolerance=1.5,
+    )
+
+
+def _cw_outside_box(tmp_path: Path) -> Any:
+    from hf_fisher.attacks import carlini_wagner_l2
+
+    return carlini_wagner_l2(
+        lambda x: x[:, :3],
+        torch.full((2, 4), 2.0),
+        torch.zeros(2, dtype=torch.long),
+        clip=(0.0, 1.0),
+    )
+
+
 ESTIMATOR_CASES: list[Case] = [
     Case("lanczos-trace-exact-at-two-classes", _two_class_lanczos_trace, check=_check_exact_trace),
     Case("lanczos-converged-means-every-pair", _flat_spectrum_flags("lanczos"), check=_check_flags),
@@ -638,6 +661,19 @@ ESTIMATOR_CASES: list[Case] = [
         match="position='all' applies to causal language models only",
     ),
     Case("lm-all-padding-is-not-a-position", _lm_all_alone_and_padded, check=_check_same_lambda),
+    # attacks
+    Case(
+        "bisection-tolerance-range",
+        _bisection_tolerance,
+        error=InputError,
+        match=r"tolerance=1.5; pass a relative bracket width in \(0, 1\)",
+    ),
+    Case(
+        "cw-inputs-outside-the-box",
+        _cw_outside_box,
+        error=InputError,
+        match=r"outside clip=\(0.0, 1.0\); pass inputs inside the box",
+    ),
 ]
 
 # --- runner and CLI: options, resume, output directories ----------------------------------

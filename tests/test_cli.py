@@ -400,7 +400,7 @@ def test_generated_flags_keep_their_names_defaults_and_choices() -> None:
     ):  # fmt: skip
         assert flag in flags, flag
     assert tuple(flags["--method"].choices) == METHODS
-    assert tuple(flags["--attacks"].choices) == ("l2", "linf")
+    assert tuple(flags["--attacks"].choices) == ("l2", "linf", "cw")
     args = parser.parse_args(["evaluate"])
     assert EstimatorOptions.from_namespace(args) == EstimatorOptions()
     assert RunOptions.from_namespace(args) == RunOptions()

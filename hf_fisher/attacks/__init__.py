@@ -14,6 +14,7 @@ examples; masked gradients make every gradient-based number, lambda_max included
 One concept per module: :mod:`~hf_fisher.attacks._geometry` (input checks, norms, projection,
 clipping, ball sampling), :mod:`~hf_fisher.attacks.gradient` (PGD, FGSM),
 :mod:`~hf_fisher.attacks.minimal` (bisection of the minimal epsilon),
+:mod:`~hf_fisher.attacks.carlini_wagner` (Carlini-Wagner L2, the minimal-perturbation attack),
 :mod:`~hf_fisher.attacks.baselines` (baselines and sanity flags) and
 :mod:`~hf_fisher.attacks.cross_check` (:class:`AttackReport`, the results section).
 """
@@ -37,7 +38,14 @@ from hf_fisher.attacks.baselines import (
     Baselines,
     SanityFlags,
     baseline_scores,
+    lipschitz_scores,
     sanity_flags,
+    softmax_jacobian_norm,
+)
+from hf_fisher.attacks.carlini_wagner import (
+    CarliniWagnerResult,
+    CarliniWagnerSettings,
+    carlini_wagner_l2,
 )
 from hf_fisher.attacks.cross_check import AttackReport, attack_report
 from hf_fisher.attacks.gradient import AttackResult, fgsm, pgd
@@ -56,6 +64,9 @@ __all__ = [
     "pgd",
     "fgsm",
     "AttackResult",
+    "carlini_wagner_l2",
+    "CarliniWagnerResult",
+    "CarliniWagnerSettings",
     "minimal_epsilon",
     "MinimalEpsilon",
     "AttackBudget",
@@ -63,6 +74,8 @@ __all__ = [
     # baselines and sanity flags
     "baseline_scores",
     "Baselines",
+    "lipschitz_scores",
+    "softmax_jacobian_norm",
     "sanity_flags",
     "SanityFlags",
     "GRADIENT_MASKING_WARNING",

@@ -1,10 +1,10 @@
 """Cheap robustness baselines and AutoAttack-style sanity flags (Croce & Hein 2020).
 
-The baselines (``1 - max p`` and the first-order boundary distance) are what ``spectral_norm``
-must beat to be worth its cost. The flags say when input gradients cannot be trusted: gradient
-masking, random forward passes, probability outputs. A gradient-based check can only *fail to
-find* adversarial examples; masked gradients make every gradient-based number, lambda_max
-included, look too good.
+The baselines (``1 - max p``, the first-order boundary distance, and the local Lipschitz
+constant of the softmax) are what ``spectral_norm`` must beat to be worth its cost. The flags say
+when input gradients cannot be trusted: gradient masking, random forward passes, probability
+outputs. A gradient-based check can only *fail to find* adversarial examples; masked gradients
+make every gradient-based number, lambda_max included, look too good.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import Tensor
 from hf_fisher.attacks._geometry import (
     DUAL_NORM,
     Norm,
+    _clip,
     _flat,
     _logits,
     _margin,
@@ -24,8 +25,10 @@ from hf_fisher.attacks._geometry import (
     check_batch,
     check_norm,
     lp_norm,
+    sample_in_ball,
 )
 from hf_fisher.attacks.gradient import _loss_gradient
+from hf_fisher.errors import InputError
 from hf_fisher.operators import LogitFn
 
 GRADIENT_MASKING_WARNING = (
@@ -67,6 +70,67 @@ def baseline_scores(
     first_order = margin.detach().double() / dual.clamp_min(1e-300)
     first_order = torch.where(dual > 0, first_order, torch.full_like(first_order, float("inf")))
     return Baselines(1.0 - probs.amax(dim=1), first_order)
+
+
+def softmax_jacobian_norm(
+    logit_fn: LogitFn, inputs: Tensor, space_mask: Tensor | None = None
+) -> Tensor:  # (N,) float64
+    """Spectral norm of the softmax's input Jacobian, ``||(diag p - p p^T) J||_2``, per sample.
+
+    ``diag p - p p^T`` annihilates the ones vector, so with the K-1 rows
+    ``D = grad_x (z_k - z_top)`` (k != top) it equals ``||C_o D||_2``, ``C_o`` the columns of
+    ``diag p - p p^T`` for those classes: the square root of the top eigenvalue of the K x K
+    matrix ``C_o (D D^T) C_o^T``, in float64. Cost: one forward and K-1 backward passes.
+    """
+    from hf_fisher.estimators.exact import gradient_rows
+
+    rows = gradient_rows(logit_fn, inputs, space_mask)
+    probs = rows.probs
+    covariance = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]  # (N, K, K)
+    columns = covariance.gather(
+        2, rows.classes[:, None, :].expand(-1, probs.shape[1], -1)
+    )  # (N, K, K-1)
+    gram = rows.rows.double() @ rows.rows.double().transpose(1, 2)  # (N, K-1, K-1)
+    product = columns @ gram @ columns.transpose(1, 2)
+    product = 0.5 * (product + product.transpose(1, 2))
+    return torch.linalg.eigvalsh(product)[:, -1].clamp_min(0).sqrt()
+
+
+def lipschitz_scores(
+    logit_fn: LogitFn,
+    inputs: Tensor,  # (N, *shape)
+    *,
+    radius: float = 0.1,
+    num_points: int = 8,
+    clip: tuple[float, float] | None = None,
+    space_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:  # (N,) float64
+    """Local Lipschitz baseline: max of :func:`softmax_jacobian_norm` over a small neighbourhood.
+
+    The neighbourhood is the sample itself and ``num_points`` points drawn uniformly in its L2
+    ball of ``radius`` (clipped to the box, only where ``space_mask`` is 1); ``radius=0`` is
+    the norm at the sample. A larger value means a more sensitive output, so expect a negative
+    correlation with the minimal epsilon. Cost: ``(num_points + 1) (K - 1)`` backward passes.
+
+    Raises:
+        InputError: negative radius or num_points.
+    """
+    check_batch(inputs, None, space_mask)
+    if not radius >= 0 or num_points < 0:
+        raise InputError(
+            f"got radius={radius}, num_points={num_points}; pass radius >= 0 and num_points >= 0"
+        )
+    mask = None if space_mask is None else space_mask.expand_as(inputs)
+    best = softmax_jacobian_norm(logit_fn, inputs, mask)
+    if radius == 0:
+        return best
+    size = torch.full((inputs.shape[0],), float(radius), device=inputs.device)
+    for _ in range(num_points):
+        offset = sample_in_ball(inputs, size, "l2", space_mask=mask, generator=generator)
+        point = inputs + _clip(inputs, offset, clip)
+        best = torch.maximum(best, softmax_jacobian_norm(logit_fn, point, mask))
+    return best
 
 
 @dataclass

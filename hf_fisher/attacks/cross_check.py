@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from hf_fisher._progress import ProgressCallback, Steps
 from hf_fisher.attacks._geometry import Loss, Norm, _logits, check_batch
-from hf_fisher.attacks.baselines import SanityFlags, baseline_scores, sanity_flags
+from hf_fisher.attacks.baselines import (
+    SanityFlags,
+    baseline_scores,
+    lipschitz_scores,
+    sanity_flags,
+)
+from hf_fisher.attacks.carlini_wagner import CarliniWagnerSettings, carlini_wagner_l2
 from hf_fisher.attacks.gradient import fgsm, pgd
 from hf_fisher.attacks.minimal import AttackBudget, MinimalEpsilon, _seeded, minimal_epsilon
 from hf_fisher.correlation import (
@@ -32,7 +38,8 @@ from hf_fisher.correlation import (
 from hf_fisher.errors import InputError
 from hf_fisher.operators import LogitFn
 
-EXPECTED_SIGNS = {"spectral_norm": -1, "confidence": -1, "first_order": 1}
+_CW_KNOBS = ("steps", "binary_search_steps", "initial_const", "learning_rate", "kappa", "clip")
+EXPECTED_SIGNS = {"spectral_norm": -1, "confidence": -1, "first_order": 1, "lipschitz": -1}
 
 
 @dataclass
@@ -49,6 +56,12 @@ class AttackReport:
             minimal epsilon (expected signs: negative, negative, positive).
         partial: spectral_norm vs minimal epsilon given confidence.
         sanity: the flags.
+        cw_norm: (N,) Carlini-Wagner L2 minimal perturbation norms (+inf: not flipped), or
+            None when CW did not run; ``cw_settings`` its budget.
+        cw_correlation: spectral_norm vs the CW norm over the correct samples.
+        lipschitz: (N,) local Lipschitz baseline (max spectral norm of the softmax Jacobian
+            over the sample and ``lipschitz_points`` points in its L2 ball of
+            ``lipschitz_radius``), or None when it did not run.
     """
 
     epsilons: list[float]
@@ -62,9 +75,29 @@ class AttackReport:
     correlations: dict[str, RankCorrelation]
     partial: PartialCorrelation
     sanity: SanityFlags
+    cw_norm: Tensor | None = None
+    cw_settings: CarliniWagnerSettings | None = None
+    cw_correlation: RankCorrelation | None = None
+    lipschitz: Tensor | None = None
+    lipschitz_radius: float | None = None
+    lipschitz_points: int | None = None
 
     def to_json(self) -> dict:
         """Plain-Python dict; +inf minimal epsilons become null."""
+        data = self._pgd_json()
+        if self.cw_norm is not None:
+            data["cw"] = _cw_json(self)
+            data["per_sample"]["cw_norm"] = json_floats(self.cw_norm)
+        if self.lipschitz is not None:
+            data["lipschitz_baseline"] = {
+                "radius": float(self.lipschitz_radius),
+                "num_points": int(self.lipschitz_points),
+                "norm": "spectral norm of the softmax Jacobian (diag p - p p^T) J",
+            }
+            data["per_sample"]["lipschitz"] = json_floats(self.lipschitz)
+        return data
+
+    def _pgd_json(self) -> dict:
         return {
             "norm": self.minimal.budget.norm,
             "budget": self.minimal.budget.to_json(),
@@ -82,7 +115,7 @@ class AttackReport:
                 else float("nan")
             ),
             "correlations": {name: c.to_json() for name, c in self.correlations.items()},
-            "expected_signs": dict(EXPECTED_SIGNS),
+            "expected_signs": {name: EXPECTED_SIGNS[name] for name in self.correlations},
             "partial_spectral_norm_given_confidence": self.partial.to_json(),
             "sanity": self.sanity.to_json(),
             "per_sample": {
@@ -104,6 +137,7 @@ class AttackReport:
         zero gradient), any other null NaN.
         """
         per_sample = data["per_sample"]
+        cw, lipschitz = data.get("cw"), data.get("lipschitz_baseline")
         minimal = MinimalEpsilon(
             floats_from_json(per_sample["minimal_epsilon"], math.inf),
             floats_from_json(per_sample["lower_epsilon"]),
@@ -123,7 +157,36 @@ class AttackReport:
             },
             partial=PartialCorrelation.from_json(data["partial_spectral_norm_given_confidence"]),
             sanity=SanityFlags.from_json(data["sanity"]),
+            cw_norm=None if cw is None else floats_from_json(per_sample["cw_norm"], math.inf),
+            cw_settings=None if cw is None else CarliniWagnerSettings.from_json(cw["settings"]),
+            cw_correlation=None
+            if cw is None
+            else RankCorrelation.from_json(cw["correlation_spectral_norm"]),
+            lipschitz=None if lipschitz is None else floats_from_json(per_sample["lipschitz"]),
+            lipschitz_radius=None if lipschitz is None else lipschitz["radius"],
+            lipschitz_points=None if lipschitz is None else lipschitz["num_points"],
         )
+
+
+def _cw_json(report: AttackReport) -> dict:
+    """The ``"cw"`` subsection: CW's budget, its norms, and how far PGD's epsilon sits above."""
+    keep = report.correct.cpu()
+    cw = report.cw_norm.cpu().double()[keep]
+    pgd_eps = report.minimal.epsilon.cpu().double()[keep]
+    both = torch.isfinite(cw) & torch.isfinite(pgd_eps) & (cw > 0)
+    ratio = pgd_eps[both] / cw[both]
+    return {
+        "settings": report.cw_settings.to_json(),
+        "median_norm": json_float(cw.median() if len(cw) else math.nan),
+        "num_not_flipped": int(torch.isinf(cw).sum()),
+        "median_ratio_minimal_epsilon_to_cw": json_float(
+            ratio.median() if len(ratio) else math.nan
+        ),
+        "fraction_minimal_epsilon_above_cw_by_10_percent": json_float(
+            (ratio > 1.1).double().mean() if len(ratio) else math.nan
+        ),
+        "correlation_spectral_norm": report.cw_correlation.to_json(),
+    }
 
 
 def _check_report_inputs(
@@ -204,9 +267,10 @@ def attack_report(
     epsilons: Sequence[float],
     norm: Norm = "l2",
     eps_max: float | None = None,
-    bisection_steps: int = 10,
+    bisection_steps: int = 20,
+    tolerance: float | None = 0.01,
     steps: int = 20,
-    restarts: int = 1,
+    restarts: int = 2,
     step_size: float | None = None,
     loss: Loss = "ce",
     clip: tuple[float, float] | None = None,
@@ -214,68 +278,136 @@ def attack_report(
     confidence_level: float = 0.95,
     num_bootstrap: int = 1000,
     seed: int = 0,
+    carlini_wagner: CarliniWagnerSettings | None = None,
+    lipschitz_radius: float | None = None,
+    lipschitz_points: int = 8,
     progress: ProgressCallback | None = None,
 ) -> AttackReport:
     """Attack cross-check: robust accuracy, minimal epsilons, and what predicts them.
 
-    Runs PGD and FGSM at each epsilon, bisects each sample's minimal PGD epsilon, computes the
+    Runs PGD and FGSM at each epsilon, bisects each sample's minimal PGD epsilon (to a relative
+    ``tolerance``, at most ``bisection_steps`` halvings; see :func:`minimal_epsilon`), computes the
     baselines and sanity flags, and correlates every predictor with the minimal epsilon over
-    the correctly classified samples (samples never flipped rank last). ``progress(done,
-    total)`` counts one step per epsilon, per bisection PGD run and for the baselines.
+    the correctly classified samples (samples never flipped rank last). With
+    ``carlini_wagner`` settings (L2 only; their ``clip`` is replaced by ``clip``), Carlini-Wagner
+    L2 also runs and its per-sample norms sit next to PGD's minimal epsilon. ``progress(done,
+    total)`` counts one step per epsilon, per bisection PGD run, for CW and for the baselines.
+    With ``lipschitz_radius`` (0: at the sample only), the Lipschitz baseline
+    (:func:`~hf_fisher.attacks.baselines.lipschitz_scores`) joins the correlation table.
 
     Raises:
-        InputError: bad shapes, norm, clip or epsilons.
+        InputError: bad shapes, norm, clip or epsilons, or CW with ``norm="linf"``.
     """
     check_batch(inputs, labels, space_mask)
     spectral_norm, epsilons = _check_report_inputs(inputs, spectral_norm, epsilons)
+    carlini_wagner = _cw_settings(carlini_wagner, norm, clip)
     common = {"norm": norm, "loss": loss, "clip": clip, "space_mask": space_mask}
     pgd_options = {"steps": steps, "restarts": restarts, "step_size": step_size}
     with torch.no_grad():
         correct = _logits(logit_fn, inputs).argmax(dim=1) == labels
-    steps = Steps(progress, len(epsilons) + bisection_steps + 2)
+    steps = Steps(progress, len(epsilons) + bisection_steps + 2 + (carlini_wagner is not None))
     robust = _robust_accuracy(
         logit_fn, inputs, labels, epsilons, steps, pgd_options=pgd_options, common=common, seed=seed
     )
+    before = steps.done
+    bisection = {"eps_max": eps_max, "bisection_steps": bisection_steps, "tolerance": tolerance}
     minimal = minimal_epsilon(
         logit_fn,
         inputs,
         labels,
-        eps_max=eps_max,
-        bisection_steps=bisection_steps,
         seed=seed,
-        progress=lambda done, total: steps.advance(),
+        progress=lambda done, total: steps.advance(before + done - steps.done),
+        **bisection,
         **pgd_options,
         **common,
     )
-    baselines = baseline_scores(logit_fn, inputs, norm=norm, space_mask=space_mask)
-    predictors = {
-        "spectral_norm": spectral_norm,
-        "confidence": baselines.confidence,
-        "first_order": baselines.first_order,
-    }
-    correlations, partial = _correlate(
-        predictors,
-        minimal.epsilon,
-        correct,
-        confidence_level=confidence_level,
-        num_bootstrap=num_bootstrap,
-        seed=seed,
-    )
+    lipschitz = {"radius": lipschitz_radius, "num_points": lipschitz_points, "clip": clip}
+    predictors = _predictors(logit_fn, inputs, spectral_norm, norm, space_mask, lipschitz, seed)
+    stats = {"confidence_level": confidence_level, "num_bootstrap": num_bootstrap, "seed": seed}
+    correlations, partial = _correlate(predictors, minimal.epsilon, correct, **stats)
     unflipped = int(torch.isinf(minimal.epsilon).sum())
     sanity = sanity_flags(
         logit_fn, inputs, labels, space_mask=space_mask, unflipped_at_eps_max=unflipped
     )
     steps.advance()
+    cw = _run_cw(logit_fn, inputs, labels, space_mask, carlini_wagner, steps)
+    cw_correlations = None if cw is None else _correlate(predictors, cw, correct, **stats)[0]
     return AttackReport(
         epsilons=epsilons,
         clean_accuracy=float(correct.double().mean()),
         robust_accuracy=robust,
         minimal=minimal,
         spectral_norm=spectral_norm,
-        confidence=baselines.confidence,
-        first_order=baselines.first_order,
+        confidence=predictors["confidence"],
+        first_order=predictors["first_order"],
         correct=correct,
         correlations=correlations,
         partial=partial,
         sanity=sanity,
+        cw_norm=cw,
+        cw_settings=carlini_wagner,
+        cw_correlation=None if cw is None else cw_correlations["spectral_norm"],
+        lipschitz=predictors.get("lipschitz"),
+        lipschitz_radius=lipschitz_radius,
+        lipschitz_points=None if lipschitz_radius is None else lipschitz_points,
     )
+
+
+def _predictors(
+    logit_fn: LogitFn,
+    inputs: Tensor,
+    spectral_norm: Tensor,  # (N,)
+    norm: str,
+    space_mask: Tensor | None,
+    lipschitz: dict,
+    seed: int,
+) -> dict[str, Tensor]:  # name -> (N,)
+    """lambda_max and the baselines it is ranked against (Lipschitz when a radius is given)."""
+    baselines = baseline_scores(logit_fn, inputs, norm=norm, space_mask=space_mask)
+    predictors = {
+        "spectral_norm": spectral_norm,
+        "confidence": baselines.confidence,
+        "first_order": baselines.first_order,
+    }
+    if lipschitz["radius"] is not None:
+        predictors["lipschitz"] = lipschitz_scores(
+            logit_fn,
+            inputs,
+            space_mask=space_mask,
+            generator=_seeded(seed, inputs.device),
+            **lipschitz,
+        )
+    return predictors
+
+
+def _cw_settings(
+    settings: CarliniWagnerSettings | None, norm: str, clip: tuple[float, float] | None
+) -> CarliniWagnerSettings | None:
+    """The CW budget in the report's box, checked before any work (None: not requested)."""
+    if settings is None:
+        return None
+    if norm != "l2":
+        raise InputError(
+            f"got norm={norm!r} with carlini_wagner; Carlini-Wagner is an L2 attack: pass "
+            "norm='l2' or leave carlini_wagner out"
+        )
+    settings = replace(settings, clip=None if clip is None else tuple(clip))
+    settings.check()
+    return settings
+
+
+def _run_cw(
+    logit_fn: LogitFn,
+    inputs: Tensor,
+    labels: Tensor,
+    space_mask: Tensor | None,
+    settings: CarliniWagnerSettings | None,
+    steps: Steps,
+) -> Tensor | None:  # (N,)
+    """Carlini-Wagner L2 norms under ``settings`` (None: not requested)."""
+    if settings is None:
+        return None
+    options = {name: getattr(settings, name) for name in _CW_KNOBS}
+    norms = carlini_wagner_l2(logit_fn, inputs, labels, space_mask=space_mask, **options).norm
+    steps.advance()
+    return norms

@@ -24,6 +24,7 @@ PREDICTOR_LABELS = {
     "spectral_norm": "spectral norm λ_max",
     "confidence": "confidence, 1 − max p (baseline)",
     "first_order": "first-order boundary distance (baseline)",
+    "lipschitz": "local Lipschitz ‖∇ₓ softmax‖₂ (baseline)",
 }
 SIGN_WORDS = {-1: "negative", 1: "positive"}
 
@@ -80,6 +81,7 @@ def card_attacks(section: dict) -> str:
         f"{format_sig(section['median_minimal_epsilon'])}; not flipped at ε_max: "
         f"{section['num_not_flipped']}.",
         _correlation_table(section),
+        _carlini_wagner(section),
         _partial(section),
         _sanity(section["sanity"]),
     )
@@ -95,11 +97,39 @@ def _settings(section: dict) -> str:
         f"{budget['steps']} steps, {budget['restarts']} restart(s), step "
         f"{format_sig(budget['step_size'])} ε, "
         f"{md_escape(budget['loss'])} loss, seed {budget['seed']}; FGSM in one step. The "
-        "minimal ε that flips each correct sample comes from "
-        f"{budget['bisection_steps']} bisection steps of PGD up to ε_max = "
+        f"minimal ε that flips each correct sample comes from {_bisection(budget)} of PGD up to "
+        "ε_max = "
         f"{format_sig(budget['eps_max'])} (at most {budget['gradient_evaluations_per_sample']} "
         "gradient evaluations per sample). If λ_max(F) measures robustness, samples with a "
         "larger λ_max flip at a smaller ε: a negative rank correlation."
+    )
+
+
+def _bisection(budget: dict) -> str:
+    tolerance = budget.get("tolerance")
+    if tolerance is None:
+        return f"{budget['bisection_steps']} bisection steps"
+    return (
+        f"bisection to {format_sig(100 * tolerance)}% of each sample's bracket (at most "
+        f"{budget['bisection_steps']} steps)"
+    )
+
+
+def _carlini_wagner(section: dict) -> str:
+    """CW-L2 next to PGD: its median norm and how far PGD's minimal ε sits above it."""
+    cw = section.get("cw")
+    if cw is None:
+        return ""
+    settings, rho = cw["settings"], cw["correlation_spectral_norm"]
+    above = format_sig(cw["fraction_minimal_epsilon_above_cw_by_10_percent"])
+    return (
+        f"Carlini–Wagner L2 ({settings['steps']} Adam steps × {settings['binary_search_steps']} "
+        f"rounds of the per-sample search over c, learning rate "
+        f"{format_sig(settings['learning_rate'])}): median minimal L2 norm "
+        f"{format_sig(cw['median_norm'])}, not flipped {cw['num_not_flipped']}. PGD's minimal ε "
+        f"is {format_sig(cw['median_ratio_minimal_epsilon_to_cw'])}× the CW norm (median), more "
+        f"than 10% above it on a fraction {above} of the samples; Spearman ρ of λ_max with the "
+        f"CW norm {estimate_with_ci(rho['spearman'], rho['spearman_ci'])}."
     )
 
 
