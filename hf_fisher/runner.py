@@ -42,6 +42,7 @@ from hf_fisher.data import (
 )
 from hf_fisher.digits import DEFAULT_MODEL_DIR as BUNDLED_MODEL_DIR
 from hf_fisher.errors import DatasetError, InputError, ResultsError
+from hf_fisher.flip import flip_radius, kl_to_flip
 from hf_fisher.labels import align_labels, check_label_mapping, label_set
 from hf_fisher.options import (
     DEFAULT_HYPOTHESIS_TEMPLATE,
@@ -395,6 +396,7 @@ def _records_from_spectrum(
 ) -> list[dict]:
     probabilities = spectrum.probabilities
     predicted = spectrum.predicted.tolist()
+    kl_flip = kl_to_flip(spectrum.logits, spectrum.likelihood).tolist()
     records = []
     for row, index in enumerate(indices):
         label = predicted[row] if labels is None else labels[row]
@@ -411,6 +413,8 @@ def _records_from_spectrum(
             "spectral_norm": norm,
             "trace": float(spectrum.trace[row]),
             "kl_radius": kl_radius(norm, kl_tau),
+            "kl_flip": kl_flip[row],
+            "flip_radius": flip_radius(norm, kl_flip[row]),
             "method": spectrum.method,
         }
         if spectrum.converged is not None:

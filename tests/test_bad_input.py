@@ -562,6 +562,17 @@ def _sketch_confidence(tmp_path: Path) -> Any:
     return sketch_fisher(lambda x: x[:, :3], torch.zeros(2, 40), confidence=1.5)
 
 
+def _kl_to_flip(likelihood: str, shape: tuple[int, ...]) -> Callable[[Path], Any]:
+    def run(tmp_path: Path) -> Any:
+        import torch
+
+        from hf_fisher.flip import kl_to_flip
+
+        return kl_to_flip(torch.zeros(shape), likelihood)
+
+    return run
+
+
 ESTIMATOR_CASES: list[Case] = [
     Case("lanczos-trace-exact-at-two-classes", _two_class_lanczos_trace, check=_check_exact_trace),
     Case("lanczos-converged-means-every-pair", _flat_spectrum_flags("lanczos"), check=_check_flags),
@@ -589,6 +600,19 @@ ESTIMATOR_CASES: list[Case] = [
     Case("sketch-flat-spectrum-lambda-max", _flat_spectrum_sketch, check=_check_flat_sketch),
     Case("sketch-coordinates-fd-error", _wavy_coordinates, check=_check_wavy_coordinates),
     Case("sketch-confidence-range", _sketch_confidence, error=InputError, match="confidence=1.5"),
+    # flip radius
+    Case(
+        "kl-flip-unknown-likelihood",
+        _kl_to_flip("poisson", (2, 3)),
+        error=InputError,
+        match=r"likelihood='poisson'; pass one of \['bernoulli', 'categorical'\]",
+    ),
+    Case(
+        "kl-flip-logits-not-2d",
+        _kl_to_flip("categorical", (3,)),
+        error=InputError,
+        match=r"logits of shape \(3,\); pass \(N, K\) logits",
+    ),
 ]
 
 # --- runner and CLI: options, resume, output directories ----------------------------------

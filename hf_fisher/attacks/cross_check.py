@@ -30,9 +30,10 @@ from hf_fisher.correlation import (
     rank_correlation,
 )
 from hf_fisher.errors import InputError
+from hf_fisher.flip import flip_radii, kl_to_flip
 from hf_fisher.operators import LogitFn
 
-EXPECTED_SIGNS = {"spectral_norm": -1, "confidence": -1, "first_order": 1}
+EXPECTED_SIGNS = {"spectral_norm": -1, "confidence": -1, "first_order": 1, "flip_radius": 1}
 
 
 @dataclass
@@ -49,6 +50,8 @@ class AttackReport:
             minimal epsilon (expected signs: negative, negative, positive).
         partial: spectral_norm vs minimal epsilon given confidence.
         sanity: the flags.
+        flip_radius: (N,) ``sqrt(2 KL_flip / lambda_max)`` (:mod:`hf_fisher.flip`), correlated
+            as "flip_radius" (expected sign positive); None in sections written before it.
     """
 
     epsilons: list[float]
@@ -62,9 +65,11 @@ class AttackReport:
     correlations: dict[str, RankCorrelation]
     partial: PartialCorrelation
     sanity: SanityFlags
+    flip_radius: Tensor | None = None
 
     def to_json(self) -> dict:
         """Plain-Python dict; +inf minimal epsilons become null."""
+        extra = {} if self.flip_radius is None else {"flip_radius": json_floats(self.flip_radius)}
         return {
             "norm": self.minimal.budget.norm,
             "budget": self.minimal.budget.to_json(),
@@ -92,6 +97,7 @@ class AttackReport:
                 "confidence": json_floats(self.confidence),
                 "first_order": json_floats(self.first_order),
                 "correct": [bool(c) for c in self.correct.tolist()],
+                **extra,
             },
         }
 
@@ -123,6 +129,11 @@ class AttackReport:
             },
             partial=PartialCorrelation.from_json(data["partial_spectral_norm_given_confidence"]),
             sanity=SanityFlags.from_json(data["sanity"]),
+            flip_radius=(
+                floats_from_json(per_sample["flip_radius"], math.inf)
+                if "flip_radius" in per_sample
+                else None
+            ),
         )
 
 
@@ -231,7 +242,9 @@ def attack_report(
     common = {"norm": norm, "loss": loss, "clip": clip, "space_mask": space_mask}
     pgd_options = {"steps": steps, "restarts": restarts, "step_size": step_size}
     with torch.no_grad():
-        correct = _logits(logit_fn, inputs).argmax(dim=1) == labels
+        logits = _logits(logit_fn, inputs)
+    correct = logits.argmax(dim=1) == labels
+    flip_radius = flip_radii(spectral_norm, kl_to_flip(logits))
     steps = Steps(progress, len(epsilons) + bisection_steps + 2)
     robust = _robust_accuracy(
         logit_fn, inputs, labels, epsilons, steps, pgd_options=pgd_options, common=common, seed=seed
@@ -252,6 +265,7 @@ def attack_report(
         "spectral_norm": spectral_norm,
         "confidence": baselines.confidence,
         "first_order": baselines.first_order,
+        "flip_radius": flip_radius,
     }
     correlations, partial = _correlate(
         predictors,
@@ -278,4 +292,5 @@ def attack_report(
         correlations=correlations,
         partial=partial,
         sanity=sanity,
+        flip_radius=flip_radius,
     )

@@ -24,6 +24,7 @@ PREDICTOR_LABELS = {
     "spectral_norm": "spectral norm λ_max",
     "confidence": "confidence, 1 − max p (baseline)",
     "first_order": "first-order boundary distance (baseline)",
+    "flip_radius": "flip radius √(2 KL_flip / λ_max)",
 }
 SIGN_WORDS = {-1: "negative", 1: "positive"}
 
