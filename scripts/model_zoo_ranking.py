@@ -378,13 +378,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200, help="test rows per model")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 models, 40 samples")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
+    parser.add_argument("--models", help="comma-separated subset of the zoo (to run in parallel)")
+    parser.add_argument("--no-bundled", action="store_true", help="skip the bundled ResNet")
     parser.add_argument(
-        "--tables-from", type=Path, help="re-render tables and plot from a ranking.json"
+        "--tables-from", type=Path, nargs="+", help="merge ranking.json files and re-render"
     )
     args = parser.parse_args()
     if args.tables_from:
-        payload = json.loads(args.tables_from.read_text())
-        write_outputs(payload["models"], payload["bundled"], payload["samples"], args.out)
+        merge(args.tables_from, args.out)
         return
     torch.set_num_threads(2)
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
@@ -395,14 +396,26 @@ def main() -> None:
     test_x, test_y = digits_split("test")
     test_x, test_y = test_x[:n], test_y[:n]
     rows = {}
-    for recipe in ZOO[:2] if args.quick else ZOO:
+    chosen = args.models.split(",") if args.models else [r.name for r in ZOO]
+    for recipe in [r for r in ZOO if r.name in chosen][: 2 if args.quick else None]:
         start = time.perf_counter()
         model = train(recipe, train_x, train_y)
         rows[recipe.name] = measure(model, test_x, test_y, quick=args.quick)
         print(f"{recipe.name}: clean {rows[recipe.name]['clean_accuracy']:.3f}, "
               f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip
-    bundled = None if args.quick else bundled_model_table(120)
+    bundled = None if args.quick or args.no_bundled else bundled_model_table(120)
     write_outputs(rows, bundled, n, args.out)
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """Merge the ranking.json of runs over parts of the zoo (zoo order) and re-render."""
+    payloads = [json.loads(path.read_text()) for path in paths]
+    if len({p["samples"] for p in payloads}) != 1:
+        raise SystemExit("the runs measured different numbers of test rows; rerun them alike")
+    found = {name: row for p in payloads for name, row in p["models"].items()}
+    rows = {r.name: found[r.name] for r in ZOO if r.name in found}
+    bundled = next((p["bundled"] for p in payloads if p["bundled"]), None)
+    write_outputs(rows, bundled, payloads[0]["samples"], out)
 
 
 def write_outputs(rows: dict[str, dict], bundled: dict | None, n: int, out: Path) -> None:
