@@ -419,12 +419,17 @@ def merge(paths: list[Path], out: Path) -> None:
 
 
 def write_outputs(rows: dict[str, dict], bundled: dict | None, n: int, out: Path) -> None:
-    ranking = across_models(rows)
+    """ranking.json first (what --tables-from merges), then, from 3 models on, the tables."""
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(rows, ranking, bundled, n)
-    (out / "ranking.md").write_text(text)
-    payload = {"models": rows, "across_models": ranking, "bundled": bundled, "samples": n}
+    payload = {"models": rows, "bundled": bundled, "samples": n}
+    if len(rows) >= 3:
+        payload["across_models"] = across_models(rows)
     (out / "ranking.json").write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    if len(rows) < 3:
+        print(f"measured {len(rows)} models: merge runs with --tables-from for the tables")
+        return
+    text = markdown(rows, payload["across_models"], bundled, n)
+    (out / "ranking.md").write_text(text)
     scatter(rows, out / "ranking.png")
     print(text)
 
