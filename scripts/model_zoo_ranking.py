@@ -14,7 +14,7 @@ model. Nothing is tuned on the test rows; nothing is cached.
 Fashion-MNIST is used in addition when its idx files are in /usr/share/datasets/fashion-mnist/
 (Debian ``dataset-fashion-mnist``); otherwise the script says so and skips it.
 
-    python scripts/model_zoo_ranking.py            # ~5-10 min on 2 cores
+    python scripts/model_zoo_ranking.py            # 1-3 min per model on a busy 2-core box
     python scripts/model_zoo_ranking.py --quick    # smoke run: 2 models, few samples
 
 Writes docs/zoo/ranking.md (tables), docs/zoo/ranking.json and docs/zoo/ranking.png.
