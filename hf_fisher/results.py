@@ -27,6 +27,8 @@ TABLE_COLUMNS = (
     "spectral_norm",
     "trace",
     "kl_radius",
+    "kl_flip",
+    "flip_radius",
 )
 
 

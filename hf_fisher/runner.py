@@ -43,6 +43,7 @@ from hf_fisher.data import (
 from hf_fisher.digits import DEFAULT_MODEL_DIR as BUNDLED_MODEL_DIR
 from hf_fisher.errors import DatasetError, InputError, ResultsError
 from hf_fisher.estimators.registry import method_spec
+from hf_fisher.flip import flip_radius, kl_to_flip
 from hf_fisher.labels import align_labels, check_label_mapping, label_set
 from hf_fisher.options import (
     DEFAULT_HYPOTHESIS_TEMPLATE,
@@ -483,6 +484,8 @@ def _records_from_spectrum(
 ) -> list[dict]:
     probabilities = spectrum.probabilities
     predicted = spectrum.predicted.tolist() if spectrum.logits.ndim == 2 else None
+    # one prediction per input: the KL to the nearest decision boundary (not for structured outputs)
+    kl_flip = None if predicted is None else kl_to_flip(spectrum.logits, spectrum.likelihood)
     records = []
     for row, index in enumerate(indices):
         structured = {} if positions is None else _position_fields(spectrum, row, positions)
@@ -507,19 +510,29 @@ def _records_from_spectrum(
             "kl_radius": kl_radius(norm, kl_tau),
             "method": spectrum.method,
         }
-        if spectrum.converged is not None:
-            record["converged"] = bool(spectrum.converged[row])
-            record["iterations"] = int(spectrum.iterations[row])
-        if spectrum.trace_standard_error is not None:
-            record["trace_standard_error"] = float(spectrum.trace_standard_error[row])
-        if spectrum.spectral_norm_ci is not None:
-            record["spectral_norm_ci"] = spectrum.spectral_norm_ci[row].tolist()
-            record["trace_ci"] = spectrum.trace_ci[row].tolist()
-        if spectrum.eigenvalues.shape[1] > 1:
-            record["eigenvalues"] = spectrum.eigenvalues[row].tolist()
+        if kl_flip is not None:
+            record["kl_flip"] = float(kl_flip[row])
+            record["flip_radius"] = flip_radius(norm, record["kl_flip"])
+        record.update(_estimator_fields(spectrum, row))
         record.update({k: v for k, v in structured.items() if k not in record})
         records.append(to_jsonable(record))
     return records
+
+
+def _estimator_fields(spectrum: FisherSpectrum, row: int) -> dict:
+    """The fields a method reports beyond lambda_max and the trace (convergence, error bars)."""
+    fields: dict[str, Any] = {}
+    if spectrum.converged is not None:
+        fields["converged"] = bool(spectrum.converged[row])
+        fields["iterations"] = int(spectrum.iterations[row])
+    if spectrum.trace_standard_error is not None:
+        fields["trace_standard_error"] = float(spectrum.trace_standard_error[row])
+    if spectrum.spectral_norm_ci is not None:
+        fields["spectral_norm_ci"] = spectrum.spectral_norm_ci[row].tolist()
+        fields["trace_ci"] = spectrum.trace_ci[row].tolist()
+    if spectrum.eigenvalues.shape[1] > 1:
+        fields["eigenvalues"] = spectrum.eigenvalues[row].tolist()
+    return fields
 
 
 def _spectrum_with_oom_retry(classifier, batch, ids, options) -> tuple[FisherSpectrum, int]:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 
 QUANTITIES = ("spectral_norm", "trace", "kl_radius")
+OPTIONAL_QUANTITIES = ("flip_radius",)
+"""Summarised when every record has them (records written before they existed do not)."""
 
 
 def kl_radius(spectral_norm: float, tau: float) -> float:
@@ -52,13 +54,20 @@ def _classes(row: dict) -> list[int]:
     return row["label"] if isinstance(row["label"], list) else [row["label"]]
 
 
+def _quantities(records: Sequence[dict]) -> tuple[str, ...]:
+    """QUANTITIES plus the optional ones that every record carries."""
+    present = [q for q in OPTIONAL_QUANTITIES if records and all(q in row for row in records)]
+    return (*QUANTITIES, *present)
+
+
 def summarize(records: Sequence[dict], *, seed: int = 0) -> dict:
     """The ``summary`` section of results.json from per-sample records."""
+    quantities = _quantities(records)
 
     def block(rows: Sequence[dict]) -> dict:
         return {
             quantity: describe([row[quantity] for row in rows], seed=seed)
-            for quantity in QUANTITIES
+            for quantity in quantities
         }
 
     by_class = {}  # a multi-label row (a list of labels) counts in each of its classes

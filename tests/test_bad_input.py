@@ -620,6 +620,17 @@ def _cw_outside_box(tmp_path: Path) -> Any:
     )
 
 
+def _kl_to_flip(likelihood: str, shape: tuple[int, ...]) -> Callable[[Path], Any]:
+    def run(tmp_path: Path) -> Any:
+        import torch
+
+        from hf_fisher.flip import kl_to_flip
+
+        return kl_to_flip(torch.zeros(shape), likelihood)
+
+    return run
+
+
 ESTIMATOR_CASES: list[Case] = [
     Case("lanczos-trace-exact-at-two-classes", _two_class_lanczos_trace, check=_check_exact_trace),
     Case("lanczos-converged-means-every-pair", _flat_spectrum_flags("lanczos"), check=_check_flags),
@@ -673,6 +684,19 @@ ESTIMATOR_CASES: list[Case] = [
         _cw_outside_box,
         error=InputError,
         match=r"outside clip=\(0.0, 1.0\); pass inputs inside the box",
+    ),
+    # flip radius
+    Case(
+        "kl-flip-unknown-likelihood",
+        _kl_to_flip("poisson", (2, 3)),
+        error=InputError,
+        match=r"likelihood='poisson'; pass one of \['bernoulli', 'categorical'\]",
+    ),
+    Case(
+        "kl-flip-logits-not-2d",
+        _kl_to_flip("categorical", (3,)),
+        error=InputError,
+        match=r"logits of shape \(3,\); pass \(N, K\) logits",
     ),
 ]
 

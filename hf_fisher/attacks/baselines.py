@@ -87,8 +87,9 @@ def softmax_jacobian_norm(
     rows = gradient_rows(logit_fn, inputs, space_mask)
     probs = rows.probs
     covariance = torch.diag_embed(probs) - probs[:, :, None] * probs[:, None, :]  # (N, K, K)
+    classes = rows.classes[:, 0, :]  # (N, K-1): one output position
     columns = covariance.gather(
-        2, rows.classes[:, None, :].expand(-1, probs.shape[1], -1)
+        2, classes[:, None, :].expand(-1, probs.shape[1], -1)
     )  # (N, K, K-1)
     gram = rows.rows.double() @ rows.rows.double().transpose(1, 2)  # (N, K-1, K-1)
     product = columns @ gram @ columns.transpose(1, 2)

@@ -36,10 +36,17 @@ from hf_fisher.correlation import (
     rank_correlation,
 )
 from hf_fisher.errors import InputError
+from hf_fisher.flip import flip_radii, kl_to_flip
 from hf_fisher.operators import LogitFn
 
 _CW_KNOBS = ("steps", "binary_search_steps", "initial_const", "learning_rate", "kappa", "clip")
-EXPECTED_SIGNS = {"spectral_norm": -1, "confidence": -1, "first_order": 1, "lipschitz": -1}
+EXPECTED_SIGNS = {
+    "spectral_norm": -1,
+    "confidence": -1,
+    "first_order": 1,
+    "lipschitz": -1,
+    "flip_radius": 1,
+}
 
 
 @dataclass
@@ -62,6 +69,8 @@ class AttackReport:
         lipschitz: (N,) local Lipschitz baseline (max spectral norm of the softmax Jacobian
             over the sample and ``lipschitz_points`` points in its L2 ball of
             ``lipschitz_radius``), or None when it did not run.
+        flip_radius: (N,) ``sqrt(2 KL_flip / lambda_max)`` (:mod:`hf_fisher.flip`), correlated
+            as "flip_radius" (expected sign positive); None in sections written before it.
     """
 
     epsilons: list[float]
@@ -81,6 +90,7 @@ class AttackReport:
     lipschitz: Tensor | None = None
     lipschitz_radius: float | None = None
     lipschitz_points: int | None = None
+    flip_radius: Tensor | None = None
 
     def to_json(self) -> dict:
         """Plain-Python dict; +inf minimal epsilons become null."""
@@ -95,6 +105,8 @@ class AttackReport:
                 "norm": "spectral norm of the softmax Jacobian (diag p - p p^T) J",
             }
             data["per_sample"]["lipschitz"] = json_floats(self.lipschitz)
+        if self.flip_radius is not None:
+            data["per_sample"]["flip_radius"] = json_floats(self.flip_radius)
         return data
 
     def _pgd_json(self) -> dict:
@@ -165,6 +177,11 @@ class AttackReport:
             lipschitz=None if lipschitz is None else floats_from_json(per_sample["lipschitz"]),
             lipschitz_radius=None if lipschitz is None else lipschitz["radius"],
             lipschitz_points=None if lipschitz is None else lipschitz["num_points"],
+            flip_radius=(
+                floats_from_json(per_sample["flip_radius"], math.inf)
+                if "flip_radius" in per_sample
+                else None
+            ),
         )
 
 
@@ -304,25 +321,20 @@ def attack_report(
     common = {"norm": norm, "loss": loss, "clip": clip, "space_mask": space_mask}
     pgd_options = {"steps": steps, "restarts": restarts, "step_size": step_size}
     with torch.no_grad():
-        correct = _logits(logit_fn, inputs).argmax(dim=1) == labels
+        logits = _logits(logit_fn, inputs)
+    correct = logits.argmax(dim=1) == labels
     steps = Steps(progress, len(epsilons) + bisection_steps + 2 + (carlini_wagner is not None))
     robust = _robust_accuracy(
         logit_fn, inputs, labels, epsilons, steps, pgd_options=pgd_options, common=common, seed=seed
     )
-    before = steps.done
     bisection = {"eps_max": eps_max, "bisection_steps": bisection_steps, "tolerance": tolerance}
-    minimal = minimal_epsilon(
-        logit_fn,
-        inputs,
-        labels,
-        seed=seed,
-        progress=lambda done, total: steps.advance(before + done - steps.done),
-        **bisection,
-        **pgd_options,
-        **common,
+    minimal = _bisected(
+        logit_fn, inputs, labels, seed, steps, {**bisection, **pgd_options, **common}
     )
     lipschitz = {"radius": lipschitz_radius, "num_points": lipschitz_points, "clip": clip}
-    predictors = _predictors(logit_fn, inputs, spectral_norm, norm, space_mask, lipschitz, seed)
+    predictors = _predictors(
+        logit_fn, inputs, logits, spectral_norm, norm, space_mask, lipschitz, seed
+    )
     stats = {"confidence_level": confidence_level, "num_bootstrap": num_bootstrap, "seed": seed}
     correlations, partial = _correlate(predictors, minimal.epsilon, correct, **stats)
     unflipped = int(torch.isinf(minimal.epsilon).sum())
@@ -350,24 +362,42 @@ def attack_report(
         lipschitz=predictors.get("lipschitz"),
         lipschitz_radius=lipschitz_radius,
         lipschitz_points=None if lipschitz_radius is None else lipschitz_points,
+        flip_radius=predictors["flip_radius"],
+    )
+
+
+def _bisected(
+    logit_fn: LogitFn, inputs: Tensor, labels: Tensor, seed: int, steps: Steps, options: dict
+) -> MinimalEpsilon:
+    """Each sample's minimal PGD epsilon, its bisection runs counted on ``steps``."""
+    before = steps.done
+    return minimal_epsilon(
+        logit_fn,
+        inputs,
+        labels,
+        seed=seed,
+        progress=lambda done, total: steps.advance(before + done - steps.done),
+        **options,
     )
 
 
 def _predictors(
     logit_fn: LogitFn,
     inputs: Tensor,
+    logits: Tensor,  # (N, K) at ``inputs``
     spectral_norm: Tensor,  # (N,)
     norm: str,
     space_mask: Tensor | None,
     lipschitz: dict,
     seed: int,
 ) -> dict[str, Tensor]:  # name -> (N,)
-    """lambda_max and the baselines it is ranked against (Lipschitz when a radius is given)."""
+    """lambda_max, the flip radius and the baselines they are ranked against (+ Lipschitz)."""
     baselines = baseline_scores(logit_fn, inputs, norm=norm, space_mask=space_mask)
     predictors = {
         "spectral_norm": spectral_norm,
         "confidence": baselines.confidence,
         "first_order": baselines.first_order,
+        "flip_radius": flip_radii(spectral_norm, kl_to_flip(logits)),
     }
     if lipschitz["radius"] is not None:
         predictors["lipschitz"] = lipschitz_scores(

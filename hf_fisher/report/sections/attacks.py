@@ -25,6 +25,7 @@ PREDICTOR_LABELS = {
     "confidence": "confidence, 1 − max p (baseline)",
     "first_order": "first-order boundary distance (baseline)",
     "lipschitz": "local Lipschitz ‖∇ₓ softmax‖₂ (baseline)",
+    "flip_radius": "flip radius √(2 KL_flip / λ_max)",
 }
 SIGN_WORDS = {-1: "negative", 1: "positive"}
 
