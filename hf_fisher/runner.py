@@ -1042,6 +1042,7 @@ def _settings(
         "batch_size": run.batch_size,
         "dtype": str(classifier.dtype).removeprefix("torch."),
         "kl_tau": run.kl_tau,
+        "likelihood": classifier.likelihood,
     }
     outputs = classifier.outputs_info()
     if outputs is not None:  # structured outputs: what the output positions are

@@ -80,6 +80,8 @@ def test_list_labels_become_class_sets_and_exact_match_accuracy(multi_label_dir,
         sum(row["correct"] for row in results["per_sample"]) / len(TEXTS)
     )
     assert summary["by_class"]["0"]["num_samples"] == 2  # rows 1 and 3 hold class 0
+    # recorded, so that the leaderboard ranks multi-label runs apart from softmax ones
+    assert results["settings"]["likelihood"] == "bernoulli"
 
 
 def test_list_labels_for_a_single_label_model_are_refused(bert_dir):
