@@ -86,15 +86,23 @@ def test_each_companion_reports_every_step_up_to_its_announced_total(companion_r
     results = report.results
     frequency_steps = math.ceil(2**4 * 4 / 256) + math.ceil(4 / 256)
     expected = {
-        "--attacks": 2 + 10 + 2,  # per epsilon, PGD at eps_max + 10 bisection rounds, baselines
         "--noise": len(results["noise_curves"]["sigmas"]),
         "--kl-check": results["kl_check"]["draws"],
         "--clever": results["clever"]["num_batches"],
         "--frequency": frequency_steps,
     }
+    attack_calls = calls.pop("--attacks")
     assert calls == {
         flag: [(done, total) for done in range(1, total + 1)] for flag, total in expected.items()
     }
+    # Attacks announce each epsilon, PGD at eps_max, every bisection round at the most, and the
+    # baselines; rounds skipped because every bracket is already narrow count as done at once.
+    announced = (
+        len(results["attacks"]["epsilons"]) + results["attacks"]["budget"]["bisection_steps"] + 2
+    )
+    done = [step for step, total in attack_calls]
+    assert {total for _, total in attack_calls} == {announced}
+    assert done == sorted(set(done)) and done[0] >= 1 and done[-1] == announced
 
 
 @pytest.mark.slow  # one run of every companion: ~25 s on 2 busy cores
@@ -102,8 +110,9 @@ def test_summary_prints_two_lines_per_companion_after_the_fisher_table(companion
     report, _ = companion_run
     results = report.results
     lines = report.format_summary().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("kl_radius")) + 1
+    start = next(i for i, line in enumerate(lines) if line.startswith("companion measurements"))
     assert lines[start] == "companion measurements on 4 samples"
+    assert lines[start - 1].startswith("flip_radius")  # the Fisher table's last row
     body = lines[start + 1 :]
     names = ["attacks", "noise_curves", "kl_check", "clever", "frequency"]
     assert [line.split()[0] for line in body[::2]] == names
