@@ -568,6 +568,21 @@ def _sketch_confidence(tmp_path: Path) -> Any:
     return sketch_fisher(lambda x: x[:, :3], torch.zeros(2, 40), confidence=1.5)
 
 
+def _rayleigh_probes_on_a_token_classifier(tmp_path: Path) -> Any:
+    from hf_fisher import fisher_spectrum
+    from hf_fisher.testing.models import build_bert_token_classifier
+
+    model = build_bert_token_classifier(tmp_path / "token")
+    return fisher_spectrum(model, ["a fine film", "dull"], method="rayleigh-probes")
+
+
+def _rayleigh_probes_on_per_position_logits(tmp_path: Path) -> Any:
+    from hf_fisher import fisher_spectrum
+
+    per_position = torch.nn.Unflatten(1, (2, 3))  # (N, 6) -> (N, T=2, K=3) logits
+    return fisher_spectrum(per_position, torch.rand(2, 6), method="rayleigh-probes")
+
+
 def _black_box_token_classifier(tmp_path: Path) -> Any:
     from hf_fisher import fisher_spectrum
     from hf_fisher.testing.models import build_bert_token_classifier
@@ -664,6 +679,19 @@ ESTIMATOR_CASES: list[Case] = [
         _black_box_token_classifier,
         error=InputError,
         match="structured outputs.*use a white-box method",
+    ),
+    Case(
+        "rayleigh-probes-on-a-token-classifier-refused",
+        _rayleigh_probes_on_a_token_classifier,
+        error=InputError,
+        match=r"method 'rayleigh-probes' takes one prediction per input, and this model has "
+        r"structured outputs \(tokens\)",
+    ),
+    Case(
+        "rayleigh-probes-on-per-position-logits-refused",
+        _rayleigh_probes_on_per_position_logits,
+        error=InputError,
+        match=r"takes one prediction per input, got logits of shape \(2, 2, 3\)",
     ),
     Case(
         "lm-position-on-a-text-classifier-refused",

@@ -42,6 +42,12 @@ def logit_jacobian(
     with torch.enable_grad():
         logits = logit_fn(leaf)
         _check_logits(logits, num_samples)
+        if logits.ndim != 2:  # before K backward passes, not after
+            raise InputError(
+                f"method 'rayleigh-probes' (the paper code's estimator) takes one prediction per "
+                f"input, got logits of shape {tuple(logits.shape)} (several output positions); "
+                "use 'exact' or 'lanczos'"
+            )
         num_classes = logits.shape[1]
         rows = inputs.new_empty(num_samples, num_classes, inputs[0].numel())
         for k in range(num_classes):
@@ -115,12 +121,6 @@ def run_rayleigh_probes(call: EstimatorCall) -> FisherSpectrum:
     """Method "rayleigh-probes": a lower bound on lambda_max, and the exact trace."""
     check_likelihood(call.likelihood)
     jacobian, logits = logit_jacobian(call.logit_fn, call.inputs, call.space_mask)
-    if logits.ndim != 2:
-        raise InputError(
-            f"method 'rayleigh-probes' (the paper code's estimator) takes one prediction per "
-            f"input, got logits of shape {tuple(logits.shape)} (several output positions); use "
-            "'exact' or 'lanczos'"
-        )
     matrix = class_space_matrix(jacobian, class_root(logits.double(), call.likelihood))
     options = call.options
     num_probes = options["num_probes"]
