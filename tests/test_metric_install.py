@@ -66,8 +66,19 @@ def installed(home: Path) -> Path:
     return folder / digest / "fisher_robustness.py"
 
 
-def test_pth_line_imports_the_hook() -> None:
-    assert PTH.read_text().strip() == "import _hf_fisher_metric_hook"
+def test_pth_line_imports_the_hook_and_nothing_else() -> None:
+    line = PTH.read_text().strip()
+    assert line.startswith("import sys;") and "\n" not in line  # one line, run by site
+    assert "import _hf_fisher_metric_hook" in line
+
+
+def test_a_missing_hook_module_is_silent(tmp_path: Path) -> None:
+    """An editable install whose checkout was deleted leaves the .pth behind: no start-up noise."""
+    folder = site_dir(tmp_path)
+    (folder / HOOK.name).unlink()
+    done = fresh_python(modules_added_by_site_dir(folder), tmp_path / "home", tmp_path)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert json.loads(done.stdout) == []
 
 
 def test_hook_installs_the_metric_at_start_up_without_importing_hf_fisher(tmp_path: Path) -> None:
