@@ -772,11 +772,17 @@ def _validate(
 
 
 def _load_dataset(
-    model: Any, dataset: Any, split: str | None, labels: list[int] | None, source: SourceOptions
+    model: Any,
+    dataset: Any,
+    split: str | None,
+    labels: list[int] | None,
+    source: SourceOptions,
+    streaming: bool = False,
 ):
     """The model reference and dataset, with the bundled defaults filled in.
 
-    Local files are checked here, before the model loads: a missing one is a one-line error.
+    Local files are checked here, before the model loads: a missing one is a one-line error,
+    and so is a tensor asked to be streamed.
     """
     check_data_source(dataset, source.data_files, source.dataset_revision)
     if model is None:
@@ -792,6 +798,7 @@ def _load_dataset(
             "--data-files"
         )
     if isinstance(dataset, (torch.Tensor, np.ndarray)):
+        check_streamable(dataset, streaming)
         dataset = InMemoryRows(torch.as_tensor(dataset), labels)
     elif labels is not None:
         raise DatasetError(
@@ -879,8 +886,7 @@ def plan_run(
     )
     estimator, input_space, companions = _paper_compat(estimator, input_space, companions, model)
     state = make_state(device)
-    model, dataset = _load_dataset(model, dataset, split, labels, source)
-    check_streamable(dataset, run.streaming)
+    model, dataset = _load_dataset(model, dataset, split, labels, source, run.streaming)
     classifier = _load_model(
         model,
         _compute_device(device, state),
@@ -898,7 +904,7 @@ def plan_run(
     columns, label_col, modality = _columns(classifier, rows, input_columns, label_column)
     alignment = _alignment(classifier, rows, label_col, label_mapping, run.num_samples)
     indices = planned_indices(rows, run.num_samples, estimator.seed)
-    first = [0] if indices is None else indices[:1]
+    first = (indices or [0])[:1]  # a whole stream has no planned indices: its first row
     concrete = _concrete_method(classifier, estimator, run, rows, first, columns, modality)
     settings = _settings(classifier, estimator, run, concrete)
     dataset_info = _dataset_info(
