@@ -147,9 +147,9 @@ def check_streamable(dataset: Any, streaming: bool) -> None:
     """Refuse to stream an in-memory tensor (before any model is loaded).
 
     Raises:
-        DatasetError: ``streaming`` with a tensor, array or :class:`InMemoryRows`.
+        DatasetError: ``streaming`` with :class:`InMemoryRows` (a tensor or array).
     """
-    if streaming and (isinstance(dataset, InMemoryRows) or hasattr(dataset, "shape")):
+    if streaming and isinstance(dataset, InMemoryRows):
         raise DatasetError(
             "streaming reads a dataset from the Hub or from files, but this one is an "
             "in-memory tensor (already loaded): drop --streaming / streaming=True"

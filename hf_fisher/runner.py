@@ -798,8 +798,8 @@ def _load_dataset(
             "--data-files"
         )
     if isinstance(dataset, (torch.Tensor, np.ndarray)):
-        check_streamable(dataset, streaming)
         dataset = InMemoryRows(torch.as_tensor(dataset), labels)
+        check_streamable(dataset, streaming)
     elif labels is not None:
         raise DatasetError(
             "labels= goes with a tensor dataset; for a datasets.Dataset name its label column "

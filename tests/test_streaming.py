@@ -202,6 +202,31 @@ def test_companions_read_the_first_rows_of_the_stream(data: SimpleNamespace) -> 
     assert streamed.results["kl_check"] == full.results["kl_check"]
 
 
+@pytest.mark.slow
+def test_two_processes_stream_the_single_process_rows(tmp_path: Path) -> None:
+    """torchrun + gloo: each process keeps positions ``i % 2 == rank``; nothing lost or twice."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "hf_fisher", "evaluate", "--streaming", "--num-samples", "7", "--batch-size", "2",
+        "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    many = load_results(out)
+    one = evaluate_robustness(streaming=True, num_samples=7, batch_size=3, progress=False)
+    assert many["environment"]["num_processes"] == 2
+    assert many["dataset"]["indices"] == one.results["dataset"]["indices"] == list(range(7))
+    for key in ("index", "label", "predicted"):
+        assert [r[key] for r in many["per_sample"]] == [r[key] for r in one.per_sample]
+    expected = [r["spectral_norm"] for r in one.per_sample]
+    assert [r["spectral_norm"] for r in many["per_sample"]] == pytest.approx(expected, rel=RTOL)
+
+
 # --- the prefetch machinery on its own ------------------------------------------------------
 
 
