@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import glob
 import io
+import itertools
 import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ def load_any_dataset(
     config: str | None = None,
     data_files: Any = None,
     revision: str | None = None,
+    streaming: bool = False,
 ) -> tuple[Any, str, str | None]:
     """Load a Hub name, ``load_dataset`` kwargs, local directory or file, or a ``Dataset``.
 
@@ -121,27 +123,75 @@ def load_any_dataset(
         data_files: as ``load_dataset``'s (a path, glob, list, or split -> paths mapping);
             files not named by split, and a single ``dataset`` file, are the requested split.
         revision: the Hub revision (branch, tag or commit) of a Hub dataset.
+        streaming: read it as a ``datasets.IterableDataset`` (``load_dataset(...,
+            streaming=True)``; a ``Dataset`` passed in is iterated as one): rows are read as
+            they are evaluated, never all at once. An ``IterableDataset`` passed in is always
+            streamed.
 
     Returns:
-        ``(dataset, name, split)`` where ``dataset`` is a ``datasets.Dataset`` and ``split``
-        the split it really is.
+        ``(dataset, name, split)`` where ``dataset`` is a ``datasets.Dataset`` (an
+        ``IterableDataset`` when streaming) and ``split`` the split it really is.
 
     Raises:
         DatasetError: if it cannot be loaded (offline Hub name, missing split, unknown type),
-            or a ``datasets.Dataset`` of one split is passed with another ``split``.
+            a ``datasets.Dataset`` of one split is passed with another ``split``, or an
+            in-memory tensor is asked to be streamed.
     """
+    loaded, name, split = _load_any(dataset, split, config, data_files, revision, streaming)
+    if streaming and not is_stream(loaded):
+        loaded = loaded.to_iterable_dataset()  # a Dataset passed in: read in order, as a stream
+    return (_with_features(loaded) if is_stream(loaded) else loaded), name, split
+
+
+def check_streamable(dataset: Any, streaming: bool) -> None:
+    """Refuse to stream an in-memory tensor (before any model is loaded).
+
+    Raises:
+        DatasetError: ``streaming`` with :class:`InMemoryRows` (a tensor or array).
+    """
+    if streaming and isinstance(dataset, InMemoryRows):
+        raise DatasetError(
+            "streaming reads a dataset from the Hub or from files, but this one is an "
+            "in-memory tensor (already loaded): drop --streaming / streaming=True"
+        )
+
+
+def is_stream(rows: Any) -> bool:
+    """Whether ``rows`` is a ``datasets.IterableDataset`` (read in order, no random access)."""
     import datasets
 
+    return isinstance(rows, datasets.IterableDataset)
+
+
+def _with_features(stream: Any) -> Any:
+    """A stream whose features are known: csv/json streams infer them from their first rows."""
+    return stream if stream.features is not None else stream._resolve_features()
+
+
+def _load_any(
+    dataset: Any,
+    split: str | None,
+    config: str | None,
+    data_files: Any,
+    revision: str | None,
+    streaming: bool,
+) -> tuple[Any, str, str | None]:
+    """:func:`load_any_dataset`, streaming at the source when loading from the Hub or files."""
+    import datasets
+
+    check_streamable(dataset, streaming)
     if isinstance(dataset, InMemoryRows):
         return dataset, "in-memory", None
-    if isinstance(dataset, datasets.Dataset):
+    if isinstance(dataset, (datasets.Dataset, datasets.IterableDataset)):
         return dataset, dataset.info.dataset_name or "in-memory", _own_split(dataset, split)
-    if isinstance(dataset, datasets.DatasetDict):
+    if isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         picked, split = _pick_split(dataset, split, "in-memory")
         return picked, "in-memory", split
     if isinstance(dataset, Mapping):
         kwargs = dict(dataset)
         kwargs.setdefault("split", split or DEFAULT_SPLIT)
+        if streaming:
+            kwargs["streaming"] = True
         name = str(kwargs.get("path", "load_dataset"))
         try:
             return datasets.load_dataset(**kwargs), name, kwargs["split"]
@@ -153,8 +203,9 @@ def load_any_dataset(
             "directory or file, a dict of load_dataset arguments or a datasets.Dataset"
         )
     name = str(dataset) if dataset is not None else ",".join(data_file_patterns(data_files))
-    loaded = _load_path(dataset, config, _files_of(dataset, data_files, split), revision)
-    if isinstance(loaded, datasets.DatasetDict):
+    files = _files_of(dataset, data_files, split)
+    loaded = _load_path(dataset, config, files, revision, streaming)
+    if isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         loaded, split = _pick_split(loaded, split, name)
         return loaded, name, split
     return loaded, name, _own_split(loaded, split)
@@ -184,8 +235,14 @@ def recorded_data_files(data_files: Any, split: str | None) -> dict[str, list[st
     return {str(name): data_file_patterns(value) for name, value in named.items()}
 
 
-def _load_path(dataset: Any, config: str | None, data_files: Any, revision: str | None):
-    """Load a local directory (saved, or files ``load_dataset`` reads), data files or a Hub name."""
+def _load_path(
+    dataset: Any, config: str | None, data_files: Any, revision: str | None, streaming: bool
+):
+    """Load a local directory (saved, or files ``load_dataset`` reads), data files or a Hub name.
+
+    Streaming, a folder written by ``save_to_disk`` (memory-mapped, not read into memory) is
+    iterated as a stream by :func:`load_any_dataset`.
+    """
     import datasets
 
     path = None if dataset is None else Path(str(dataset)).expanduser()
@@ -197,7 +254,9 @@ def _load_path(dataset: Any, config: str | None, data_files: Any, revision: str 
     try:
         if data_files is None and _is_saved(path):
             return datasets.load_from_disk(str(path))
-        return datasets.load_dataset(target, config, data_files=data_files, revision=revision)
+        return datasets.load_dataset(
+            target, config, data_files=data_files, revision=revision, streaming=streaming
+        )
     except Exception as error:
         raise DatasetError(
             f"could not load dataset {name!r}: {_load_hint(path, target)} ({error})"
@@ -492,8 +551,14 @@ def _decode_image(value: Any):
     raise ValueError(f"unsupported image value of type {type(value).__name__}")
 
 
-def label_domain(dataset, column: str | None) -> tuple[list[str] | None, list | None]:
+def label_domain(
+    dataset, column: str | None, limit: int | None = None
+) -> tuple[list[str] | None, list | None]:
     """What the label column can hold, for :func:`~hf_fisher.labels.align_labels`.
+
+    A stream's ``ClassLabel`` names come from its features; any other label column of a
+    stream is read (that column alone) over the rows to be evaluated: the first ``limit``,
+    or all of them.
 
     Returns:
         ``(names, None)`` for a ``ClassLabel`` column (rows hold positions in ``names``),
@@ -510,14 +575,56 @@ def label_domain(dataset, column: str | None) -> tuple[list[str] | None, list | 
     inner = getattr(feature, "feature", None)  # a List / Sequence column: multi-label rows
     if isinstance(inner, datasets.ClassLabel):
         return list(inner.names), None
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names), None
+    if is_stream(dataset):
+        return None, _streamed_values(dataset, column, limit)
     if isinstance(inner, datasets.Value):
         values = {v for row in dataset[column] if row is not None for v in row if v is not None}
         return None, sorted(values, key=str)
-    if isinstance(feature, datasets.ClassLabel):
-        return list(feature.names), None
     if isinstance(feature, datasets.Value):
         return None, sorted((v for v in dataset.unique(column) if v is not None), key=str)
     return None, None
+
+
+def _streamed_values(stream: Any, column: str, limit: int | None) -> list:
+    """The distinct non-missing values of one column over a stream's first ``limit`` rows."""
+    values: set = set()
+    for row in itertools.islice(stream.select_columns([column]), limit):
+        value = row[column]
+        values.update(value if isinstance(value, list) else [value])
+    values.discard(None)
+    return sorted(values, key=str)
+
+
+def planned_indices(rows: Any, num_samples: int | None, seed: int) -> list[int] | None:
+    """The rows to evaluate: a seeded sample (:func:`sample_indices`), or a stream's first rows.
+
+    A stream cannot be sampled without reading it whole, so ``num_samples`` takes its first N
+    rows (positions 0 to N-1); None for a whole stream, whose length is known once read.
+    """
+    if not is_stream(rows):
+        return sample_indices(len(rows), num_samples, seed)
+    return None if num_samples is None else list(range(num_samples))
+
+
+def known_num_rows(rows: Any, split: str | None) -> int | None:
+    """The split's row count: ``len`` of a ``Dataset``; a stream's from its metadata, if any."""
+    if not is_stream(rows):
+        return len(rows)
+    splits = rows.info.splits or {}
+    found = splits.get(split) if split is not None else None
+    return None if found is None or not found.num_examples else int(found.num_examples)
+
+
+def stream_rows(stream: Any, input_columns: Sequence[str], modality: str) -> Iterator:
+    """``(position, row)`` of a stream, images left encoded: a row passed over costs no decode."""
+    import datasets
+
+    column = input_columns[0]
+    if modality == "image" and isinstance(stream.features[column], datasets.Image):
+        stream = stream.cast_column(column, datasets.Image(decode=False))
+    return enumerate(stream)
 
 
 def is_missing_text(value: Any) -> bool:
@@ -604,11 +711,34 @@ def decode_rows(
     alignment = alignment or LabelAlignment(None, None, "ids")
     if isinstance(dataset, InMemoryRows):
         return _decode_in_memory(dataset, indices, label_column, alignment)
+    if is_stream(dataset):
+        pairs = _stream_pick(stream_rows(dataset, input_columns, modality), indices)
+        return decode_pairs(pairs, input_columns, label_column, modality, alignment)
     subset = dataset.select(indices)
     if modality == "image" and isinstance(subset.features[input_columns[0]], datasets.Image):
         subset = subset.cast_column(input_columns[0], datasets.Image(decode=False))
+    pairs = zip(indices, subset, strict=True)
+    return decode_pairs(pairs, input_columns, label_column, modality, alignment)
+
+
+def _stream_pick(pairs: Iterator, indices: Sequence[int]) -> list[tuple[int, Any]]:
+    """The rows at ``indices`` of a stream (read up to the last one), in stream order."""
+    wanted = set(indices)
+    last = max(wanted, default=-1)
+    stop = itertools.takewhile(lambda pair: pair[0] <= last, pairs)
+    return [(position, row) for position, row in stop if position in wanted]
+
+
+def decode_pairs(
+    pairs: Iterable[tuple[int, Mapping]],
+    input_columns: Sequence[str],
+    label_column: str | None,
+    modality: str,
+    alignment: LabelAlignment,
+) -> DecodedRows:
+    """Decode ``(position, row)`` pairs; unreadable or empty inputs are skipped and listed."""
     kept, inputs, labels, skipped = [], [], [], []
-    for position, row in zip(indices, subset, strict=True):
+    for position, row in pairs:
         try:
             value = _decode_input(row, input_columns, modality)
         except _Skip as skip:

@@ -407,6 +407,10 @@ class RunOptions(_Options):
         num_samples: a deterministic sample of this many rows (None: every row).
         batch_size: samples per batch (halved on CUDA out-of-memory).
         kl_tau: the KL level in ``kl_radius = sqrt(2 kl_tau / lambda_max)``.
+        streaming: read the dataset as a stream (never materialised); ``num_samples`` then
+            takes the first N rows, and sample ids are stream positions.
+        prefetch: batches decoded and preprocessed ahead by a thread while the current
+            batch's Fisher is computed (0: inline); the records do not depend on it.
     """
 
     num_samples: int | None = knob(
@@ -423,6 +427,17 @@ class RunOptions(_Options):
         "KL level defining kl_radius = sqrt(2 tau / lambda_max)",
         type=float,
         check=positive("the KL level in kl_radius = sqrt(2 kl_tau / lambda_max), e.g. 0.01"),
+    )
+    streaming: bool = knob(
+        False,
+        "stream the dataset (Hub, folder or data files) instead of loading the split; "
+        "--num-samples N takes the first N rows",
+    )
+    prefetch: int = knob(
+        2,
+        "batches decoded and preprocessed ahead while the Fisher is computed (0: inline)",
+        type=int,
+        check=integer(0, "batches prepared ahead by a thread (0: inline)"),
     )
 
 

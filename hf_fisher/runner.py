@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,15 @@ from hf_fisher.companions import Companion, check_companions, companion_headline
 from hf_fisher.data import (
     InMemoryRows,
     check_data_source,
+    check_streamable,
     decode_rows,
     detect_columns,
+    is_stream,
+    known_num_rows,
     label_domain,
     load_any_dataset,
+    planned_indices,
     recorded_data_files,
-    sample_indices,
 )
 from hf_fisher.digits import DEFAULT_MODEL_DIR as BUNDLED_MODEL_DIR
 from hf_fisher.errors import DatasetError, InputError, ResultsError
@@ -59,6 +62,7 @@ from hf_fisher.paper_compat import (
     apply_paper_compat_companions,
     check_paper_compat_space,
 )
+from hf_fisher.prefetch import ReadyBatch, RowReader, WaitClock, prefetched, shard_of_stream
 from hf_fisher.results import (
     RESULTS_FILE,
     SCHEMA_VERSION,
@@ -567,7 +571,7 @@ class RunPlan:
     label_col: str | None
     modality: str
     alignment: Any
-    indices: list[int]
+    indices: list[int] | None  # None: a whole stream, whose rows are known once read
     estimator: EstimatorOptions  # with the concrete method
     run: RunOptions
     settings: dict
@@ -587,10 +591,11 @@ class RunPlan:
 
 @dataclass
 class Computed:
-    """What one process computed: its records and the batch sizes that ran."""
+    """What one process computed: its records, the batch sizes that ran, its data wait."""
 
     records: list[dict]
     batch_sizes: set[int]
+    clock: WaitClock = field(default_factory=WaitClock)
 
 
 def evaluate_robustness(
@@ -601,6 +606,8 @@ def evaluate_robustness(
     config: str | None = None,
     num_samples: int | None = None,
     batch_size: int = 32,
+    streaming: bool = False,
+    prefetch: int = 2,
     method: str = "auto",
     black_box: bool = False,
     top_k: int = 1,
@@ -649,6 +656,9 @@ def evaluate_robustness(
             deterministic sample of this many rows (default all), samples per batch (halved
             automatically on CUDA out-of-memory), and the KL level of
             ``kl_radius = sqrt(2 kl_tau / lambda_max)``.
+        streaming, prefetch: read the dataset as a stream (``num_samples`` then takes its
+            first N rows; sample ids are stream positions), and how many batches a thread
+            decodes and prepares ahead of the Fisher compute (0: inline).
         method, black_box, top_k, max_iter, tol, num_queries, num_probes, seed: estimator
             options of :func:`~hf_fisher.fisher_spectrum` (see
             :class:`~hf_fisher.options.EstimatorOptions`), or pass ``options=`` instead.
@@ -689,25 +699,13 @@ def evaluate_robustness(
     Returns:
         A :class:`RobustnessReport`.
     """
-    estimator = EstimatorOptions.from_keywords(
-        options,
-        method=method,
-        black_box=black_box,
-        top_k=top_k,
-        max_iter=max_iter,
-        tol=tol,
-        num_queries=num_queries,
-        num_probes=num_probes,
-        seed=seed,
-        power_start=power_start,
-        fd_step=fd_step,
-        paper_compat=paper_compat,
-    )
+    given = locals()
+    estimator = EstimatorOptions.from_keywords(options, **_knobs(given, EstimatorOptions))
     plan = plan_run(
         model,
         dataset,
         estimator,
-        RunOptions(num_samples=num_samples, batch_size=batch_size, kl_tau=kl_tau),
+        RunOptions(**_knobs(given, RunOptions)),
         split=split,
         config=config,
         input_columns=input_columns,
@@ -728,6 +726,11 @@ def evaluate_robustness(
         position=position,
     )
     return _finish_run(plan, gather_results(plan, compute_records(plan)))
+
+
+def _knobs(given: dict, options: type) -> dict:
+    """The keyword arguments that are fields of the ``options`` dataclass, by name."""
+    return {name: given[name] for name in options.names()}
 
 
 def _finish_run(plan: RunPlan, results: Any) -> RobustnessReport:
@@ -769,11 +772,17 @@ def _validate(
 
 
 def _load_dataset(
-    model: Any, dataset: Any, split: str | None, labels: list[int] | None, source: SourceOptions
+    model: Any,
+    dataset: Any,
+    split: str | None,
+    labels: list[int] | None,
+    source: SourceOptions,
+    streaming: bool = False,
 ):
     """The model reference and dataset, with the bundled defaults filled in.
 
-    Local files are checked here, before the model loads: a missing one is a one-line error.
+    Local files are checked here, before the model loads: a missing one is a one-line error,
+    and so is a tensor asked to be streamed.
     """
     check_data_source(dataset, source.data_files, source.dataset_revision)
     if model is None:
@@ -790,6 +799,7 @@ def _load_dataset(
         )
     if isinstance(dataset, (torch.Tensor, np.ndarray)):
         dataset = InMemoryRows(torch.as_tensor(dataset), labels)
+        check_streamable(dataset, streaming)
     elif labels is not None:
         raise DatasetError(
             "labels= goes with a tensor dataset; for a datasets.Dataset name its label column "
@@ -876,7 +886,7 @@ def plan_run(
     )
     estimator, input_space, companions = _paper_compat(estimator, input_space, companions, model)
     state = make_state(device)
-    model, dataset = _load_dataset(model, dataset, split, labels, source)
+    model, dataset = _load_dataset(model, dataset, split, labels, source, run.streaming)
     classifier = _load_model(
         model,
         _compute_device(device, state),
@@ -889,12 +899,13 @@ def plan_run(
     )
     _check_loaded(classifier, estimator, companions)
     rows, dataset_name, split = load_any_dataset(
-        dataset, split=split, config=config, **source.dataset_keywords()
+        dataset, split=split, config=config, streaming=run.streaming, **source.dataset_keywords()
     )
     columns, label_col, modality = _columns(classifier, rows, input_columns, label_column)
-    alignment = _alignment(classifier, rows, label_col, label_mapping)
-    indices = sample_indices(len(rows), run.num_samples, estimator.seed)
-    concrete = _concrete_method(classifier, estimator, run, rows, indices[:1], columns, modality)
+    alignment = _alignment(classifier, rows, label_col, label_mapping, run.num_samples)
+    indices = planned_indices(rows, run.num_samples, estimator.seed)
+    first = (indices or [0])[:1]  # a whole stream has no planned indices: its first row
+    concrete = _concrete_method(classifier, estimator, run, rows, first, columns, modality)
     settings = _settings(classifier, estimator, run, concrete)
     dataset_info = _dataset_info(
         rows, dataset_name, config, split, indices, columns, label_col, alignment, source
@@ -954,11 +965,11 @@ def _log_plan(classifier: Classifier, dataset_info: dict, settings: dict) -> Non
         classifier.device,
     )
     logger.debug(
-        "dataset %s [%s]: %d rows, %d to evaluate; method %s (asked: %s)",
+        "dataset %s [%s]: %s rows, %s to evaluate; method %s (asked: %s)",
         dataset_info["name"],
         dataset_info["split"],
-        dataset_info["num_rows"],
-        len(dataset_info["indices"]),
+        dataset_info["num_rows"] or "?",
+        "all" if dataset_info["indices"] is None else len(dataset_info["indices"]),
         settings["method"],
         settings["requested_method"],
     )
@@ -993,20 +1004,26 @@ def _dataset_info(
     name: str,
     config: str | None,
     split: str | None,
-    indices: list[int],
+    indices: list[int] | None,
     columns: list[str],
     label_col: str | None,
     alignment: Any,
     source: SourceOptions,
 ) -> dict:
-    """The ``dataset`` section of results.json (and of the fingerprint)."""
+    """The ``dataset`` section of results.json (and of the fingerprint).
+
+    A stream's ``num_rows`` and ``indices`` can be unknown (None) until it is read; the
+    results then record the rows read (:func:`_streamed_dataset_info`).
+    """
     if label_col is None:
         logger.warning("dataset has no label column: predicted labels are used as labels")
+    streamed = {"streaming": True, "sampling": "first-rows"} if is_stream(rows) else {}
     return {
+        **streamed,
         "name": name,
         "config": config,
         "split": split,
-        "num_rows": len(rows),
+        "num_rows": known_num_rows(rows, split),
         "indices": indices,
         "input_columns": columns,
         "label_column": label_col,
@@ -1018,10 +1035,16 @@ def _dataset_info(
     }
 
 
-def _alignment(classifier: Classifier, rows: Any, label_col: str | None, label_mapping: Any):
+def _alignment(
+    classifier: Classifier,
+    rows: Any,
+    label_col: str | None,
+    label_mapping: Any,
+    num_samples: int | None = None,
+):
     """How dataset labels map to the model's ids (None without a label column)."""
     if label_col is not None:
-        names, values = label_domain(rows, label_col)
+        names, values = label_domain(rows, label_col, limit=num_samples)
         return align_labels(
             classifier.id2label, names=names, values=values, label_mapping=label_mapping
         )
@@ -1058,14 +1081,11 @@ def compute_records(plan: RunPlan) -> Computed:
     """Compute this process's shard of the pending samples, batch by batch.
 
     Each batch's records are appended to ``partial/records-<rank>.jsonl`` as soon as they exist.
+    The next batches are read and prepared by a thread meanwhile (``prefetch``); the time the
+    loop still waits for them is measured.
     """
     state = plan.state
     finished = {record["index"] for record in plan.done}
-    pending = [index for index in plan.indices if index not in finished]
-    shard = _shard(pending, state.num_processes, state.process_index)
-    size = plan.run.batch_size
-    longest = max(len(_shard(pending, state.num_processes, r)) for r in range(state.num_processes))
-    steps = math.ceil(longest / size)  # the same on every rank: collectives stay in step
     computed = Computed(records=[], batch_sizes=set())
     record_file = None
     if plan.directory is not None:
@@ -1074,33 +1094,62 @@ def compute_records(plan: RunPlan) -> Computed:
             "a",
             encoding="utf-8",
         )
-    bar = _progress_bar(len(pending), plan.progress and state.is_main_process)
+    pending = None if plan.indices is None else [i for i in plan.indices if i not in finished]
+    total = None if pending is None else len(pending)
+    bar = _progress_bar(total, plan.progress and state.is_main_process)
+    batches = prefetched(_ready_batches(plan, finished, pending), plan.run.prefetch)
     try:
-        for step in range(steps):
-            batch_indices = shard[step * size : (step + 1) * size]
-            new = _batch_records(plan, batch_indices, computed.batch_sizes)
+        for batch in computed.clock.timed(batches):
+            new = _batch_records(plan, batch, computed.batch_sizes)
             if record_file is not None and new:
                 _append(record_file, new)
             computed.records += new
-            bar.update(_global_count(len(batch_indices), state))
+            bar.update(_bar_count(len(batch.positions), plan))
     finally:
+        batches.close()
         bar.close()
         if record_file is not None:
             record_file.close()
     return computed
 
 
-def _batch_records(plan: RunPlan, batch_indices: list[int], used: set[int]) -> list[dict]:
-    """Records of one batch: skipped rows, then one record per evaluated sample."""
-    if not batch_indices:
-        return []
-    decoded = decode_rows(
-        plan.rows, batch_indices, plan.columns, plan.label_col, plan.modality, plan.alignment
+def _ready_batches(
+    plan: RunPlan, finished: set[int], pending: list[int] | None
+) -> Iterator[ReadyBatch]:
+    """This process's batches: contiguous shards of the pending rows, or its share of a stream."""
+    state = plan.state
+    reader = RowReader(
+        plan.rows,
+        plan.columns,
+        plan.label_col,
+        plan.modality,
+        plan.alignment,
+        plan.classifier.prepare,
     )
+    size = plan.run.batch_size
+    if is_stream(plan.rows):
+        keep = shard_of_stream(state.num_processes, state.process_index, finished)
+        return reader.streamed(keep, plan.run.num_samples, size)
+    shard = _shard(pending, state.num_processes, state.process_index)
+    longest = max(len(_shard(pending, state.num_processes, r)) for r in range(state.num_processes))
+    steps = math.ceil(longest / size)  # the same on every rank: collectives stay in step
+    return reader.indexed(shard[step * size : (step + 1) * size] for step in range(steps))
+
+
+def _bar_count(count: int, plan: RunPlan) -> int:
+    """Samples done by all processes in this step; a stream's ranks are not in step: estimated."""
+    if is_stream(plan.rows):
+        return count * plan.state.num_processes
+    return _global_count(count, plan.state)
+
+
+def _batch_records(plan: RunPlan, batch: ReadyBatch, used: set[int]) -> list[dict]:
+    """Records of one batch: skipped rows, then one record per evaluated sample."""
+    decoded = batch.decoded
     new = [{**skip, "skipped": True} for skip in decoded.skipped]
     if decoded.indices:
         classifier = plan.classifier
-        prepared = classifier.prepare(decoded.inputs)
+        prepared = batch.prepared
         labels = _multi_label_rows(decoded.labels, classifier, plan.alignment, plan.label_col)
         _check_label_range(labels, classifier.num_classes, plan.label_col)
         spectrum, size = _spectrum_with_oom_retry(
@@ -1114,14 +1163,10 @@ def _batch_records(plan: RunPlan, batch_indices: list[int], used: set[int]) -> l
 
 def gather_results(plan: RunPlan, computed: Computed) -> dict:
     """Every process's records, in dataset order, summarised into the results dict."""
-    from accelerate.utils import gather_object
-
-    records, used = computed.records, computed.batch_sizes
-    if plan.state.num_processes > 1:
-        records = gather_object(records)
-        used = set(gather_object(sorted(used)))
+    records, used, clocks = _gathered(plan, computed)
     everything = {record["index"]: record for record in plan.done + records}
-    ordered = [everything[index] for index in plan.indices if index in everything]
+    wanted = sorted(everything) if plan.indices is None else plan.indices
+    ordered = [everything[index] for index in wanted if index in everything]
     skipped = [{"index": r["index"], "reason": r["reason"]} for r in ordered if r.get("skipped")]
     per_sample = [r for r in ordered if not r.get("skipped")]
     if not per_sample:
@@ -1138,7 +1183,7 @@ def gather_results(plan: RunPlan, computed: Computed) -> dict:
         "hf_fisher_version": package_versions()["hf-fisher"] or "0+unknown",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": _model_section(plan.classifier),
-        "dataset": plan.dataset_info,
+        "dataset": _streamed_dataset_info(plan, ordered),
         "settings": {
             **plan.settings,
             "method": "+".join(sorted({record["method"] for record in per_sample})),
@@ -1149,11 +1194,49 @@ def gather_results(plan: RunPlan, computed: Computed) -> dict:
             "num_processes": plan.state.num_processes,
             "wall_time_s": time.perf_counter() - plan.started,
             "packages": package_versions(),
+            "fisher_loop": _loop_timing(clocks, plan.run.prefetch),
         },
         "summary": summary,
         "per_sample": per_sample,
         "skipped": skipped,
     }
+
+
+def _gathered(plan: RunPlan, computed: Computed) -> tuple[list[dict], set[int], list[WaitClock]]:
+    """Every process's records, batch sizes and data-wait clocks."""
+    from accelerate.utils import gather_object
+
+    records, used, clocks = computed.records, computed.batch_sizes, [computed.clock]
+    if plan.state.num_processes > 1:
+        records = gather_object(records)
+        used = set(gather_object(sorted(used)))
+        clocks = gather_object(clocks)
+    return records, used, clocks
+
+
+def _streamed_dataset_info(plan: RunPlan, ordered: list[dict]) -> dict:
+    """The ``dataset`` section; a stream's rows are the positions read (skipped ones too)."""
+    info = plan.dataset_info
+    if not info.get("streaming"):
+        return info
+    read = [record["index"] for record in ordered]
+    if plan.run.num_samples is not None and len(read) < plan.run.num_samples:
+        logger.warning(
+            "--num-samples %d: the stream held only %d rows; evaluated all of them",
+            plan.run.num_samples,
+            len(read),
+        )
+    num_rows = info["num_rows"] if info["num_rows"] is not None else len(read)
+    return {**info, "indices": read, "num_rows": num_rows}
+
+
+def _loop_timing(clocks: list[WaitClock], prefetch: int) -> dict:
+    """``environment.fisher_loop``: the processes' data wait over their loop time, summed."""
+    total = WaitClock(
+        waited_s=sum(clock.waited_s for clock in clocks),
+        loop_s=sum(clock.loop_s for clock in clocks),
+    )
+    return total.to_json(prefetch)
 
 
 def _position_accuracy(per_sample: list[dict]) -> float | None:
@@ -1315,7 +1398,7 @@ def _global_count(count: int, state) -> int:
     return int(total.item())
 
 
-def _progress_bar(total: int, enabled: bool):
+def _progress_bar(total: int | None, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, unit="sample", desc="Fisher", smoothing=0.1)

@@ -331,6 +331,11 @@ def _run_data_files_matching_nothing(tmp_path: Path) -> None:
     evaluate_robustness("no-such/model", str(tmp_path), data_files="parts/*.jsonl")
 
 
+def _run_streamed_tensor(tmp_path: Path) -> None:
+    """A tensor cannot be streamed; refused before the (missing) model is looked up."""
+    evaluate_robustness("no-such/model", torch.rand(4, 1, 32, 32), streaming=True)
+
+
 DATA_CASES: list[Case] = [
     # 1. labels are matched to the model's id2label by name, not by the dataset's own order
     Case(
@@ -398,6 +403,13 @@ DATA_CASES: list[Case] = [
         _run_data_files_matching_nothing,
         error=DatasetError,
         match=r"--data-files parts/\*\.jsonl: no such file or directory \(looked in ",
+    ),
+    # streaming (issue 14): what cannot be read as a stream is refused, naming the fix
+    Case(
+        "streaming-an-in-memory-tensor-refused",
+        _run_streamed_tensor,
+        error=DatasetError,
+        match=r"in-memory tensor \(already loaded\): drop --streaming",
     ),
 ]
 

@@ -49,9 +49,10 @@ class CountingSpectrum:
 
 
 def comparable(results: dict) -> dict:
-    """Everything but the creation time and the wall time."""
+    """Everything but the creation time and the wall times."""
     results = json.loads(json.dumps(results))
     del results["created"], results["environment"]["wall_time_s"]
+    del results["environment"]["fisher_loop"]
     return results
 
 
