@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from hf_fisher._content import dataset_content, model_content
+from hf_fisher._device import tf32_mode
 from hf_fisher._progress import ProgressCallback
 from hf_fisher.adapters import Classifier, load_classifier
 from hf_fisher.companions import Companion, check_companions, companion_headlines, run_companions
@@ -633,6 +634,7 @@ def evaluate_robustness(
     power_start: str = "random",
     fd_step: float | None = None,
     paper_compat: bool = False,
+    tf32: bool = False,
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -685,29 +687,22 @@ def evaluate_robustness(
             :class:`~hf_fisher.options.EstimatorOptions`).
         paper_compat: reproduce the paper's public code (docs/paper-compat.md); recorded as
             ``settings.paper_compat`` and ``settings.paper_compat_settings``.
+        tf32: allow TensorFloat-32 in CUDA float32 matmuls and convolutions while the run
+            computes (off: strict float32; torch's flags are restored afterwards). Recorded as
+            ``settings.tf32`` and part of the resume fingerprint; no effect on a CPU.
 
     Returns:
         A :class:`RobustnessReport`.
     """
+    keywords = locals()  # the parameters; each EstimatorOptions knob is one of them, by name
     estimator = EstimatorOptions.from_keywords(
-        options,
-        method=method,
-        black_box=black_box,
-        top_k=top_k,
-        max_iter=max_iter,
-        tol=tol,
-        num_queries=num_queries,
-        num_probes=num_probes,
-        seed=seed,
-        power_start=power_start,
-        fd_step=fd_step,
-        paper_compat=paper_compat,
+        options, **{name: keywords[name] for name in EstimatorOptions.names()}
     )
     plan = plan_run(
         model,
         dataset,
         estimator,
-        RunOptions(num_samples=num_samples, batch_size=batch_size, kl_tau=kl_tau),
+        RunOptions(num_samples=num_samples, batch_size=batch_size, kl_tau=kl_tau, tf32=tf32),
         split=split,
         config=config,
         input_columns=input_columns,
@@ -727,7 +722,8 @@ def evaluate_robustness(
         zero_shot=ZeroShotOptions(candidate_labels, hypothesis_template),
         position=position,
     )
-    return _finish_run(plan, gather_results(plan, compute_records(plan)))
+    with tf32_mode(plan.run.tf32):  # strict float32 unless the run allows TF32; restored after
+        return _finish_run(plan, gather_results(plan, compute_records(plan)))
 
 
 def _finish_run(plan: RunPlan, results: Any) -> RobustnessReport:
@@ -945,6 +941,8 @@ def _concrete_method(
 
 def _log_plan(classifier: Classifier, dataset_info: dict, settings: dict) -> None:
     """What was loaded and decided, for ``-v``."""
+    if settings["tf32"] and classifier.device.type != "cuda":
+        logger.warning("--tf32 has no effect on %s: TF32 is a CUDA setting", classifier.device)
     logger.debug(
         "loaded %s: %d classes, input space %s, %s on %s",
         classifier.source.get("id"),
@@ -1043,6 +1041,7 @@ def _settings(
         "dtype": str(classifier.dtype).removeprefix("torch."),
         "kl_tau": run.kl_tau,
         "likelihood": classifier.likelihood,
+        "tf32": run.tf32,
     }
     outputs = classifier.outputs_info()
     if outputs is not None:  # structured outputs: what the output positions are

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hf_fisher._device import to_device
 from hf_fisher.errors import InputError, ModelLoadError, NotAClassifierError
 
 PROBE_SEED = 0
@@ -102,11 +103,14 @@ class PreparedBatch:
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PreparedBatch:
-        """Move to ``device``; cast the continuous inputs (only) to ``dtype``."""
+        """Move to ``device``; cast the continuous inputs (only) to ``dtype``.
+
+        Host-to-GPU copies are pinned and non-blocking (:func:`hf_fisher._device.to_device`).
+        """
         return PreparedBatch(
-            self.inputs.to(device=device, dtype=dtype or self.inputs.dtype),
-            None if self.space_mask is None else self.space_mask.to(device),
-            {name: value.to(device) for name, value in self.context.items()},
+            to_device(self.inputs, device, dtype or self.inputs.dtype),
+            None if self.space_mask is None else to_device(self.space_mask, device),
+            {name: to_device(value, device) for name, value in self.context.items()},
         )
 
 
@@ -160,7 +164,7 @@ def _as_tensor(raw: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
         )
     if tensor.is_complex() or tensor.dtype == torch.bool:
         raise InputError(f"got inputs of dtype {tensor.dtype}; pass real floating-point values")
-    return tensor.detach().to(device=device, dtype=dtype)
+    return to_device(tensor.detach(), device, dtype)
 
 
 def _determinism_check(forward: Callable[[], Tensor], num_samples: int, what: str) -> int:
