@@ -19,8 +19,11 @@ alike, and reports the median and the range over the rounds. One interpreter mea
 - the modules the first call imported that a run does not need to load a model (datasets,
   evaluate, matplotlib, scikit-learn).
 
-Then ``hf-fisher evaluate --out DIR --no-progress`` (the default job: the bundled model on its
-360 held-out digits) runs as a fresh process: wall time and the child's CPU time.
+``--threads N`` sets ``OMP_NUM_THREADS`` (torch's intra-op threads) in every child: on a shared
+machine more threads than free cores waste CPU time in their synchronisation, which swamps
+every other difference. Then ``hf-fisher evaluate --out DIR --no-progress`` (the default job:
+the bundled model on its 360 held-out digits) runs as a fresh process: wall time and the
+child's CPU time.
 """
 
 from __future__ import annotations
@@ -80,8 +83,11 @@ def child_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+THREADS: dict[str, str] = {}  # OMP_NUM_THREADS for the children, when --threads is given
+
+
 def environment(tree: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(tree), "TRANSFORMERS_VERBOSITY": "error"}
+    return {**os.environ, "PYTHONPATH": str(tree), "TRANSFORMERS_VERBOSITY": "error", **THREADS}
 
 
 def measure_load(tree: Path) -> dict:
@@ -136,7 +142,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--before", type=Path, help="an older checkout to compare with")
     parser.add_argument("--no-job", action="store_true", help="skip the default CLI job")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of every child")
     args = parser.parse_args()
+    if args.threads is not None:
+        THREADS["OMP_NUM_THREADS"] = str(args.threads)
     trees = {"after": HERE} if args.before is None else {"before": args.before, "after": HERE}
     runs: dict[str, list[dict]] = {label: [] for label in trees}
     load = os.getloadavg()[0]
@@ -148,7 +157,8 @@ def main() -> None:
             runs[label].append(figures)
     print(
         f"{os.cpu_count()} CPUs, load average {load:.2f} -> {os.getloadavg()[0]:.2f}; "
-        f"{args.rounds} interleaved rounds; median [min-max]"
+        f"{args.rounds} interleaved rounds, torch threads {args.threads or 'default'}; "
+        "median [min-max]"
     )
     report(runs)
 
