@@ -940,7 +940,7 @@ def _concrete_method(
 
 
 def _log_plan(classifier: Classifier, dataset_info: dict, settings: dict) -> None:
-    """What was loaded and decided, for ``-v``."""
+    """What was loaded and decided, for ``-v``; a ``--tf32`` that cannot act is a warning."""
     if settings["tf32"] and classifier.device.type != "cuda":
         logger.warning("--tf32 has no effect on %s: TF32 is a CUDA setting", classifier.device)
     logger.debug(
