@@ -7,6 +7,8 @@ default model in :data:`DEFAULT_MODEL_DIR` was trained on the "train" split by
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,8 @@ if TYPE_CHECKING:  # imported in load_digits_dataset: DEFAULT_MODEL_DIR alone st
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "digits-resnet"
 """Directory of the bundled digits ResNet; ``load_classifier(DEFAULT_MODEL_DIR)`` loads it."""
+SPLIT_FILE = DEFAULT_MODEL_DIR.parent / "digits-test-indices.json"
+"""The rows of the "test" split, frozen from :func:`_split_indices` (a test checks they agree)."""
 
 SPLITS = ("train", "test")
 SPLIT_SEED = 0
@@ -34,6 +38,32 @@ def _split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
         np.arange(len(labels)), test_size=TEST_FRACTION, stratify=labels, random_state=SPLIT_SEED
     )
     return {"train": np.sort(train), "test": np.sort(test)}
+
+
+def _frozen_split(num_rows: int) -> dict[str, np.ndarray]:
+    """The split of :func:`_split_indices`, read from :data:`SPLIT_FILE` (no scikit-learn)."""
+    test = np.asarray(json.loads(SPLIT_FILE.read_text(encoding="utf-8"))["test"])
+    return {"train": np.setdiff1d(np.arange(num_rows), test), "test": test}
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: (1797, 8, 8) float64 ink levels 0..16 and (1797,) int labels.
+
+    ``import sklearn`` costs ~1 s of CPU (it imports scipy.stats), more than the rest of the
+    loading; the digits are one gzipped CSV inside the package, which ``load_digits`` parses
+    the same way. So read that file where the package lies, without importing it, and fall
+    back to ``load_digits()`` if the file is not there.
+    """
+    spec = importlib.util.find_spec("sklearn")  # finds the package; runs none of its code
+    origin = Path(spec.origin).parent if spec is not None and spec.origin else None
+    path = origin / "datasets" / "data" / "digits.csv.gz" if origin is not None else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, _NATIVE_SIZE, _NATIVE_SIZE), table[:, -1].astype(int)
 
 
 def load_digits_dataset(split: str = "test", *, upsample: int = 32) -> datasets.Dataset:
@@ -67,11 +97,10 @@ def load_digits_dataset(split: str = "test", *, upsample: int = 32) -> datasets.
         )
     import datasets
     from PIL import Image
-    from sklearn.datasets import load_digits
 
-    digits = load_digits()
-    indices = _split_indices(digits.target)[split]
-    scans = np.rint(digits.images[indices] * (255.0 / 16.0)).astype(np.uint8)
+    images_8x8, labels = _digits_arrays()
+    indices = _frozen_split(len(labels))[split]
+    scans = np.rint(images_8x8[indices] * (255.0 / 16.0)).astype(np.uint8)
     images = [Image.fromarray(scan, mode="L") for scan in scans]
     if upsample != _NATIVE_SIZE:
         images = [image.resize((upsample, upsample), Image.Resampling.BILINEAR) for image in images]
@@ -82,5 +111,5 @@ def load_digits_dataset(split: str = "test", *, upsample: int = 32) -> datasets.
         }
     )
     return datasets.Dataset.from_dict(
-        {"image": images, "label": digits.target[indices].tolist()}, features=features, split=split
+        {"image": images, "label": labels[indices].tolist()}, features=features, split=split
     )

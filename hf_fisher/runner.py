@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from hf_fisher._content import dataset_content, model_content
+from hf_fisher._device import tf32_mode
 from hf_fisher._progress import ProgressCallback
 from hf_fisher.adapters import Classifier, load_classifier
 from hf_fisher.companions import Companion, check_companions, companion_headlines, run_companions
@@ -640,6 +641,7 @@ def evaluate_robustness(
     power_start: str = "random",
     fd_step: float | None = None,
     paper_compat: bool = False,
+    tf32: bool = False,
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -695,6 +697,9 @@ def evaluate_robustness(
             :class:`~hf_fisher.options.EstimatorOptions`).
         paper_compat: reproduce the paper's public code (docs/paper-compat.md); recorded as
             ``settings.paper_compat`` and ``settings.paper_compat_settings``.
+        tf32: allow TensorFloat-32 in CUDA float32 matmuls and convolutions while the run
+            computes (off: strict float32; torch's flags are restored afterwards). Recorded as
+            ``settings.tf32`` and part of the resume fingerprint; no effect on a CPU.
 
     Returns:
         A :class:`RobustnessReport`.
@@ -725,7 +730,8 @@ def evaluate_robustness(
         zero_shot=ZeroShotOptions(candidate_labels, hypothesis_template),
         position=position,
     )
-    return _finish_run(plan, gather_results(plan, compute_records(plan)))
+    with tf32_mode(plan.run.tf32):  # strict float32 unless the run allows TF32; restored after
+        return _finish_run(plan, gather_results(plan, compute_records(plan)))
 
 
 def _knobs(given: dict, options: type) -> dict:
@@ -955,7 +961,9 @@ def _concrete_method(
 
 
 def _log_plan(classifier: Classifier, dataset_info: dict, settings: dict) -> None:
-    """What was loaded and decided, for ``-v``."""
+    """What was loaded and decided, for ``-v``; a ``--tf32`` that cannot act is a warning."""
+    if settings["tf32"] and classifier.device.type != "cuda":
+        logger.warning("--tf32 has no effect on %s: TF32 is a CUDA setting", classifier.device)
     logger.debug(
         "loaded %s: %d classes, input space %s, %s on %s",
         classifier.source.get("id"),
@@ -1066,6 +1074,7 @@ def _settings(
         "dtype": str(classifier.dtype).removeprefix("torch."),
         "kl_tau": run.kl_tau,
         "likelihood": classifier.likelihood,
+        "tf32": run.tf32,
     }
     outputs = classifier.outputs_info()
     if outputs is not None:  # structured outputs: what the output positions are

@@ -1287,6 +1287,13 @@ RUNNER_CASES: list[Case] = [
         match=r"paper_compat \(--paper-compat\) measures in the 'normalized' input space, but "
         r"input_space='pixels' \(--input-space\) was given: drop one of them",
     ),
+    # tf32 is a switch: a string such as "yes" is refused before the model loads.
+    Case(
+        "runner-tf32-not-a-switch",
+        lambda tmp_path: evaluate_robustness("not-a-model-that-would-load", tf32="yes"),
+        error=InputError,
+        match=r"tf32 \(--tf32\) is a switch: pass True or False, got 'yes'",
+    ),
 ]
 
 # --- report: cards, submissions, leaderboard ----------------------------------------------

@@ -27,12 +27,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hf_fisher._device import to_device
 from hf_fisher.errors import InputError, ModelLoadError, NotAClassifierError
 
 PROBE_SEED = 0
 PROBE_SIZE = 2
 _DETERMINISM_RTOL = 1e-4
 _DETERMINISM_ATOL = 1e-5
+_SMALL_MODEL = 2**22
+"""Parameters below which the probe runs on one CPU thread (see :func:`_probe_threads`)."""
 
 COMPANIONS = frozenset(
     {"attacks", "noise", "kl_check", "clever", "frequency", "bound", "path_separation"}
@@ -102,11 +105,14 @@ class PreparedBatch:
         )
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PreparedBatch:
-        """Move to ``device``; cast the continuous inputs (only) to ``dtype``."""
+        """Move to ``device``; cast the continuous inputs (only) to ``dtype``.
+
+        Host-to-GPU copies are pinned and non-blocking (:func:`hf_fisher._device.to_device`).
+        """
         return PreparedBatch(
-            self.inputs.to(device=device, dtype=dtype or self.inputs.dtype),
-            None if self.space_mask is None else self.space_mask.to(device),
-            {name: value.to(device) for name, value in self.context.items()},
+            to_device(self.inputs, device, dtype or self.inputs.dtype),
+            None if self.space_mask is None else to_device(self.space_mask, device),
+            {name: to_device(value, device) for name, value in self.context.items()},
         )
 
 
@@ -160,12 +166,17 @@ def _as_tensor(raw: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
         )
     if tensor.is_complex() or tensor.dtype == torch.bool:
         raise InputError(f"got inputs of dtype {tensor.dtype}; pass real floating-point values")
-    return tensor.detach().to(device=device, dtype=dtype)
+    return to_device(tensor.detach(), device, dtype)
 
 
-def _determinism_check(forward: Callable[[], Tensor], num_samples: int, what: str) -> int:
-    """Run ``forward`` twice; check it returns identical (N, K) (or (N, T, K)) logits. Returns K."""
-    with torch.no_grad():
+def _determinism_check(
+    forward: Callable[[], Tensor], num_samples: int, what: str, model: nn.Module | None = None
+) -> int:
+    """Run ``forward`` twice; check it returns identical (N, K) (or (N, T, K)) logits. Returns K.
+
+    ``model`` (the module ``forward`` runs) lets a small CPU model's probe run on one thread.
+    """
+    with torch.no_grad(), _probe_threads(model):
         first = _logits_of(forward(), what)
         second = _logits_of(forward(), what)
     if first.ndim not in (2, 3) or first.shape[0] != num_samples or first.shape[-1] < 2:
@@ -186,6 +197,30 @@ def _determinism_check(forward: Callable[[], Tensor], num_samples: int, what: st
             "F.dropout(training=True)) before measuring"
         )
     return first.shape[-1]
+
+
+@contextmanager
+def _probe_threads(model: nn.Module | None) -> Iterator[None]:
+    """One intra-op thread for the probe of a small model on the CPU, then the caller's count.
+
+    The probe is two forward passes of two inputs: a small model's operators are too short for
+    intra-op threads to pay, and their synchronisation is what they cost. On a 2-core machine
+    under load, the bundled digits ResNet's probe took 0.3-0.6 s of CPU (0.7-1.4 s wall) with
+    two threads and ~3 ms with one (``benchmarks/bench_start.py``). Large models, and models on
+    a GPU, keep the caller's setting.
+    """
+    parameters = [] if model is None else list(model.parameters())
+    on_cpu = bool(parameters) and all(p.device.type == "cpu" for p in parameters)
+    small = sum(p.numel() for p in parameters) < _SMALL_MODEL
+    threads = torch.get_num_threads()
+    if not (on_cpu and small) or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _logits_of(output: Any, what: str) -> Tensor:

@@ -266,7 +266,10 @@ def _load_pretrained(
     classifier.likelihood = task.likelihood(model.config)
     batch = classifier.probe_batch()
     classifier._num_classes = _determinism_check(
-        lambda: classifier(batch.inputs, **batch.context), len(batch), source["architecture"]
+        lambda: classifier(batch.inputs, **batch.context),
+        len(batch),
+        source["architecture"],
+        classifier.model,
     )
     if classifier._num_classes != len(classifier.id2label):  # a causal LM's: its vocabulary
         raise NotAClassifierError(

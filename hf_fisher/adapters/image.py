@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hf_fisher._device import to_device
 from hf_fisher.adapters.base import (
     PROBE_SEED,
     PROBE_SIZE,
@@ -152,7 +153,7 @@ class ImageClassifier(Classifier):
             if len(raw) == 0:
                 raise InputError("got an empty list of images; pass at least one image")
             pixels = torch.cat([self._process_image(item, index) for index, item in enumerate(raw)])
-            pixels = pixels.to(device=self.device, dtype=self.dtype)
+            pixels = to_device(pixels, self.device, self.dtype)
             inputs = self.normalize(pixels) if self.input_space == "normalized" else pixels
         else:
             inputs = _as_tensor(raw, self.dtype, self.device)

@@ -65,7 +65,7 @@ class ModuleClassifier(Classifier):
         probe = torch.randn((PROBE_SIZE, *self.input_shape), generator=generator)
         probe = probe.to(device=self.device, dtype=self.dtype)
         self._num_classes = _determinism_check(
-            lambda: self.model(probe), PROBE_SIZE, type(self.model).__name__
+            lambda: self.model(probe), PROBE_SIZE, type(self.model).__name__, self.model
         )
         if not self.id2label:
             self.id2label = {index: str(index) for index in range(self._num_classes)}

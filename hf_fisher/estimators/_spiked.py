@@ -30,7 +30,7 @@ from scipy.special import chdtri
 from torch import Tensor
 
 DRAWS = 2048
-X_GRID = torch.linspace(0, 1, 33, dtype=torch.float64)
+X_GRID = torch.linspace(0, 1, 33, dtype=torch.float64, device="cpu")
 _BASE_K = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768)
 
 
@@ -124,19 +124,21 @@ def _quantile_table(
     """
     key = (copies, dof, width, levels)
     if key not in _TABLES:
-        _TABLES[key] = torch.full((len(levels), len(X_GRID)), math.nan, dtype=torch.float64)
+        _TABLES[key] = torch.full(
+            (len(levels), len(X_GRID)), math.nan, dtype=torch.float64, device="cpu"
+        )
     table = _TABLES[key]
     missing = [c for c in columns.unique().tolist() if math.isnan(table[0, c])]
     if missing:
         rho, weights = _base_draws(dof, width)
-        probabilities = torch.tensor(levels, dtype=torch.float64)
+        probabilities = torch.tensor(levels, dtype=torch.float64, device="cpu")
         if copies == 0:  # no bulk: l1 / lam = rho whatever the ratio
             table[:] = torch.quantile(rho, probabilities)[:, None]
             return table
         bulk = _bulk_eigenvalues(copies, dof)
         size = bulk.shape[1]
         merged = torch.cat([weights[:, :size], weights[:, size:].sum(dim=1, keepdim=True)], 1)
-        picked = torch.tensor(missing)
+        picked = torch.tensor(missing, device="cpu")
         roots = torch.cat([_top_root(part, bulk, rho, merged) for part in X_GRID[picked].split(4)])
         table[:, picked] = torch.quantile(roots, probabilities, dim=1)
     return table
@@ -147,7 +149,7 @@ def _interpolate(
 ) -> Tensor:
     """Piecewise-linear interpolation of the tabulated quantile in (copies, ratio)."""
     grid = _k_grid(rank)
-    knots = torch.tensor(grid, dtype=torch.float64)
+    knots = torch.tensor(grid, dtype=torch.float64, device="cpu")
     width = max(min(rank - 1, dof), 1)
     position = ratio.clamp(0, 1) * (len(X_GRID) - 1)
     left = position.floor().long().clamp(max=len(X_GRID) - 2)
@@ -212,7 +214,7 @@ def calibrate_top(
     Returns:
         (N, len(levels)) float64; zero where ``l1`` is zero.
     """
-    result = torch.zeros(len(top), len(levels), dtype=torch.float64)
+    result = torch.zeros(len(top), len(levels), dtype=torch.float64, device="cpu")
     positive = top > 0  # a zero sketch (no signal, or an empty space) has lambda_max = 0
     if not positive.any():
         return result

@@ -297,7 +297,7 @@ def sketch_fisher(
     trace, second, square = _moments(sketch, count)
     tail = (1 - confidence) / 2
     levels = (POINT_LEVEL, 1 - tail, tail)  # the estimate, the lower and the upper end
-    calibrated = torch.empty(num_samples, 3, dtype=torch.float64)
+    calibrated = torch.empty(num_samples, 3, dtype=torch.float64, device="cpu")
     top_raw, trace_cpu, second_cpu, rank_cpu = (t.cpu() for t in (raw[:, 0], trace, second, rank))
     for bound in rank_cpu.unique().tolist():  # samples of one rank share calibration tables
         rows = (rank_cpu == bound).nonzero().flatten()

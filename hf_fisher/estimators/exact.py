@@ -122,8 +122,7 @@ def gradient_rows(
         num_rows = flat_classes.shape[1]
         rows = inputs.new_empty(num_samples, num_rows, inputs[0].numel())
         sample_index = torch.arange(num_samples, device=logits.device)
-        selector = torch.zeros(num_samples, logits[0].numel(), dtype=logits.dtype)
-        selector = selector.to(logits.device)
+        selector = logits.new_zeros(num_samples, logits[0].numel())
         for step in range(num_rows):
             if not bernoulli:
                 selector[sample_index, flat_subtracted[:, step]] = -1.0
