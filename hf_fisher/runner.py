@@ -633,6 +633,8 @@ def evaluate_robustness(
     power_start: str = "random",
     fd_step: float | None = None,
     paper_compat: bool = False,
+    lanczos_start: str = "informed",
+    trace_rtol: float = 0.05,
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -685,24 +687,15 @@ def evaluate_robustness(
             :class:`~hf_fisher.options.EstimatorOptions`).
         paper_compat: reproduce the paper's public code (docs/paper-compat.md); recorded as
             ``settings.paper_compat`` and ``settings.paper_compat_settings``.
+        lanczos_start, trace_rtol: where "lanczos" starts and the relative standard error its
+            trace stops at (see :class:`~hf_fisher.options.EstimatorOptions`).
 
     Returns:
         A :class:`RobustnessReport`.
     """
-    estimator = EstimatorOptions.from_keywords(
-        options,
-        method=method,
-        black_box=black_box,
-        top_k=top_k,
-        max_iter=max_iter,
-        tol=tol,
-        num_queries=num_queries,
-        num_probes=num_probes,
-        seed=seed,
-        power_start=power_start,
-        fd_step=fd_step,
-        paper_compat=paper_compat,
-    )
+    keywords = locals()  # the estimator knobs are keywords named as EstimatorOptions' fields
+    knobs = {name: keywords[name] for name in EstimatorOptions.names()}
+    estimator = EstimatorOptions.from_keywords(options, **knobs)
     plan = plan_run(
         model,
         dataset,
