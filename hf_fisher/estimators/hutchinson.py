@@ -1,4 +1,5 @@
-"""Stochastic trace estimators (Hutchinson, Hutch++) with standard errors."""
+"""Stochastic trace estimators with standard errors: Hutchinson and Hutch++ (input-space
+probes), class-space Hutchinson, and the Krylov-deflated adaptive class-space trace of "lanczos"."""
 
 from __future__ import annotations
 
