@@ -1,5 +1,8 @@
-"""Stochastic trace estimators with standard errors: Hutchinson and Hutch++ (input-space
-probes), class-space Hutchinson, and the Krylov-deflated adaptive class-space trace of "lanczos"."""
+"""Stochastic trace estimators with standard errors.
+
+Hutchinson and Hutch++ (input-space probes), class-space Hutchinson, and the Krylov-deflated
+adaptive class-space trace of the "lanczos" method.
+"""
 
 from __future__ import annotations
 
