@@ -5,6 +5,13 @@ and M having the nonzero eigenvalues mu_i of the Fisher, i.e. sums ``sum_i mu_i 
 script draws them directly for a table of spectra and probe counts and prints how often the
 estimate lies within 1.96 reported standard errors (sample std / sqrt(m)) of the true trace.
 
+A second table is the "lanczos" trace's remainder (issue 14): probes added one at a time (6 to
+16) until the standard error is at most 5% of the whole trace (the remainder plus an exact
+Krylov part, here as large as the remainder), with the standard error from the sample std or
+from the squared cross products ``(w_j . w_k)^2`` (estimating ``2 tr(M^2)``, what
+``deflated_class_space_hutchinson`` reports). It prints the fraction within 2 standard errors
+and the relative bias that stopping on the standard error causes.
+
     python benchmarks/bench_trace_coverage.py
 """
 
@@ -30,12 +37,47 @@ def coverage(spectrum: list[float], probes: int, draws: int, generator: torch.Ge
     return inside.double().mean().item()
 
 
+def _standard_error(values: torch.Tensor, vectors: torch.Tensor, m: int, pairwise: bool):
+    if not pairwise:
+        return values[:, :m].std(dim=1) / math.sqrt(m)
+    gram = vectors[:, :m] @ vectors[:, :m].transpose(1, 2)
+    cross = (gram.pow(2).sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).pow(2).sum(dim=1)) / 2
+    return (2 * cross / (m * (m - 1) / 2) / m).sqrt()
+
+
+def adaptive(spectrum: list[float], pairwise: bool, draws: int, generator: torch.Generator):
+    """Coverage of 2 standard errors and relative bias of the early-stopped remainder."""
+    eigenvalues = torch.tensor(spectrum, dtype=torch.float64)
+    vectors = torch.randn(draws, 16, len(spectrum), dtype=torch.float64, generator=generator)
+    vectors = vectors * eigenvalues.sqrt()
+    values = vectors.pow(2).sum(dim=2)
+    total = 2 * eigenvalues.sum()  # an exact Krylov part as large as the remainder
+    used = torch.full((draws,), 16)
+    for m in range(6, 17):
+        error = _standard_error(values, vectors, m, pairwise)
+        stops = (used == 16) & (error <= 0.05 * (total / 2 + values[:, :m].mean(dim=1)))
+        used = torch.where(stops, torch.full_like(used, m), used)
+    estimate = torch.stack([values[i, : used[i]].mean() for i in range(draws)])
+    error = torch.stack(
+        [_standard_error(values[i : i + 1], vectors[i : i + 1], used[i].item(), pairwise)[0]
+         for i in range(draws)]
+    )  # fmt: skip
+    inside = (estimate - eigenvalues.sum()).abs() <= 2 * error
+    return inside.double().mean().item(), ((estimate.mean() - eigenvalues.sum()) / total).item()
+
+
 def main() -> None:
     generator = torch.Generator().manual_seed(0)
     counts = (4, 8, 16)
     print(f"{'spectrum':<28}" + "".join(f"{f'm={m}':>8}" for m in counts) + "   (target 0.95)")
     for name, spectrum in SPECTRA.items():
         cells = [coverage(spectrum, m, 4000, generator) for m in counts]
+        print(f"{name:<28}" + "".join(f"{c:>8.3f}" for c in cells))
+    print(f"\n{'adaptive remainder':<28}{'std':>8}{'bias':>8}{'pairs':>8}{'bias':>8}   (2 SE)")
+    for name, spectrum in SPECTRA.items():
+        cells = [
+            x for pairwise in (False, True) for x in adaptive(spectrum, pairwise, 2000, generator)
+        ]
         print(f"{name:<28}" + "".join(f"{c:>8.3f}" for c in cells))
 
 

@@ -33,6 +33,8 @@ METHODS = ("auto", *WHITE_BOX_METHODS, *BLACK_BOX_METHODS)
 """Method names; :mod:`hf_fisher.spectrum` implements them (a test checks the two agree)."""
 POWER_STARTS = ("random", "top-class-gradient")
 """Power-iteration starts; :data:`hf_fisher.estimators.matrix_free.POWER_STARTS` implements them."""
+LANCZOS_STARTS = ("informed", "random")
+"""Lanczos starts; :data:`hf_fisher.estimators.matrix_free.LANCZOS_STARTS` implements them."""
 
 DEFAULT_EPSILONS = {"l2": (0.25, 0.5, 1.0, 2.0), "linf": (1 / 255, 2 / 255, 4 / 255, 8 / 255)}
 ATTACK_NORMS = {"l2": "l2", "linf": "linf", "cw": "l2"}
@@ -318,6 +320,10 @@ class EstimatorOptions(_Options):
         num_probes: probes of the stochastic trace estimators (and of "rayleigh-probes").
         seed: seed of every random draw.
         power_start: "random" or "top-class-gradient" (the SRP code's start).
+        lanczos_start: "informed" (the top class's score mixed with a seeded random vector,
+            one backward pass) or "random" (the seeded random vector alone).
+        trace_rtol: "lanczos" adds trace probes until the trace's standard error is at most
+            this fraction of the trace (between 6 and ``num_probes`` probes).
         fd_step: the black-box central-difference step (None: by dtype).
         paper_compat: the SRP preset (:mod:`hf_fisher.paper_compat`): the runner and
             :func:`~hf_fisher.fisher_spectrum` resolve it to concrete settings.
@@ -376,6 +382,20 @@ class EstimatorOptions(_Options):
         "gradient (the paper's code)",
         type=str,
         choices=POWER_STARTS,
+    )
+    lanczos_start: str = knob(
+        "informed",
+        "where Lanczos starts: the top class's score grad log p_top mixed with a seeded random "
+        "vector (one backward pass), or the seeded random vector alone",
+        type=str,
+        choices=LANCZOS_STARTS,
+    )
+    trace_rtol: float = knob(
+        0.05,
+        "lanczos: add trace probes (6 to --num-probes) until the trace's standard error is at "
+        "most this fraction of the trace",
+        type=float,
+        check=positive("the relative standard error the lanczos trace stops at, e.g. 0.05"),
     )
     fd_step: float | None = knob(
         None,

@@ -642,6 +642,8 @@ def evaluate_robustness(
     fd_step: float | None = None,
     paper_compat: bool = False,
     tf32: bool = False,
+    lanczos_start: str = "informed",
+    trace_rtol: float = 0.05,
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -700,6 +702,8 @@ def evaluate_robustness(
         tf32: allow TensorFloat-32 in CUDA float32 matmuls and convolutions while the run
             computes (off: strict float32; torch's flags are restored afterwards). Recorded as
             ``settings.tf32`` and part of the resume fingerprint; no effect on a CPU.
+        lanczos_start, trace_rtol: where "lanczos" starts and the relative standard error its
+            trace stops at (see :class:`~hf_fisher.options.EstimatorOptions`).
 
     Returns:
         A :class:`RobustnessReport`.

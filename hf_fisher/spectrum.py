@@ -15,7 +15,7 @@ from hf_fisher.estimators import registry
 from hf_fisher.estimators.result import FisherSpectrum
 from hf_fisher.estimators.spec import AutoBudget, EstimatorCall, Problem
 from hf_fisher.operators import LogitFn, check_likelihood
-from hf_fisher.options import EstimatorOptions
+from hf_fisher.options import LANCZOS_STARTS, EstimatorOptions, positive
 from hf_fisher.paper_compat import apply_paper_compat, check_paper_compat_space
 
 # Views of the registry (hf_fisher.estimators.registry), in its order.
@@ -181,6 +181,18 @@ def resolve_run_method(
     )
 
 
+def check_lanczos_knobs(lanczos_start: str, trace_rtol: float) -> None:
+    """Refuse an unknown Lanczos start or a trace tolerance that is not a finite number > 0."""
+    if lanczos_start not in LANCZOS_STARTS:
+        raise InputError(
+            f"lanczos_start (--lanczos-start) must be one of {', '.join(LANCZOS_STARTS)}, "
+            f"got {lanczos_start!r}"
+        )
+    positive("the relative standard error the lanczos trace stops at, e.g. 0.05")(
+        "trace_rtol", "--trace-rtol", trace_rtol
+    )
+
+
 def spectrum_of_batch(
     logit_fn: LogitFn,
     inputs: Tensor,
@@ -201,6 +213,8 @@ def spectrum_of_batch(
     power_start: str = "random",
     fd_step: float | None = None,
     paper_compat: bool = False,
+    lanczos_start: str = "informed",
+    trace_rtol: float = 0.05,
 ) -> FisherSpectrum:
     """Fisher spectrum of one batch given a plain ``logit_fn`` (no Hugging Face involved).
 
@@ -232,6 +246,8 @@ def spectrum_of_batch(
         fd_step: black-box central-difference step (None: by dtype).
         paper_compat: recorded in the settings only; the caller resolves the preset
             (:func:`~hf_fisher.paper_compat.apply_paper_compat`).
+        lanczos_start: "informed" or "random" (where Lanczos starts).
+        trace_rtol: the relative standard error at which "lanczos" stops adding trace probes.
 
     Returns:
         A :class:`FisherSpectrum`.
@@ -240,6 +256,7 @@ def spectrum_of_batch(
         if value is not None and value < 1:
             raise InputError(f"got {name}={value}; pass a positive integer")
     check_compute_dtype(inputs.dtype, "the input dtype")
+    check_lanczos_knobs(lanczos_start, trace_rtol)
     check_likelihood(likelihood)
     _check_black_box_likelihood(likelihood, method, black_box)
     num_samples = inputs.shape[0]
@@ -269,6 +286,8 @@ def spectrum_of_batch(
         seed=seed,
         power_start=power_start,
         fd_step=fd_step,
+        lanczos_start=lanczos_start,
+        trace_rtol=trace_rtol,
     )
     if shares:
         options["shares"] = True
@@ -312,6 +331,8 @@ def fisher_spectrum(
     power_start: str = "random",
     fd_step: float | None = None,
     paper_compat: bool = False,
+    lanczos_start: str = "informed",
+    trace_rtol: float = 0.05,
 ) -> FisherSpectrum:
     """Per-sample lambda_max and trace of the input-space Fisher of a classifier.
 
@@ -349,6 +370,10 @@ def fisher_spectrum(
         paper_compat: reproduce the paper's public code (docs/paper-compat.md): normalised
             inputs, "rayleigh-probes" (white box) or "rayleigh-max" (black box), 100 probes,
             power from the top-class gradient, step 1e-3.
+        lanczos_start: "informed" (default: the top class's score mixed with a seeded random
+            vector, one backward pass) or "random" (where Lanczos starts).
+        trace_rtol: "lanczos" adds trace probes (6 to ``num_probes``) until the trace's
+            standard error is at most this fraction of the trace.
 
     A model in train mode is measured in eval mode (BatchNorm on its running statistics,
     dropout off): an ``nn.Module``'s or Classifier's training flags, submodule by submodule,
@@ -381,7 +406,10 @@ def fisher_spectrum(
         power_start=power_start,
         fd_step=fd_step,
         paper_compat=paper_compat,
+        lanczos_start=lanczos_start,
+        trace_rtol=trace_rtol,
     )
+    check_lanczos_knobs(estimator.lanczos_start, estimator.trace_rtol)
     plain_module = isinstance(model, torch.nn.Module)
     estimator, input_space = apply_paper_compat(estimator, input_space, plain_module=plain_module)
     _check_requested_dtype(model, dtype)

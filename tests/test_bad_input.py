@@ -658,6 +658,17 @@ def _kl_to_flip(likelihood: str, shape: tuple[int, ...]) -> Callable[[Path], Any
     return run
 
 
+def _lanczos_start_before_loading(tmp_path: Path) -> Any:
+    """An unknown Lanczos start with a model path that does not exist: the knob fails first."""
+    from hf_fisher import fisher_spectrum
+
+    return fisher_spectrum(str(tmp_path / "no-model"), torch.rand(2, 4), lanczos_start="top")
+
+
+def _zero_trace_rtol(tmp_path: Path) -> Any:
+    return evaluate_robustness(num_samples=2, trace_rtol=0.0, progress=False)
+
+
 ESTIMATOR_CASES: list[Case] = [
     Case("lanczos-trace-exact-at-two-classes", _two_class_lanczos_trace, check=_check_exact_trace),
     Case("lanczos-converged-means-every-pair", _flat_spectrum_flags("lanczos"), check=_check_flags),
@@ -737,6 +748,18 @@ ESTIMATOR_CASES: list[Case] = [
         _kl_to_flip("categorical", (3,)),
         error=InputError,
         match=r"logits of shape \(3,\); pass \(N, K\) logits",
+    ),
+    Case(
+        "lanczos-start-unknown-refused-before-loading",
+        _lanczos_start_before_loading,
+        error=InputError,
+        match=r"lanczos_start \(--lanczos-start\) must be one of informed, random, got 'top'",
+    ),
+    Case(
+        "lanczos-trace-rtol-zero-refused",
+        _zero_trace_rtol,
+        error=InputError,
+        match=r"trace_rtol \(--trace-rtol\) must be a finite number > 0, got 0\.0",
     ),
 ]
 

@@ -125,8 +125,8 @@ def test_only_rank_zero_writes(exact_runs) -> None:
 
 
 def test_lanczos_per_sample_streams_do_not_depend_on_sharding(tmp_path: Path, exact_runs) -> None:
-    options = {"method": "lanczos", "max_iter": 4, "tol": 1e-12}
-    torchrun(tmp_path / "run", "--method", "lanczos", "--max-iter", "4", "--tol", "1e-12")
+    options = {"method": "lanczos", "max_iter": 2, "tol": 1e-12}
+    torchrun(tmp_path / "run", "--method", "lanczos", "--max-iter", "2", "--tol", "1e-12")
     results = load_results(tmp_path / "run")
     single = evaluate_robustness(
         num_samples=NUM_SAMPLES, batch_size=3, progress=False, **options
@@ -134,10 +134,11 @@ def test_lanczos_per_sample_streams_do_not_depend_on_sharding(tmp_path: Path, ex
     assert results["environment"]["num_processes"] == 2
     assert results["settings"]["method"] == "lanczos"
     assert_same_records(results["per_sample"], single["per_sample"], rel=1e-4)
-    # 4 Lanczos steps (< K-1 = 9) are not exact, so the values depend on each start vector.
+    # 2 Lanczos steps (< K-1 = 9) are not exact, so the values depend on each start vector
+    # (from the informed start, 2 steps were already within 3e-4 of exact on every sample).
     exact = [record["spectral_norm"] for record in exact_runs[2]["per_sample"]]
     approx = [record["spectral_norm"] for record in single["per_sample"]]
-    assert approx != pytest.approx(exact, rel=1e-3)
+    assert approx != pytest.approx(exact, rel=1e-5)
     assert not all(record["converged"] for record in single["per_sample"])
 
 

@@ -200,7 +200,24 @@ def test_trace_is_exact_when_lanczos_spans_the_range():
     torch.testing.assert_close(result.eigenvalues, values[:, :3], rtol=1e-9, atol=0)
 
 
-@pytest.mark.parametrize("method", ["lanczos", "power", "hutchinson", "hutchpp"])
+def test_deflated_lanczos_trace_is_the_ritz_sum_plus_a_non_negative_remainder():
+    """Two probes at K = 100: the deflated estimate cannot fall below lambda_max, unclamped."""
+    from hf_fisher.estimators.hutchinson import deflated_class_space_hutchinson
+    from hf_fisher.estimators.lanczos import lanczos
+    from hf_fisher.operators import FisherOperator
+
+    net, x, values, trace = _mlp_case(100, num_samples=30, logit_scale=10.0)
+    result = fisher_spectrum(
+        net, x, method="lanczos", dtype=torch.float64, num_probes=2, max_iter=6, tol=1e-12
+    )
+    assert (result.trace >= result.spectral_norm).all() and (result.trace_probes == 2).all()
+    operator = FisherOperator(net, x)
+    eigen = lanczos(operator, max_iter=6, tol=1e-12, start=None, return_basis=True)
+    raw = deflated_class_space_hutchinson(operator, eigen.basis, eigen.ritz_sum, max_probes=2)
+    assert (raw.trace >= eigen.ritz_sum).all() and (eigen.ritz_sum >= eigen.eigenvalues[:, 0]).all()
+
+
+@pytest.mark.parametrize("method", ["power", "hutchinson", "hutchpp"])
 def test_stochastic_trace_never_falls_below_the_ritz_values(method):
     """Two probes at K = 100: raw estimates are noisy, yet no record has trace < lambda_max."""
     from hf_fisher.estimators.hutchinson import class_space_hutchinson, hutchinson, hutchpp

@@ -43,6 +43,11 @@ class FisherSpectrum:
             or pixel's) share of the top eigenvector's squared norm (they sum to 1). Else None.
         eigenvector: (N, d) float64 unit top eigenvector, when shares were asked for; the
             adapter turns it into :attr:`input_shares` (it knows the input layout).
+        trace_probes: (N,) long for the white-box matrix-free methods: the probes each
+            sample's trace used (class-space probes and exact-trace columns cost one backward
+            pass each; input-space probes of "hutchinson" / "hutchpp" one Fisher product
+            each). With ``iterations`` (Fisher products) it gives a sample's cost; a batch
+            spends its slowest sample's counts. Else None.
     """
 
     spectral_norm: Tensor
@@ -61,6 +66,7 @@ class FisherSpectrum:
     output_shares: Tensor | None = None
     input_shares: Tensor | None = None
     eigenvector: Tensor | None = None
+    trace_probes: Tensor | None = None
 
     def __len__(self) -> int:
         return self.spectral_norm.shape[0]

@@ -31,7 +31,6 @@ or lists :class:`ModelCase` rows in ``models``, as tests/test_cases.py does with
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from functools import partial
@@ -312,12 +311,13 @@ def _check_converged_eigenvalues(m: Measurement) -> None:
     assert not above.any(), _fail(f"{result.method} Ritz values <= lambda_j", above, "")
 
 
-def _check_trace(m: Measurement, probes: int) -> None:
+def _check_trace(m: Measurement, probes: int | torch.Tensor) -> None:
     """Exact where the standard error is 0; else within k true standard deviations.
 
     Gaussian class-space probes and Rademacher input probes of a PSD F have a variance of at
-    most ``2 ||F||_F^2`` per probe (Hutch++'s remainder has less), so ``probes`` of them miss
-    tr(F) by more than ``k sqrt(2 / probes) ||F||_F`` with probability at most 1/k^2.
+    most ``2 ||F||_F^2`` per probe (Hutch++'s and the Krylov-deflated remainder have less), so
+    ``probes`` of them (per sample, when a tensor) miss tr(F) by more than
+    ``k sqrt(2 / probes) ||F||_F`` with probability at most 1/k^2.
     """
     result = m.result
     assert (result.trace >= result.spectral_norm).all(), f"{result.method}: trace < lambda_max"
@@ -327,7 +327,8 @@ def _check_trace(m: Measurement, probes: int) -> None:
     exact = standard_error == 0
     _check_relative(result.trace[exact], m.trace[exact], m.rtol, f"{result.method} exact trace")
     frobenius = m.eigenvalues.pow(2).sum(dim=1).sqrt()
-    bound = STANDARD_DEVIATIONS * math.sqrt(2 / probes) * frobenius + m.rtol * m.trace
+    spread = (2 / torch.as_tensor(probes, dtype=frobenius.dtype).clamp_min(1)).sqrt()
+    bound = STANDARD_DEVIATIONS * spread * frobenius + m.rtol * m.trace
     bad = ~exact & (error > bound)
     assert not bad.any(), _fail(
         f"{result.method} stochastic trace within {STANDARD_DEVIATIONS:g} sigma",
@@ -339,7 +340,7 @@ def _check_trace(m: Measurement, probes: int) -> None:
 def _check_krylov(m: Measurement) -> None:
     """Lanczos and power iteration: converged eigenvalues, exact or class-space trace."""
     _check_converged_eigenvalues(m)
-    _check_trace(m, m.result.settings["num_probes"])
+    _check_trace(m, m.result.trace_probes)  # each sample's probes (lanczos: adaptive)
 
 
 def _check_trace_estimator(m: Measurement, probes: int) -> None:
@@ -399,7 +400,8 @@ _ESTIMATORS = (
     EstimatorCase(
         "lanczos",
         "converged: every reported eigenvalue within tol of lambda_j (residual norms) and never "
-        "above it; trace exact (Krylov space spans the range, or K-1 <= num_probes)",
+        "above it; trace exact (Krylov space spans the range, or K-1 <= num_probes), else the "
+        "Krylov-deflated class-space trace",
         lambda dim: {"top_k": 2, "tol": 1e-6, "num_probes": _PROBES},
         _check_krylov,
     ),
