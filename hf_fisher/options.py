@@ -93,6 +93,12 @@ def _num_samples(name: str, flag: str, value: Any) -> None:
         )
 
 
+def _max_memory(name: str, flag: str, value: Any) -> None:
+    from hf_fisher.memory import parse_memory
+
+    parse_memory(value)
+
+
 def _attack_norm(name: str, flag: str, value: Any) -> None:
     if value is not None and value not in ATTACK_NORMS:
         raise InputError(
@@ -407,6 +413,9 @@ class RunOptions(_Options):
         num_samples: a deterministic sample of this many rows (None: every row).
         batch_size: samples per batch (halved on CUDA out-of-memory).
         kl_tau: the KL level in ``kl_radius = sqrt(2 kl_tau / lambda_max)``.
+        max_memory: the memory budget of every per-sample computation ("4GB", "512MiB",
+            bytes, or "auto": half of the free RAM, or of the free GPU memory on CUDA); see
+            :mod:`hf_fisher.memory`.
     """
 
     num_samples: int | None = knob(
@@ -423,6 +432,13 @@ class RunOptions(_Options):
         "KL level defining kl_radius = sqrt(2 tau / lambda_max)",
         type=float,
         check=positive("the KL level in kl_radius = sqrt(2 kl_tau / lambda_max), e.g. 0.01"),
+    )
+    max_memory: int | str = knob(
+        "auto",
+        "memory budget of the Fisher batches and companion chunks, e.g. 4GB, 512MiB or bytes; "
+        "auto: half of the free RAM (CUDA: free GPU memory)",
+        type=str,
+        check=_max_memory,
     )
 
 

@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from hf_fisher.errors import DatasetError, InputError, ResultsError
 from hf_fisher.estimators.registry import method_spec
 from hf_fisher.flip import flip_radius, kl_to_flip
 from hf_fisher.labels import align_labels, check_label_mapping, label_set
+from hf_fisher.memory import chunk_size, is_out_of_memory, resolve_budget, working_memory
 from hf_fisher.options import (
     DEFAULT_HYPOTHESIS_TEMPLATE,
     CompanionOptions,
@@ -67,7 +68,12 @@ from hf_fisher.results import (
     to_jsonable,
     write_results,
 )
-from hf_fisher.spectrum import FisherSpectrum, resolve_run_method, spectrum_of_prepared
+from hf_fisher.spectrum import (
+    FisherSpectrum,
+    per_sample_memory,
+    resolve_run_method,
+    spectrum_of_prepared,
+)
 from hf_fisher.summary import kl_radius, summarize
 
 logger = logging.getLogger(__name__)
@@ -313,7 +319,8 @@ def run_method(
 
 
 def _fingerprint(classifier: Classifier, dataset_info: dict, settings: dict, content: dict) -> dict:
-    ignored = {"batch_size"}  # only rounding depends on it; the method it may pick is listed
+    # only rounding depends on these; the method the batch size may pick is listed
+    ignored = {"batch_size", "max_memory"}
     model = {k: classifier.source.get(k) for k in ("id", "revision", "commit_hash")}
     if model["id"] and Path(model["id"]).exists():  # the same folder, however it was spelled
         model["id"] = str(Path(model["id"]).resolve())
@@ -535,21 +542,28 @@ def _estimator_fields(spectrum: FisherSpectrum, row: int) -> dict:
     return fields
 
 
-def _spectrum_with_oom_retry(classifier, batch, ids, options) -> tuple[FisherSpectrum, int]:
-    """Compute a batch; on CUDA out-of-memory, halve it and retry. Returns the size that ran."""
-    size = len(batch)
+def _spectrum_with_oom_retry(
+    classifier, batch, ids, options, limit: int | None = None
+) -> tuple[FisherSpectrum, int]:
+    """Compute a batch in chunks of at most ``limit``; halve them on out-of-memory and retry.
+
+    ``limit`` is what the memory budget allows; out-of-memory is CUDA's or a failed CPU
+    allocation (:func:`~hf_fisher.memory.is_out_of_memory`). Returns the size that ran.
+    """
+    size = min(len(batch), limit or len(batch))
     while True:
         try:
             spectrum = spectrum_of_prepared(
                 classifier, batch, batch_size=size, sample_ids=ids, **options
             )
             return spectrum, size
-        except torch.OutOfMemoryError:
-            if size == 1:
+        except (RuntimeError, MemoryError) as error:
+            if size == 1 or not is_out_of_memory(error):
                 raise
             size = max(1, size // 2)
-            torch.cuda.empty_cache()
-            logger.warning("CUDA out of memory: retrying with batch size %d", size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            logger.warning("out of memory: retrying with batch size %d", size)
 
 
 @dataclass
@@ -578,6 +592,7 @@ class RunPlan:
     companions: CompanionOptions | None
     progress: bool
     started: float
+    memory: dict = field(default_factory=dict)  # max_memory_bytes, max_fisher_batch
 
     @property
     def wants_companions(self) -> bool:
@@ -633,6 +648,7 @@ def evaluate_robustness(
     power_start: str = "random",
     fd_step: float | None = None,
     paper_compat: bool = False,
+    max_memory: int | str = "auto",
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -685,29 +701,22 @@ def evaluate_robustness(
             :class:`~hf_fisher.options.EstimatorOptions`).
         paper_compat: reproduce the paper's public code (docs/paper-compat.md); recorded as
             ``settings.paper_compat`` and ``settings.paper_compat_settings``.
+        max_memory: memory budget ("4GB", "512MiB", bytes, or "auto": half of the free RAM or
+            GPU memory): Fisher batches are clamped to it and companions run in chunks that fit
+            it (:mod:`hf_fisher.memory`); recorded as ``settings.max_memory_bytes``.
 
     Returns:
         A :class:`RobustnessReport`.
     """
+    given = locals()  # the keywords are named after the options' fields
     estimator = EstimatorOptions.from_keywords(
-        options,
-        method=method,
-        black_box=black_box,
-        top_k=top_k,
-        max_iter=max_iter,
-        tol=tol,
-        num_queries=num_queries,
-        num_probes=num_probes,
-        seed=seed,
-        power_start=power_start,
-        fd_step=fd_step,
-        paper_compat=paper_compat,
+        options, **{name: given[name] for name in EstimatorOptions.names()}
     )
     plan = plan_run(
         model,
         dataset,
         estimator,
-        RunOptions(num_samples=num_samples, batch_size=batch_size, kl_tau=kl_tau),
+        RunOptions(**{name: given[name] for name in RunOptions.names()}),
         split=split,
         config=config,
         input_columns=input_columns,
@@ -895,7 +904,7 @@ def plan_run(
     alignment = _alignment(classifier, rows, label_col, label_mapping)
     indices = sample_indices(len(rows), run.num_samples, estimator.seed)
     concrete = _concrete_method(classifier, estimator, run, rows, indices[:1], columns, modality)
-    settings = _settings(classifier, estimator, run, concrete)
+    settings = {**_settings(classifier, estimator, run, concrete), "max_memory": run.max_memory}
     dataset_info = _dataset_info(
         rows, dataset_name, config, split, indices, columns, label_col, alignment, source
     )
@@ -923,6 +932,7 @@ def plan_run(
         companions=companions,
         progress=progress,
         started=started,
+        memory=_memory_plan(classifier, estimator, run, concrete),
     )
 
 
@@ -1054,6 +1064,24 @@ def _settings(
     return settings
 
 
+def _memory_plan(
+    classifier: Classifier, estimator: EstimatorOptions, run: RunOptions, concrete: str
+) -> dict:
+    """The resolved memory budget, and the Fisher batch it allows the concrete method.
+
+    Both depend on the machine's free memory, so they go to the ``environment`` section.
+    """
+    budget = resolve_budget(run.max_memory, classifier.device)
+    per_sample = per_sample_memory(
+        classifier, concrete, estimator.to_settings(), _input_numel(classifier)
+    )
+    work = working_memory(budget, classifier.device)
+    return {
+        "max_memory_bytes": budget,
+        "max_fisher_batch": chunk_size(work, per_sample, run.batch_size),
+    }
+
+
 def compute_records(plan: RunPlan) -> Computed:
     """Compute this process's shard of the pending samples, batch by batch.
 
@@ -1104,7 +1132,11 @@ def _batch_records(plan: RunPlan, batch_indices: list[int], used: set[int]) -> l
         labels = _multi_label_rows(decoded.labels, classifier, plan.alignment, plan.label_col)
         _check_label_range(labels, classifier.num_classes, plan.label_col)
         spectrum, size = _spectrum_with_oom_retry(
-            classifier, prepared, decoded.indices, plan.estimator.to_settings()
+            classifier,
+            prepared,
+            decoded.indices,
+            {**plan.estimator.to_settings(), "max_memory": plan.memory["max_memory_bytes"]},
+            plan.memory["max_fisher_batch"],
         )
         used.add(size)
         positions = Positions.of(classifier, prepared) if classifier.position_summaries else None
@@ -1148,6 +1180,7 @@ def gather_results(plan: RunPlan, computed: Computed) -> dict:
             "device": _describe_device(plan.classifier.device),
             "num_processes": plan.state.num_processes,
             "wall_time_s": time.perf_counter() - plan.started,
+            **plan.memory,
             "packages": package_versions(),
         },
         "summary": summary,
@@ -1225,6 +1258,8 @@ def _add_companions(plan: RunPlan, results: dict) -> None:
         plan.companions,
         seed=plan.estimator.seed,
         progress=_companion_bar if plan.progress else None,
+        sample_ids=decoded.indices,
+        max_memory=plan.memory["max_memory_bytes"],
     )
     for section in sections.values():
         section["sample_indices"] = decoded.indices  # per-sample lists follow this order

@@ -181,6 +181,29 @@ def resolve_run_method(
     )
 
 
+def per_sample_memory(
+    classifier: Classifier, method: str, settings: dict, input_dim: int | None = None
+) -> int:
+    """Working bytes per sample of a concrete ``method`` (its registered cost model).
+
+    ``settings`` are the estimator knobs (:meth:`EstimatorOptions.to_settings`); ``input_dim``
+    defaults as in :func:`resolve_run_method`. This is what the runner divides the memory
+    budget by to clamp its Fisher batches.
+    """
+    problem = Problem(
+        classifier.num_classes,
+        _max_input_dim(classifier) if input_dim is None else input_dim,
+        classifier.dtype.itemsize,
+        classifier.likelihood,
+        top_k=settings.get("top_k", 1),
+        max_iter=settings.get("max_iter"),
+        num_probes=settings.get("num_probes", 16),
+        num_queries=settings.get("num_queries"),
+        num_positions=classifier.output_positions,
+    )
+    return int(registry.method_spec(method).cost(problem).memory_bytes)
+
+
 def spectrum_of_batch(
     logit_fn: LogitFn,
     inputs: Tensor,
@@ -201,6 +224,7 @@ def spectrum_of_batch(
     power_start: str = "random",
     fd_step: float | None = None,
     paper_compat: bool = False,
+    max_memory: int | str = "auto",
 ) -> FisherSpectrum:
     """Fisher spectrum of one batch given a plain ``logit_fn`` (no Hugging Face involved).
 
@@ -232,6 +256,8 @@ def spectrum_of_batch(
         fd_step: black-box central-difference step (None: by dtype).
         paper_compat: recorded in the settings only; the caller resolves the preset
             (:func:`~hf_fisher.paper_compat.apply_paper_compat`).
+        max_memory: byte budget of the method's working memory ("4GB", bytes, or "auto";
+            :mod:`hf_fisher.memory`): method "exact" runs its samples in chunks that fit it.
 
     Returns:
         A :class:`FisherSpectrum`.
@@ -269,6 +295,7 @@ def spectrum_of_batch(
         seed=seed,
         power_start=power_start,
         fd_step=fd_step,
+        max_memory=max_memory,
     )
     if shares:
         options["shares"] = True

@@ -49,9 +49,10 @@ class CountingSpectrum:
 
 
 def comparable(results: dict) -> dict:
-    """Everything but the creation time and the wall time."""
+    """Everything but the creation time, the wall time and the free-memory budget."""
     results = json.loads(json.dumps(results))
     del results["created"], results["environment"]["wall_time_s"]
+    del results["environment"]["max_memory_bytes"], results["environment"]["max_fisher_batch"]
     return results
 
 
