@@ -169,8 +169,9 @@ def _chunk_sizes(
 ) -> tuple[int, int]:
     """Images per forward pass (Shapley) and per gradient-rows chunk (Fisher).
 
-    A Fisher chunk holds, per image, K-1 gradient rows in the input dtype, a float64 copy and
-    their complex FFT twice (sorted by band): ``(itemsize + 40) (K-1) d`` bytes.
+    A Fisher chunk holds, per image, K-1 gradient rows in the input dtype, the float64 top
+    eigenvector's product with them, and one channel at a time of their float64 copy and
+    complex FFT (twice: sorted by band): ``(itemsize + 8) (K-1) d + 56 (K-1) d / C`` bytes.
     """
     if batch_size is not None:
         return batch_size, batch_size
@@ -178,5 +179,5 @@ def _chunk_sizes(
     activations, num_classes = forward_footprint(logit_fn, images[:1])
     dim, itemsize = images[0].numel(), images.element_size()
     forward = chunk_size(budget, activations + 4 * dim * itemsize, 2**30)
-    rows = (itemsize + 40) * (num_classes - 1) * dim
+    rows = (num_classes - 1) * ((itemsize + 8) * dim + 56 * dim // images.shape[1])
     return forward, chunk_size(budget, activations + rows, images.shape[0])

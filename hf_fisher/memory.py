@@ -79,7 +79,8 @@ def parse_memory(value: Any) -> int | None:
     if number is None or number < 1000:
         raise InputError(
             f"max_memory (--max-memory) got {value!r}; pass a budget of at least 1kB like "
-            "'4GB', '512MiB' or a number of bytes, or 'auto' (half of the free memory)"
+            "'4GB', '512MiB' or a number of bytes, or 'auto' (what the process holds plus half "
+            "of the free memory)"
         )
     return number
 
