@@ -413,11 +413,18 @@ def _check_clever(
 
 
 def _targets(
-    logit_fn: LogitFn, inputs: Tensor, untargeted: bool
+    logit_fn: LogitFn, inputs: Tensor, untargeted: bool, chunk: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Clean logits (N, K), predicted classes (N,), target classes (N, T) and runner-up (N,)."""
-    with torch.no_grad():
-        logits = logit_fn(inputs)
+    """Clean logits (N, K), predicted classes (N,), target classes (N, T) and runner-up (N,).
+
+    The clean forward runs ``chunk`` samples at a time (halved on out-of-memory).
+    """
+
+    def forward(part: slice) -> Tensor:
+        with torch.no_grad():
+            return select_rows(logit_fn, part)(inputs[part])
+
+    logits = torch.cat(run_in_chunks(forward, inputs.shape[0], chunk, what="CLEVER: "))
     if logits.ndim != 2 or logits.shape[0] != inputs.shape[0] or logits.shape[1] < 2:
         raise NotAClassifierError(
             f"the model returned an output of shape {tuple(logits.shape)}; CLEVER needs "
@@ -577,7 +584,8 @@ def clever_scores(
     )
     start = time.perf_counter()
     inputs = inputs.detach()
-    logits, classes, targets, runner_up = _targets(logit_fn, inputs, untargeted)
+    chunk = max(1, min(max_points, _points_per_pass(logit_fn, inputs, max_memory)) // batch_points)
+    logits, classes, targets, runner_up = _targets(logit_fn, inputs, untargeted, chunk)
     lipschitz, at_edge, maxima = _local_lipschitz(
         logit_fn,
         inputs,
@@ -585,9 +593,7 @@ def clever_scores(
         targets,
         num_batches=num_batches,
         steps=Steps(progress, num_batches),
-        chunk=max(
-            1, min(max_points, _points_per_pass(logit_fn, inputs, max_memory)) // batch_points
-        ),
+        chunk=chunk,
         norm=norm,
         radius=radius,
         batch_points=batch_points,
