@@ -47,7 +47,7 @@ from hf_fisher.correlation import (
     rank_correlation,
 )
 from hf_fisher.errors import InputError, NotAClassifierError
-from hf_fisher.memory import chunk_size, forward_footprint, run_in_chunks, working_memory
+from hf_fisher.memory import chunk_size, run_in_chunks, sample_footprint, working_memory
 from hf_fisher.operators import LogitFn, other_classes
 
 
@@ -634,6 +634,6 @@ def _points_per_pass(logit_fn: LogitFn, inputs: Tensor, max_memory: int | str) -
     Each point costs the autograd activations of one forward and a few input-sized buffers.
     """
     budget = working_memory(max_memory, inputs.device)
-    activations, _ = forward_footprint(select_rows(logit_fn, slice(0, 1)), inputs[:1])
+    activations, _ = sample_footprint(logit_fn, inputs)
     per_point = activations + 4 * inputs[0].numel() * inputs.element_size()
     return chunk_size(budget, per_point, 2**40)

@@ -30,7 +30,7 @@ from hf_fisher.frequency_bands import (
     band_sides,
 )
 from hf_fisher.iaside import Fill, PixelMap, SpectralImportance, spectral_importance
-from hf_fisher.memory import chunk_size, forward_footprint, run_in_chunks, working_memory
+from hf_fisher.memory import chunk_size, run_in_chunks, sample_footprint, working_memory
 from hf_fisher.operators import LogitFn
 
 
@@ -176,7 +176,7 @@ def _chunk_sizes(
     if batch_size is not None:
         return batch_size, batch_size
     budget = working_memory(max_memory, images.device)
-    activations, num_classes = forward_footprint(logit_fn, images[:1])
+    activations, num_classes = sample_footprint(logit_fn, images)
     dim, itemsize = images[0].numel(), images.element_size()
     forward = chunk_size(budget, activations + 4 * dim * itemsize, 2**30)
     rows = (num_classes - 1) * ((itemsize + 8) * dim + 56 * dim // images.shape[1])

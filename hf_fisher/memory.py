@@ -258,10 +258,22 @@ def forward_footprint(logit_fn: Any, sample: Any) -> tuple[int, int]:
             pass
         return tensor
 
-    leaf = sample.detach().requires_grad_(True)
+    leaf = sample.detach().clone().requires_grad_(True)  # its own storage, not a batch's
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         num_classes = int(logit_fn(leaf).shape[-1])
     return int(sum(seen.values())), num_classes
+
+
+def sample_footprint(logit_fn: Any, inputs: Any) -> tuple[int, int]:
+    """Autograd bytes one more sample adds to a forward pass, and K.
+
+    The footprint of three copies of the first sample less that of two: what is saved once per
+    pass (the weights a linear layer keeps for its input gradient) cancels. (One row is no
+    base: a batch of one can take other kernels that save other tensors.)
+    """
+    two, num_classes = forward_footprint(select_rows(logit_fn, [0, 0]), inputs[[0, 0]])
+    three, _ = forward_footprint(select_rows(logit_fn, [0, 0, 0]), inputs[[0, 0, 0]])
+    return max(three - two, 0), num_classes
 
 
 def plan_chunks(
@@ -274,7 +286,7 @@ def plan_chunks(
 ) -> int:
     """Samples per chunk for a companion: ``chunk_size_override``, or what fits the budget.
 
-    Per sample: the autograd activations of one forward (:func:`forward_footprint`) plus
+    Per sample: the autograd activations of one forward (:func:`sample_footprint`) plus
     ``working_bytes(K)``, the measurement's own buffers for K classes.
     """
     count = int(inputs.shape[0])
@@ -283,7 +295,7 @@ def plan_chunks(
             raise InputError(f"got chunk_size={chunk_size_override}; pass a positive integer")
         return min(count, int(chunk_size_override))
     budget = working_memory(max_memory, inputs.device)
-    activations, num_classes = forward_footprint(select_rows(logit_fn, slice(0, 1)), inputs[:1])
+    activations, num_classes = sample_footprint(logit_fn, inputs)
     size = chunk_size(budget, activations + working_bytes(num_classes), count)
     logger.debug("chunks of %d samples in %s of working memory", size, format_bytes(budget))
     return size

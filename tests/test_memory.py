@@ -142,8 +142,10 @@ def test_run_in_chunks_does_not_swallow_other_errors_or_oom_at_one():
 def test_chunk_plan_counts_activations_and_working_memory(monkeypatch):
     model = tanh_mlp()
     inputs = torch.randn(10, 12, dtype=torch.float64)
-    activations, classes = memory.forward_footprint(model, inputs[:1])
+    activations, classes = memory.sample_footprint(model, inputs)
+    whole_pass, _ = memory.forward_footprint(model, inputs[:2])
     assert classes == 4 and activations >= 16 * 8  # at least the hidden layer is saved
+    assert activations < whole_pass  # the weights saved once per pass are not per sample
     monkeypatch.setattr(memory, "working_memory", lambda value, device: 3 * (activations + 100))
     size = memory.plan_chunks(
         model, inputs, max_memory="1GB", chunk_size_override=None, working_bytes=lambda k: 100
