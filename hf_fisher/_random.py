@@ -11,7 +11,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-_PURPOSES = {"start": 1, "probe": 2, "direction": 3, "bootstrap": 4}
+_PURPOSES = {
+    "start": 1,
+    "probe": 2,
+    "direction": 3,
+    "bootstrap": 4,
+    "kl_check": 5,
+    "noise": 6,
+    "attack": 7,
+}
 
 
 class SampleStreams:
@@ -20,8 +28,8 @@ class SampleStreams:
     Args:
         seed: the run's seed.
         sample_ids: a stable id per sample (e.g. its dataset index).
-        purpose: which stream ("start", "probe", "direction", "bootstrap"); different purposes
-            give independent draws for the same sample.
+        purpose: which stream ("start", "probe", "direction", "bootstrap", "kl_check",
+            "noise", "attack"); different purposes give independent draws for the same sample.
 
     """
 
@@ -33,9 +41,23 @@ class SampleStreams:
             generator.manual_seed((int(seed) * 1_000_003 + int(sample_id)) * 7 + tag)
             self.generators.append(generator)
 
+    def select(self, index: Sequence[int] | Tensor) -> SampleStreams:
+        """The streams of the samples at ``index``; they share (and advance) these generators."""
+        chosen = object.__new__(SampleStreams)
+        positions = index.tolist() if isinstance(index, Tensor) else list(index)
+        chosen.generators = [self.generators[i] for i in positions]
+        return chosen
+
     def normal(self, shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device) -> Tensor:
         """Return (N, *shape) standard normal draws."""
         draws = [torch.randn(shape, generator=g, dtype=torch.float64) for g in self.generators]
+        return torch.stack(draws).to(device=device, dtype=dtype)
+
+    def uniform(
+        self, shape: tuple[int, ...], *, dtype: torch.dtype, device: torch.device
+    ) -> Tensor:
+        """Return (N, *shape) draws uniform on [0, 1)."""
+        draws = [torch.rand(shape, generator=g, dtype=torch.float64) for g in self.generators]
         return torch.stack(draws).to(device=device, dtype=dtype)
 
     def rademacher(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,6 +47,7 @@ from hf_fisher.correlation import (
     rank_correlation,
 )
 from hf_fisher.errors import InputError, NotAClassifierError
+from hf_fisher.memory import chunk_size, run_in_chunks, sample_footprint, working_memory
 from hf_fisher.operators import LogitFn, other_classes
 
 
@@ -411,11 +413,18 @@ def _check_clever(
 
 
 def _targets(
-    logit_fn: LogitFn, inputs: Tensor, untargeted: bool
+    logit_fn: LogitFn, inputs: Tensor, untargeted: bool, chunk: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Clean logits (N, K), predicted classes (N,), target classes (N, T) and runner-up (N,)."""
-    with torch.no_grad():
-        logits = logit_fn(inputs)
+    """Clean logits (N, K), predicted classes (N,), target classes (N, T) and runner-up (N,).
+
+    The clean forward runs ``chunk`` samples at a time (halved on out-of-memory).
+    """
+
+    def forward(part: slice) -> Tensor:
+        with torch.no_grad():
+            return select_rows(logit_fn, part)(inputs[part])
+
+    logits = torch.cat(run_in_chunks(forward, inputs.shape[0], chunk, what="CLEVER: "))
     if logits.ndim != 2 or logits.shape[0] != inputs.shape[0] or logits.shape[1] < 2:
         raise NotAClassifierError(
             f"the model returned an output of shape {tuple(logits.shape)}; CLEVER needs "
@@ -441,13 +450,17 @@ def _chunked_maxima(
     generators: list[torch.Generator],
     **options,
 ) -> Tensor:  # (N, T)
-    """One batch maximum per sample and target, ``chunk`` samples per forward pass."""
-    parts = []
-    for first in range(0, inputs.shape[0], chunk):
-        part = slice(first, first + chunk)
+    """One batch maximum per sample and target, ``chunk`` samples per forward pass.
+
+    A chunk that runs out of memory is retried at half the size with its samples' generators
+    rewound, so the maxima do not depend on the chunking.
+    """
+
+    def run(part: slice) -> Tensor:
+        states = [generator.get_state() for generator in generators[part]]
         mask = None if space_mask is None else space_mask.expand_as(inputs)[part]
-        parts.append(
-            _batch_maxima(
+        try:
+            return _batch_maxima(
                 select_rows(logit_fn, part),
                 inputs[part],
                 classes[part],
@@ -456,17 +469,25 @@ def _chunked_maxima(
                 generators=generators[part],
                 **options,
             )
-        )
-    return torch.cat(parts)
+        except BaseException:
+            for generator, state in zip(generators[part], states, strict=True):
+                generator.set_state(state)
+            raise
+
+    return torch.cat(run_in_chunks(run, inputs.shape[0], chunk, what="CLEVER: "))
 
 
-def sample_generators(seed: int, count: int, device: torch.device) -> list[torch.Generator]:
-    """One generator per sample, seeded from ``(seed, sample index)`` via NumPy's SeedSequence.
+def sample_generators(
+    seed: int, count: int, device: torch.device, sample_ids: Sequence[int] | None = None
+) -> list[torch.Generator]:
+    """One generator per sample, seeded from ``(seed, sample id)`` via NumPy's SeedSequence.
 
-    A sample's ball points, hence its score, then depend on the seed and its index only, not
-    on the other samples of the batch or on ``max_points`` chunking.
+    A sample's ball points, hence its score, then depend on the seed and its id only (the
+    dataset index; default its position ``0..N-1``), not on the other samples of the batch or
+    on the chunking. Ids ``0..N-1`` give ``SeedSequence(seed).spawn(N)``.
     """
-    states = np.random.SeedSequence(seed).spawn(count)
+    ids = range(count) if sample_ids is None else sample_ids
+    states = [np.random.SeedSequence(seed, spawn_key=(int(i),)) for i in ids]
     return [
         torch.Generator(device=device).manual_seed(int(state.generate_state(1, np.uint64)[0]))
         for state in states
@@ -529,6 +550,8 @@ def clever_scores(
     max_points: int = 4096,
     num_bootstrap: int = 1000,
     seed: int = 0,
+    sample_ids: Sequence[int] | None = None,
+    max_memory: int | str = "auto",
     progress: ProgressCallback | None = None,
 ) -> CleverScores:
     """CLEVER scores of the predicted class, batched over samples, optionally vs spectral_norm.
@@ -544,9 +567,13 @@ def clever_scores(
         clip: valid input box for the sampled points; None for embeddings.
         space_mask: 0/1 tensor broadcastable to inputs; zeros are never perturbed.
         spectral_norm: the engine's per-sample lambda_max, to correlate with.
-        max_points: most ball points per forward pass (memory knob).
+        max_points: most ball points per forward pass; fewer when ``max_memory`` needs it.
         num_bootstrap: resamples for the correlation CIs.
         seed: seed of the ball sampling.
+        sample_ids: stable per-sample ids (the dataset indices; default ``0..N-1``) that key
+            each sample's generator, so scores do not depend on the batch or the chunking.
+        max_memory: byte budget ("4GB", bytes, or "auto"; :mod:`hf_fisher.memory`): samples
+            per forward pass are sized to fit it and halved on out-of-memory.
         progress: called as ``progress(done, total)`` after each of the ``num_batches``.
 
     Raises:
@@ -557,7 +584,8 @@ def clever_scores(
     )
     start = time.perf_counter()
     inputs = inputs.detach()
-    logits, classes, targets, runner_up = _targets(logit_fn, inputs, untargeted)
+    chunk = max(1, min(max_points, _points_per_pass(logit_fn, inputs, max_memory)) // batch_points)
+    logits, classes, targets, runner_up = _targets(logit_fn, inputs, untargeted, chunk)
     lipschitz, at_edge, maxima = _local_lipschitz(
         logit_fn,
         inputs,
@@ -565,13 +593,13 @@ def clever_scores(
         targets,
         num_batches=num_batches,
         steps=Steps(progress, num_batches),
-        chunk=max(1, max_points // batch_points),
+        chunk=chunk,
         norm=norm,
         radius=radius,
         batch_points=batch_points,
         clip=clip,
         space_mask=space_mask,
-        generators=sample_generators(seed, inputs.shape[0], inputs.device),
+        generators=sample_generators(seed, inputs.shape[0], inputs.device, sample_ids),
     )
     margins = logits.double().gather(1, classes[:, None]) - logits.double().gather(1, targets)
     scores = (margins / lipschitz.clamp_min(1e-300)).clamp(max=radius)
@@ -598,3 +626,14 @@ def clever_scores(
             spectral_norm, untargeted_scores, top2, num_bootstrap=num_bootstrap, seed=seed
         ),
     )
+
+
+def _points_per_pass(logit_fn: LogitFn, inputs: Tensor, max_memory: int | str) -> int:
+    """Ball points per forward pass that fit the budget.
+
+    Each point costs the autograd activations of one forward and a few input-sized buffers.
+    """
+    budget = working_memory(max_memory, inputs.device)
+    activations, _ = sample_footprint(logit_fn, inputs)
+    per_point = activations + 4 * inputs[0].numel() * inputs.element_size()
+    return chunk_size(budget, per_point, 2**40)

@@ -46,6 +46,8 @@ class CompanionInputs:
     options: CompanionOptions
     seed: int
     progress: ProgressCallback | None = None
+    sample_ids: list[int] | None = None  # keys of the per-sample random streams
+    max_memory: int | str = "auto"  # the budget each measurement sizes its chunks from
 
 
 ProgressFactory = Callable[["Companion"], AbstractContextManager[ProgressCallback | None]]
@@ -198,6 +200,8 @@ def _run_attacks(batch: CompanionInputs) -> dict:
         clip=batch.clip,
         space_mask=batch.space_mask,
         seed=batch.seed,
+        sample_ids=batch.sample_ids,
+        max_memory=batch.max_memory,
         progress=batch.progress,
     ).to_json()
 
@@ -215,6 +219,8 @@ def _run_noise(batch: CompanionInputs) -> dict:
         clip=batch.clip,
         space_mask=batch.space_mask,
         seed=batch.seed,
+        sample_ids=batch.sample_ids,
+        max_memory=batch.max_memory,
         progress=batch.progress,
     ).to_json()
 
@@ -228,6 +234,8 @@ def _run_kl_check(batch: CompanionInputs) -> dict:
         radii=list(batch.options.kl_radii),
         space_mask=batch.space_mask,
         seed=batch.seed,
+        sample_ids=batch.sample_ids,
+        max_memory=batch.max_memory,
         progress=batch.progress,
     ).to_json()
 
@@ -245,6 +253,8 @@ def _run_clever(batch: CompanionInputs) -> dict:
         space_mask=batch.space_mask,
         spectral_norm=batch.spectral_norm.to(batch.inputs.device),
         seed=batch.seed,
+        sample_ids=batch.sample_ids,
+        max_memory=batch.max_memory,
         progress=batch.progress,
     ).to_json()
 
@@ -260,6 +270,7 @@ def _run_frequency(batch: CompanionInputs) -> dict:
         fill=batch.options.frequency_fill,
         pixel_map=batch.options.frequency_pixel_map,
         seed=batch.seed,
+        max_memory=batch.max_memory,
         progress=batch.progress,
     ).to_json()
 
@@ -366,11 +377,17 @@ def run_companions(
     *,
     seed: int = 0,
     progress: ProgressFactory | None = None,
+    sample_ids: list[int] | None = None,
+    max_memory: int | str = "auto",
 ) -> dict[str, dict]:
     """Run the requested measurements on one prepared batch; return results.json sections.
 
     ``progress`` gives each measurement, in turn, the callback it reports its steps to
     (the runner passes tqdm bars; the measurements themselves never render anything).
+    ``sample_ids`` (the dataset indices; default ``0..N-1``) key the per-sample random streams
+    of the noise curves, the KL check and CLEVER, so their values do not depend on which
+    samples share the batch; each measurement runs in chunks that fit ``max_memory``
+    (:mod:`hf_fisher.memory`), halved on out-of-memory.
 
     Raises:
         InputError: bad knobs, or a measurement that does not apply to this model (see
@@ -389,6 +406,8 @@ def run_companions(
         space_mask=batch.space_mask,
         options=options,
         seed=seed,
+        sample_ids=sample_ids,
+        max_memory=max_memory,
     )
     sections = {}
     for companion in requested_companions(options):

@@ -30,6 +30,7 @@ from hf_fisher.frequency_bands import (
     band_sides,
 )
 from hf_fisher.iaside import Fill, PixelMap, SpectralImportance, spectral_importance
+from hf_fisher.memory import chunk_size, run_in_chunks, sample_footprint, working_memory
 from hf_fisher.operators import LogitFn
 
 
@@ -94,7 +95,8 @@ def analyze_frequency(
     pixel_map: PixelMap = "paper",
     beta: float = 0.75,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
+    max_memory: int | str = "auto",
     progress: ProgressCallback | None = None,
 ) -> FrequencyReport:
     """Run I-ASIDE and the band-restricted Fisher on one batch of images.
@@ -110,7 +112,9 @@ def analyze_frequency(
         num_bands: M.
         shapley, fisher: which measurements to run.
         fill, sigma, pixel_map, beta, seed: see :func:`hf_fisher.iaside.spectral_importance`.
-        batch_size: images per forward pass (Shapley) and per gradient-rows chunk (Fisher).
+        batch_size: images per forward pass (Shapley) and per gradient-rows chunk (Fisher);
+            None: what fits ``max_memory``. Fisher chunks are halved on out-of-memory.
+        max_memory: byte budget ("4GB", bytes, or "auto"; :mod:`hf_fisher.memory`).
         progress: called as ``progress(done, total)`` after the Shapley values (one step per
             image) and after each Fisher chunk.
 
@@ -126,8 +130,11 @@ def analyze_frequency(
         raise InputError(f"got images of shape {tuple(images.shape)}; expected pixels (N, C, H, W)")
     image_shape = tuple(images.shape[1:])
     band_index(image_shape[1], image_shape[2], num_bands)
-    forward_batches = math.ceil(2**num_bands * images.shape[0] / max(1, batch_size))
-    chunks = math.ceil(images.shape[0] / max(1, batch_size))
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"got batch_size={batch_size}; use a positive number of images")
+    forward_size, fisher_size = _chunk_sizes(logit_fn, images, batch_size, max_memory)
+    forward_batches = math.ceil(2**num_bands * images.shape[0] / forward_size)
+    chunks = math.ceil(images.shape[0] / fisher_size)
     steps = Steps(progress, (forward_batches if shapley else 0) + (chunks if fisher else 0))
     importance = None
     if shapley:
@@ -141,16 +148,36 @@ def analyze_frequency(
             pixel_map=pixel_map,
             beta=beta,
             seed=seed,
-            batch_size=batch_size,
+            batch_size=forward_size,
             progress=lambda done, total: steps.advance(),
         )
     bands_fisher = None
     if fisher:
-        if batch_size < 1:
-            raise InputError(f"got batch_size={batch_size}; use a positive number of images")
-        bands = []
-        for chunk in images.split(batch_size):
-            bands.append(band_fisher(gradient_rows(logit_fn, chunk), image_shape, num_bands))
+
+        def run(part: slice) -> BandFisher:
+            chunk = band_fisher(gradient_rows(logit_fn, images[part]), image_shape, num_bands)
             steps.advance()
-        bands_fisher = BandFisher.cat(bands)
+            return chunk
+
+        parts = run_in_chunks(run, images.shape[0], fisher_size, what="frequency: ")
+        bands_fisher = BandFisher.cat(parts)
     return FrequencyReport(image_shape, num_bands, importance, bands_fisher)
+
+
+def _chunk_sizes(
+    logit_fn: LogitFn, images: Tensor, batch_size: int | None, max_memory: int | str
+) -> tuple[int, int]:
+    """Images per forward pass (Shapley) and per gradient-rows chunk (Fisher).
+
+    A Fisher chunk holds, per image, K-1 gradient rows in the input dtype, the float64 top
+    eigenvector's product with them, and one channel at a time of their float64 copy and
+    complex FFT (twice: sorted by band): ``(itemsize + 8) (K-1) d + 56 (K-1) d / C`` bytes.
+    """
+    if batch_size is not None:
+        return batch_size, batch_size
+    budget = working_memory(max_memory, images.device)
+    activations, num_classes = sample_footprint(logit_fn, images)
+    dim, itemsize = images[0].numel(), images.element_size()
+    forward = chunk_size(budget, activations + 4 * dim * itemsize, 2**30)
+    rows = (num_classes - 1) * ((itemsize + 8) * dim + 56 * dim // images.shape[1])
+    return forward, chunk_size(budget, activations + rows, images.shape[0])

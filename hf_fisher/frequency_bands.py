@@ -209,6 +209,32 @@ class BandFisherSummary:
         return cls(**{key: data[key] for key in cls.__dataclass_fields__})
 
 
+def _band_grams(
+    rows: Tensor,  # (N, R, C*H*W)
+    image_shape: tuple[int, int, int],
+    bands: Tensor,  # (H, W) band of each frequency
+    num_bands: int,
+) -> Tensor:  # (M, N, R, R) float64
+    """``G_B = Re(A_B A_B^H)`` per band, one channel at a time (Parseval).
+
+    ``G_B = [Re A_B, Im A_B] [Re A_B, Im A_B]^T`` summed over channels; the frequencies are
+    sorted by band so that each band is a contiguous slice. One channel's float64 FFT is held at
+    a time (``16 R H W`` bytes per sample, and its sorted copy), not all C at once.
+    """
+    num_samples, num_rows, _ = rows.shape
+    order = torch.argsort(bands.flatten(), stable=True)
+    counts = torch.bincount(bands.flatten(), minlength=num_bands).tolist()
+    images = rows.reshape(num_samples, num_rows, *image_shape)
+    grams = rows.new_zeros(num_bands, num_samples, num_rows, num_rows, dtype=torch.float64)
+    for channel in range(image_shape[0]):
+        freq = torch.fft.fft2(images[:, :, channel].double(), norm="ortho").flatten(2)
+        freq = torch.view_as_real(freq[..., order])  # (N, R, H*W, 2)
+        for band, part in enumerate(freq.split(counts, dim=2)):
+            part = part.reshape(num_samples, num_rows, -1)  # (N, R, 2*|B|)
+            grams[band] += part @ part.transpose(1, 2)
+    return grams
+
+
 def band_fisher(
     factors: GradientRows, image_shape: tuple[int, int, int], num_bands: int = 8
 ) -> BandFisher:
@@ -238,16 +264,8 @@ def band_fisher(
     _, height, width = image_shape
     bands = band_index(height, width, num_bands, device=rows.device)
     spectrum = dual_spectrum(factors)
-    # Parseval: G_B = Re(A_B A_B^H) = [Re A_B, Im A_B] [Re A_B, Im A_B]^T; the frequencies are
-    # sorted by band once so that each band is a contiguous slice.
-    order = torch.argsort(bands.flatten(), stable=True)
-    counts = torch.bincount(bands.flatten(), minlength=num_bands).tolist()
-    freq = torch.fft.fft2(rows.double().reshape(num_samples, num_rows, *image_shape), norm="ortho")
-    freq = torch.view_as_real(freq.flatten(3)[..., order])  # (N, K-1, C, H*W, 2)
     energy, lambda_max = [], []
-    for part in freq.split(counts, dim=3):
-        part = part.reshape(num_samples, num_rows, -1)  # (N, K-1, 2*C*|B|)
-        gram = part @ part.transpose(1, 2)
+    for gram in _band_grams(rows, image_shape, bands, num_bands):
         energy.append((factors.weights * gram).sum(dim=(1, 2)))
         lambda_max.append(dual_eigenvalues(spectrum.weight_factor, gram)[:, 0])
     top = input_eigenvectors(factors, spectrum, top_k=1)[:, :, 0]

@@ -22,10 +22,12 @@ import torch
 from torch import Tensor
 
 from hf_fisher._progress import ProgressCallback, Steps
+from hf_fisher._random import SampleStreams
 from hf_fisher.attacks import check_batch
 from hf_fisher.correlation import float_from_json, json_float
 from hf_fisher.errors import InputError
 from hf_fisher.estimators.exact import gradient_rows
+from hf_fisher.memory import concat, plan_chunks, run_in_chunks, select_rows
 from hf_fisher.operators import LogitFn
 
 
@@ -142,6 +144,38 @@ class KLCheck:
         )
 
 
+def _kl_and_forms(
+    logit_fn: LogitFn,
+    inputs: Tensor,  # (n, *shape)
+    space_mask: Tensor | None,
+    radii: list[float],
+    draws: int,
+    streams: SampleStreams,
+) -> tuple[Tensor, Tensor]:  # (R, draws, n) each, float64
+    """Measured KL and the Fisher quadratic form of one chunk of samples."""
+    factors = gradient_rows(logit_fn, inputs, space_mask)
+    mask = None if space_mask is None else space_mask.to(inputs).expand_as(inputs)
+    num_samples = inputs.shape[0]
+    kl = torch.empty(len(radii), draws, num_samples, dtype=torch.float64, device=inputs.device)
+    quadratic = torch.empty_like(kl)
+    rows = factors.rows
+    with torch.no_grad():
+        for draw in range(draws):
+            direction = streams.normal(inputs.shape[1:], dtype=inputs.dtype, device=inputs.device)
+            direction = direction if mask is None else direction * mask
+            flat = direction.reshape(num_samples, -1)
+            direction = direction / flat.norm(dim=1).clamp_min(1e-30).reshape(
+                -1, *([1] * (inputs.ndim - 1))
+            )
+            projected = (rows @ direction.reshape(num_samples, -1, 1)).double()[:, :, 0]
+            unit_form = torch.einsum("nk,nkl,nl->n", projected, factors.weights, projected)
+            for index, radius in enumerate(radii):
+                moved = logit_fn(inputs + radius * direction)
+                kl[index, draw] = kl_divergence(factors.logits, moved)
+                quadratic[index, draw] = 0.5 * radius**2 * unit_form
+    return kl, quadratic
+
+
 def kl_check(
     logit_fn: LogitFn,
     inputs: Tensor,  # (N, *shape)
@@ -151,13 +185,19 @@ def kl_check(
     tolerance: float = 0.1,
     space_mask: Tensor | None = None,
     seed: int = 0,
+    sample_ids: Sequence[int] | None = None,
+    max_memory: int | str = "auto",
+    chunk_size: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> KLCheck:
     """Compare ``KL(p(x) || p(x + r u))`` with ``1/2 r^2 u^T F(x) u`` for random unit u.
 
     ``u^T F u = (R u)^T W (R u)`` uses the exact dual factors of F (one forward and K-1 batched
     backward passes, see :func:`hf_fisher.estimators.exact.gradient_rows`), so every extra direction
-    costs only a small matrix product; each radius and draw costs one forward pass.
+    costs only a small matrix product; each radius and draw costs one forward pass. Samples run
+    in chunks that fit ``max_memory`` (K-1 gradient rows each), halved on out-of-memory; each
+    sample's directions come from its own stream keyed by ``(seed, sample id)``, so the result
+    does not depend on the chunking or on the other samples of the batch.
 
     Args:
         logit_fn: (N, *shape) -> (N, K) logits; deterministic.
@@ -167,7 +207,10 @@ def kl_check(
         tolerance: median relative error that defines ``valid_radius``.
         space_mask: 0/1 tensor broadcastable to inputs; zeros are never perturbed.
         seed: seed of the directions.
-        progress: called as ``progress(done, total)`` after each draw.
+        sample_ids: stable per-sample ids (the dataset indices; default ``0..N-1``).
+        max_memory: byte budget ("4GB", bytes, or "auto"; :mod:`hf_fisher.memory`).
+        chunk_size: samples per chunk (None: from ``max_memory``).
+        progress: called as ``progress(done, total)`` after each chunk, counting sample draws.
 
     Raises:
         InputError: bad radii, draws or shapes.
@@ -179,31 +222,34 @@ def kl_check(
     if draws < 1:
         raise InputError(f"got draws={draws}; pass at least 1 direction per sample")
     inputs = inputs.detach()
-    factors = gradient_rows(logit_fn, inputs, space_mask)
-    weights = factors.weights
-    generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    mask = None if space_mask is None else space_mask.to(inputs).expand_as(inputs)
     num_samples = inputs.shape[0]
-    kl = torch.empty(len(radii), draws, num_samples, dtype=torch.float64, device=inputs.device)
-    quadratic = torch.empty_like(kl)
-    steps = Steps(progress, draws)
-    with torch.no_grad():
-        for draw in range(draws):
-            direction = torch.randn(inputs.shape, generator=generator, device=inputs.device)
-            direction = direction.to(inputs) if mask is None else direction.to(inputs) * mask
-            flat = direction.reshape(num_samples, -1)
-            direction = direction / flat.norm(dim=1).clamp_min(1e-30).reshape(
-                -1, *([1] * (inputs.ndim - 1))
-            )
-            projected = torch.einsum(
-                "nkd,nd->nk", factors.rows.double(), direction.reshape(num_samples, -1).double()
-            )
-            unit_form = torch.einsum("nk,nkl,nl->n", projected, weights, projected)
-            for index, radius in enumerate(radii):
-                moved = logit_fn(inputs + radius * direction)
-                kl[index, draw] = kl_divergence(factors.logits, moved)
-                quadratic[index, draw] = 0.5 * radius**2 * unit_form
-            steps.advance()
+    ids = list(range(num_samples)) if sample_ids is None else [int(i) for i in sample_ids]
+    dim, itemsize = inputs[0].numel(), inputs.element_size()
+    size = plan_chunks(
+        logit_fn,
+        inputs,
+        max_memory=max_memory,
+        chunk_size_override=chunk_size,
+        working_bytes=lambda k: k * dim * itemsize + 4 * dim * 8,
+    )
+    mask = None if space_mask is None else space_mask.expand_as(inputs)
+    steps = Steps(progress, num_samples * draws)
+
+    def run(part: slice) -> tuple[Tensor, Tensor]:
+        result = _kl_and_forms(
+            select_rows(logit_fn, part),
+            inputs[part],
+            None if mask is None else mask[part],
+            radii,
+            draws,
+            SampleStreams(seed, ids[part], "kl_check"),
+        )
+        steps.advance(len(ids[part]) * draws)
+        return result
+
+    parts = run_in_chunks(run, num_samples, size, what="kl_check: ")
+    kl = concat([part[0] for part in parts], dim=2)
+    quadratic = concat([part[1] for part in parts], dim=2)
     relative = (kl - quadratic).abs() / quadratic.clamp_min(torch.finfo(torch.float64).tiny)
     relative = torch.where(quadratic > 0, relative, torch.full_like(relative, float("nan")))
     check = KLCheck(radii, draws, seed, tolerance, kl, quadratic, relative, None)

@@ -30,9 +30,11 @@ import torch
 from torch import Tensor
 
 from hf_fisher._progress import ProgressCallback, Steps
+from hf_fisher._random import SampleStreams
 from hf_fisher.attacks import check_batch, check_clip
 from hf_fisher.correlation import float_from_json, json_float
 from hf_fisher.errors import InputError, NotAClassifierError
+from hf_fisher.memory import plan_chunks, run_in_chunks, select_rows
 from hf_fisher.operators import LogitFn
 
 NoiseKind = Literal["gaussian", "uniform"]
@@ -173,11 +175,11 @@ def crossing(sigmas: Sequence[float], values: Sequence[float], tolerance: float)
     return None
 
 
-def _noise(inputs: Tensor, kind: str, generator: torch.Generator) -> Tensor:
+def _noise(inputs: Tensor, kind: str, streams: SampleStreams) -> Tensor:
+    shape, where = inputs.shape[1:], {"dtype": inputs.dtype, "device": inputs.device}
     if kind == "gaussian":
-        return torch.randn(inputs.shape, generator=generator, device=inputs.device).to(inputs)
-    unit = torch.rand(inputs.shape, generator=generator, device=inputs.device).to(inputs)
-    return 2.0 * unit - 1.0
+        return streams.normal(shape, **where)
+    return 2.0 * streams.uniform(shape, **where) - 1.0
 
 
 def _check_settings(
@@ -198,38 +200,37 @@ def _check_settings(
 
 def _noisy_sums(
     logit_fn: LogitFn,
-    inputs: Tensor,  # (N, *shape)
-    labels: Tensor,  # (N,)
-    sigma: float,
+    inputs: Tensor,  # (n, *shape)
+    labels: Tensor,  # (n,)
+    sigmas: Sequence[float],
     *,
     kind: str,
     draws: int,
     clip: tuple[float, float] | None,
     mask: Tensor | None,
-    generator: torch.Generator,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Over ``draws`` noisy copies of the batch: correct count, sum and sum of squares of Brier."""
-    correct = torch.zeros((), dtype=torch.float64, device=inputs.device)
-    total = torch.zeros_like(correct)
-    total_sq = torch.zeros_like(correct)
-    for _ in range(draws):
-        noise = sigma * _noise(inputs, kind, generator)
-        noisy = inputs + (noise if mask is None else noise * mask)
-        if clip is not None:
-            noisy = noisy.clamp(clip[0], clip[1])
-        logits = logit_fn(noisy)
-        if logits.ndim != 2 or logits.shape[0] != inputs.shape[0]:
-            raise NotAClassifierError(
-                f"the model returned an output of shape {tuple(logits.shape)}; noise "
-                "curves need classifier logits (N, K)"
-            )
-        probs = torch.softmax(logits.double(), dim=1)
-        onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
-        brier = ((probs - onehot) ** 2).sum(dim=1)
-        correct += (logits.argmax(dim=1) == labels).double().sum()
-        total += brier.sum()
-        total_sq += (brier**2).sum()
-    return correct, total, total_sq
+    streams: SampleStreams,
+) -> Tensor:  # (S, 3) float64
+    """Per sigma, over ``draws`` noisy copies of the chunk: correct count, Brier sum and squares."""
+    sums = torch.zeros(len(sigmas), 3, dtype=torch.float64, device=inputs.device)
+    for level, sigma in enumerate(sigmas):
+        for _ in range(draws):
+            noise = sigma * _noise(inputs, kind, streams)
+            noisy = inputs + (noise if mask is None else noise * mask)
+            if clip is not None:
+                noisy = noisy.clamp(clip[0], clip[1])
+            logits = logit_fn(noisy)
+            if logits.ndim != 2 or logits.shape[0] != inputs.shape[0]:
+                raise NotAClassifierError(
+                    f"the model returned an output of shape {tuple(logits.shape)}; noise "
+                    "curves need classifier logits (N, K)"
+                )
+            probs = torch.softmax(logits.double(), dim=1)
+            onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
+            brier = ((probs - onehot) ** 2).sum(dim=1)
+            sums[level, 0] += (logits.argmax(dim=1) == labels).double().sum()
+            sums[level, 1] += brier.sum()
+            sums[level, 2] += (brier**2).sum()
+    return sums
 
 
 def _level(correct: Tensor, total: Tensor, total_sq: Tensor, count: int, delta: float) -> dict:
@@ -261,6 +262,9 @@ def noise_curves(
     clip: tuple[float, float] | None = None,
     space_mask: Tensor | None = None,
     seed: int = 0,
+    sample_ids: Sequence[int] | None = None,
+    max_memory: int | str = "auto",
+    chunk_size: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> NoiseCurves:
     """Accuracy and Brier error under random noise, per sigma, with Hoeffding/Bernstein bounds.
@@ -279,7 +283,13 @@ def noise_curves(
         clip: valid input box (pixels (0.0, 1.0)); None for embeddings.
         space_mask: 0/1 tensor broadcastable to inputs; zeros get no noise.
         seed: seed of the noise; results are deterministic under a fixed seed.
-        progress: called as ``progress(done, total)`` after each sigma.
+        sample_ids: stable per-sample ids (the dataset indices; default ``0..N-1``): each
+            sample's noise comes from its own stream keyed by ``(seed, sample id)``, so the
+            curves do not depend on the chunking or on the other samples of the batch.
+        max_memory: byte budget ("4GB", bytes, or "auto"; :mod:`hf_fisher.memory`); samples
+            run in chunks that fit it, halved on out-of-memory.
+        chunk_size: samples per chunk (None: from ``max_memory``).
+        progress: called as ``progress(done, total)`` after each chunk, counting samples.
 
     Raises:
         InputError: bad sigmas, kind, draws, confidence or shapes.
@@ -287,31 +297,45 @@ def noise_curves(
     check_batch(inputs, labels, space_mask)
     check_clip(clip)
     sigmas = _check_settings(sigmas, kind, draws, confidence)
-    generator = torch.Generator(device=inputs.device).manual_seed(seed)
     inputs = inputs.detach()
-    mask = None if space_mask is None else space_mask.to(inputs)
-    delta = (1.0 - confidence) / 2.0
-    count = inputs.shape[0] * draws
-    columns: dict[str, list[float]] = {
-        key: [] for key in ("accuracy", "brier", "brier_std", "hoeffding", "bernstein", "upper")
-    }
-    steps = Steps(progress, len(sigmas))
-    with torch.no_grad():
-        for sigma in sigmas:
+    num_samples = inputs.shape[0]
+    ids = list(range(num_samples)) if sample_ids is None else [int(i) for i in sample_ids]
+    mask = None if space_mask is None else space_mask.to(inputs).expand_as(inputs)
+    dim, itemsize = inputs[0].numel(), inputs.element_size()
+    size = plan_chunks(
+        logit_fn,
+        inputs,
+        max_memory=max_memory,
+        chunk_size_override=chunk_size,
+        working_bytes=lambda k: 4 * dim * itemsize + dim * 8,
+    )
+    steps = Steps(progress, num_samples)
+
+    def run(part: slice) -> Tensor:
+        with torch.no_grad():
             sums = _noisy_sums(
-                logit_fn,
-                inputs,
-                labels,
-                sigma,
+                select_rows(logit_fn, part),
+                inputs[part],
+                labels[part],
+                sigmas,
                 kind=kind,
                 draws=draws,
                 clip=clip,
-                mask=mask,
-                generator=generator,
+                mask=None if mask is None else mask[part],
+                streams=SampleStreams(seed, ids[part], "noise"),
             )
-            for key, value in _level(*sums, count, delta).items():
-                columns[key].append(value)
-            steps.advance()
+        steps.advance(len(ids[part]))
+        return sums
+
+    sums = sum(run_in_chunks(run, num_samples, size, what="noise: "))
+    delta = (1.0 - confidence) / 2.0
+    count = num_samples * draws
+    columns: dict[str, list[float]] = {
+        key: [] for key in ("accuracy", "brier", "brier_std", "hoeffding", "bernstein", "upper")
+    }
+    for level in range(len(sigmas)):
+        for key, value in _level(*sums[level], count, delta).items():
+            columns[key].append(value)
     grid = np.asarray(sigmas)
     return NoiseCurves(
         sigmas=sigmas,

@@ -100,6 +100,12 @@ def _num_samples(name: str, flag: str, value: Any) -> None:
         )
 
 
+def _max_memory(name: str, flag: str, value: Any) -> None:
+    from hf_fisher.memory import parse_memory
+
+    parse_memory(value)
+
+
 def _attack_norm(name: str, flag: str, value: Any) -> None:
     if value is not None and value not in ATTACK_NORMS:
         raise InputError(
@@ -439,6 +445,9 @@ class RunOptions(_Options):
         tf32: allow TensorFloat-32 in CUDA float32 matrix products and convolutions for the
             run (about 3x the throughput on Ampere and later GPUs; lambda moves at ~1e-3
             relative). Off: strict float32. No effect on a CPU (recorded all the same).
+        max_memory: the memory budget of every per-sample computation ("4GB", "512MiB",
+            bytes, or "auto": half of the free RAM, or of the free GPU memory on CUDA); see
+            :mod:`hf_fisher.memory`.
     """
 
     num_samples: int | None = knob(
@@ -471,6 +480,13 @@ class RunOptions(_Options):
         False,
         "CUDA only: allow TF32 float32 matmuls/convolutions (faster, ~1e-3 on lambda)",
         check=_switch,
+    )
+    max_memory: int | str = knob(
+        "auto",
+        "memory budget of the Fisher batches and companion chunks, e.g. 4GB, 512MiB or bytes; "
+        "auto: half of the free RAM (CUDA: free GPU memory)",
+        type=str,
+        check=_max_memory,
     )
 
 

@@ -49,6 +49,7 @@ from hf_fisher.errors import DatasetError, InputError, ResultsError
 from hf_fisher.estimators.registry import method_spec
 from hf_fisher.flip import flip_radius, kl_to_flip
 from hf_fisher.labels import align_labels, check_label_mapping, label_set
+from hf_fisher.memory import chunk_size, is_out_of_memory, resolve_budget, working_memory
 from hf_fisher.options import (
     DEFAULT_HYPOTHESIS_TEMPLATE,
     CompanionOptions,
@@ -72,7 +73,12 @@ from hf_fisher.results import (
     to_jsonable,
     write_results,
 )
-from hf_fisher.spectrum import FisherSpectrum, resolve_run_method, spectrum_of_prepared
+from hf_fisher.spectrum import (
+    FisherSpectrum,
+    per_sample_memory,
+    resolve_run_method,
+    spectrum_of_prepared,
+)
 from hf_fisher.summary import kl_radius, summarize
 
 logger = logging.getLogger(__name__)
@@ -318,7 +324,8 @@ def run_method(
 
 
 def _fingerprint(classifier: Classifier, dataset_info: dict, settings: dict, content: dict) -> dict:
-    ignored = {"batch_size"}  # only rounding depends on it; the method it may pick is listed
+    # only rounding depends on these; the method the batch size may pick is listed
+    ignored = {"batch_size", "max_memory"}
     model = {k: classifier.source.get(k) for k in ("id", "revision", "commit_hash")}
     if model["id"] and Path(model["id"]).exists():  # the same folder, however it was spelled
         model["id"] = str(Path(model["id"]).resolve())
@@ -540,21 +547,28 @@ def _estimator_fields(spectrum: FisherSpectrum, row: int) -> dict:
     return fields
 
 
-def _spectrum_with_oom_retry(classifier, batch, ids, options) -> tuple[FisherSpectrum, int]:
-    """Compute a batch; on CUDA out-of-memory, halve it and retry. Returns the size that ran."""
-    size = len(batch)
+def _spectrum_with_oom_retry(
+    classifier, batch, ids, options, limit: int | None = None
+) -> tuple[FisherSpectrum, int]:
+    """Compute a batch in chunks of at most ``limit``; halve them on out-of-memory and retry.
+
+    ``limit`` is what the memory budget allows; out-of-memory is CUDA's or a failed CPU
+    allocation (:func:`~hf_fisher.memory.is_out_of_memory`). Returns the size that ran.
+    """
+    size = min(len(batch), limit or len(batch))
     while True:
         try:
             spectrum = spectrum_of_prepared(
                 classifier, batch, batch_size=size, sample_ids=ids, **options
             )
             return spectrum, size
-        except torch.OutOfMemoryError:
-            if size == 1:
+        except (RuntimeError, MemoryError) as error:
+            if size == 1 or not is_out_of_memory(error):
                 raise
             size = max(1, size // 2)
-            torch.cuda.empty_cache()
-            logger.warning("CUDA out of memory: retrying with batch size %d", size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            logger.warning("out of memory: retrying with batch size %d", size)
 
 
 @dataclass
@@ -583,6 +597,7 @@ class RunPlan:
     companions: CompanionOptions | None
     progress: bool
     started: float
+    memory: dict = field(default_factory=dict)  # max_memory_bytes, max_fisher_batch
 
     @property
     def wants_companions(self) -> bool:
@@ -644,6 +659,7 @@ def evaluate_robustness(
     tf32: bool = False,
     lanczos_start: str = "informed",
     trace_rtol: float = 0.05,
+    max_memory: int | str = "auto",
 ) -> RobustnessReport:
     """Evaluate per-sample Fisher robustness of a classifier on a dataset split.
 
@@ -704,6 +720,10 @@ def evaluate_robustness(
             ``settings.tf32`` and part of the resume fingerprint; no effect on a CPU.
         lanczos_start, trace_rtol: where "lanczos" starts and the relative standard error its
             trace stops at (see :class:`~hf_fisher.options.EstimatorOptions`).
+        max_memory: memory budget ("4GB", "512MiB", bytes, or "auto": half of the free RAM or
+            GPU memory): Fisher batches are clamped to it and companions run in chunks that fit
+            it (:mod:`hf_fisher.memory`); recorded as ``settings.max_memory`` (the request) and
+            ``environment.max_memory_bytes`` (what it resolved to here).
 
     Returns:
         A :class:`RobustnessReport`.
@@ -914,8 +934,7 @@ def plan_run(
     columns, label_col, modality = _columns(classifier, rows, input_columns, label_column)
     alignment = _alignment(classifier, rows, label_col, label_mapping, run.num_samples)
     indices = planned_indices(rows, run.num_samples, estimator.seed)
-    first = (indices or [0])[:1]  # a whole stream has no planned indices: its first row
-    concrete = _concrete_method(classifier, estimator, run, rows, first, columns, modality)
+    concrete = _concrete_method(classifier, estimator, run, rows, indices, columns, modality)
     settings = _settings(classifier, estimator, run, concrete)
     dataset_info = _dataset_info(
         rows, dataset_name, config, split, indices, columns, label_col, alignment, source
@@ -944,6 +963,7 @@ def plan_run(
         companions=companions,
         progress=progress,
         started=started,
+        memory=_memory_plan(classifier, estimator, run, concrete),
     )
 
 
@@ -952,12 +972,16 @@ def _concrete_method(
     estimator: EstimatorOptions,
     run: RunOptions,
     rows: Any,
-    first: list[int],
+    indices: list[int] | None,
     columns: list[str],
     modality: str,
 ) -> str:
-    """The run's method; a plain module first learns its input shape from the ``first`` row."""
+    """The run's method; a plain module first learns its input shape from the first row.
+
+    ``indices`` are the planned rows (None for a whole stream: then the stream's first row).
+    """
     if classifier.input_shape is None and classifier.modality != "text":  # a plain module
+        first = (indices or [0])[:1]
         classifier.prepare(decode_rows(rows, first, columns, None, modality).inputs)
     return run_method(
         classifier, estimator.method, estimator.black_box, run.batch_size, _input_numel(classifier)
@@ -1079,6 +1103,7 @@ def _settings(
         "kl_tau": run.kl_tau,
         "likelihood": classifier.likelihood,
         "tf32": run.tf32,
+        "max_memory": run.max_memory,
     }
     outputs = classifier.outputs_info()
     if outputs is not None:  # structured outputs: what the output positions are
@@ -1088,6 +1113,24 @@ def _settings(
     if estimator.paper_compat:
         settings["paper_compat_settings"] = PAPER_COMPAT.to_settings()
     return settings
+
+
+def _memory_plan(
+    classifier: Classifier, estimator: EstimatorOptions, run: RunOptions, concrete: str
+) -> dict:
+    """The resolved memory budget, and the Fisher batch it allows the concrete method.
+
+    Both depend on the machine's free memory, so they go to the ``environment`` section.
+    """
+    budget = resolve_budget(run.max_memory, classifier.device)
+    per_sample = per_sample_memory(
+        classifier, concrete, estimator.to_settings(), _input_numel(classifier)
+    )
+    work = working_memory(budget, classifier.device)
+    return {
+        "max_memory_bytes": budget,
+        "max_fisher_batch": chunk_size(work, per_sample, run.batch_size),
+    }
 
 
 def compute_records(plan: RunPlan) -> Computed:
@@ -1166,7 +1209,11 @@ def _batch_records(plan: RunPlan, batch: ReadyBatch, used: set[int]) -> list[dic
         labels = _multi_label_rows(decoded.labels, classifier, plan.alignment, plan.label_col)
         _check_label_range(labels, classifier.num_classes, plan.label_col)
         spectrum, size = _spectrum_with_oom_retry(
-            classifier, prepared, decoded.indices, plan.estimator.to_settings()
+            classifier,
+            prepared,
+            decoded.indices,
+            {**plan.estimator.to_settings(), "max_memory": plan.memory["max_memory_bytes"]},
+            plan.memory["max_fisher_batch"],
         )
         used.add(size)
         positions = Positions.of(classifier, prepared) if classifier.position_summaries else None
@@ -1206,6 +1253,7 @@ def gather_results(plan: RunPlan, computed: Computed) -> dict:
             "device": _describe_device(plan.classifier.device),
             "num_processes": plan.state.num_processes,
             "wall_time_s": time.perf_counter() - plan.started,
+            **plan.memory,
             "packages": package_versions(),
             "fisher_loop": _loop_timing(clocks, plan.run.prefetch),
         },
@@ -1321,6 +1369,8 @@ def _add_companions(plan: RunPlan, results: dict) -> None:
         plan.companions,
         seed=plan.estimator.seed,
         progress=_companion_bar if plan.progress else None,
+        sample_ids=decoded.indices,
+        max_memory=plan.memory["max_memory_bytes"],
     )
     for section in sections.values():
         section["sample_indices"] = decoded.indices  # per-sample lists follow this order

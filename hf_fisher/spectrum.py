@@ -191,6 +191,27 @@ def check_lanczos_knobs(lanczos_start: str, trace_rtol: float) -> None:
     positive("the relative standard error the lanczos trace stops at, e.g. 0.05")(
         "trace_rtol", "--trace-rtol", trace_rtol
     )
+def per_sample_memory(
+    classifier: Classifier, method: str, settings: dict, input_dim: int | None = None
+) -> int:
+    """Working bytes per sample of a concrete ``method`` (its registered cost model).
+
+    ``settings`` are the estimator knobs (:meth:`EstimatorOptions.to_settings`); ``input_dim``
+    defaults as in :func:`resolve_run_method`. This is what the runner divides the memory
+    budget by to clamp its Fisher batches.
+    """
+    problem = Problem(
+        classifier.num_classes,
+        _max_input_dim(classifier) if input_dim is None else input_dim,
+        classifier.dtype.itemsize,
+        classifier.likelihood,
+        top_k=settings.get("top_k", 1),
+        max_iter=settings.get("max_iter"),
+        num_probes=settings.get("num_probes", 16),
+        num_queries=settings.get("num_queries"),
+        num_positions=classifier.output_positions,
+    )
+    return int(registry.method_spec(method).cost(problem).memory_bytes)
 
 
 def spectrum_of_batch(
@@ -215,6 +236,7 @@ def spectrum_of_batch(
     paper_compat: bool = False,
     lanczos_start: str = "informed",
     trace_rtol: float = 0.05,
+    max_memory: int | str = "auto",
 ) -> FisherSpectrum:
     """Fisher spectrum of one batch given a plain ``logit_fn`` (no Hugging Face involved).
 
@@ -248,6 +270,8 @@ def spectrum_of_batch(
             (:func:`~hf_fisher.paper_compat.apply_paper_compat`).
         lanczos_start: "informed" or "random" (where Lanczos starts).
         trace_rtol: the relative standard error at which "lanczos" stops adding trace probes.
+        max_memory: byte budget of the method's working memory ("4GB", bytes, or "auto";
+            :mod:`hf_fisher.memory`): method "exact" runs its samples in chunks that fit it.
 
     Returns:
         A :class:`FisherSpectrum`.
@@ -288,6 +312,7 @@ def spectrum_of_batch(
         fd_step=fd_step,
         lanczos_start=lanczos_start,
         trace_rtol=trace_rtol,
+        max_memory=max_memory,
     )
     if shares:
         options["shares"] = True

@@ -6,6 +6,7 @@ import pytest
 import scipy.stats
 import torch
 
+from hf_fisher._random import SampleStreams
 from hf_fisher.attacks import (
     attack_report,
     baseline_scores,
@@ -81,9 +82,10 @@ def test_bisection_brackets_the_flip(digits_model):
     upper, lower = result.epsilon[correct], result.lower[correct]
     assert torch.allclose(upper - lower, torch.full_like(upper, 8.0 / 2**8))
 
-    def same_attack(eps):
+    def same_attack(eps):  # the same per-sample streams: keyed by (seed, index in the batch)
+        streams = SampleStreams(3, correct.nonzero().flatten().tolist(), "attack")
         return pgd(model, x[correct], y[correct], eps.float(), norm="l2", clip=(0.0, 1.0),
-                   generator=torch.Generator().manual_seed(3)).success
+                   generator=streams).success
 
     assert same_attack(upper).all()
     assert not same_attack(lower).any()

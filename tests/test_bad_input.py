@@ -1090,6 +1090,12 @@ RUNNER_CASES: list[Case] = [
         r"batch_size \(--batch-size\) must be an integer >= 1, got -1",
     ),
     Case(
+        "runner-max-memory-unit",
+        _before_loading(max_memory="4XB"),
+        InputError,
+        r"max_memory \(--max-memory\) got '4XB'; pass a budget of at least 1kB like '4GB'",
+    ),
+    Case(
         "runner-kl-tau-negative",
         _before_loading(kl_tau=-1.0),
         InputError,

@@ -478,10 +478,11 @@ def test_building_the_parser_and_an_argument_error_load_no_torch() -> None:
         (["--black-box", "--method", "exact"], "needs gradients but black_box=True"),
         (["--candidate-labels", "cat"], "pass at least two non-empty class names"),
         (["--candidate-labels", "a,b", "--hypothesis-template", "x"], "exactly one {}"),
+        (["--max-memory", "4XB"], "max_memory (--max-memory) got '4XB'"),
     ],
     ids=[
         "batch-size", "kl-tau", "companion-samples", "black-box-method", "one-candidate-label",
-        "template-without-slot",
+        "template-without-slot", "max-memory",
     ],
 )
 def test_bad_option_values_are_refused_before_torch_is_imported(flags, message) -> None:

@@ -49,10 +49,11 @@ class CountingSpectrum:
 
 
 def comparable(results: dict) -> dict:
-    """Everything but the creation time and the wall times."""
+    """Everything but the creation time, the wall times and the free-memory budget."""
     results = json.loads(json.dumps(results))
     del results["created"], results["environment"]["wall_time_s"]
     del results["environment"]["fisher_loop"]
+    del results["environment"]["max_memory_bytes"], results["environment"]["max_fisher_batch"]
     return results
 
 

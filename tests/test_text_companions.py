@@ -124,7 +124,13 @@ def test_noise_leaves_padding_alone_and_a_zero_sigma_is_the_clean_accuracy(bert6
         return logit_fn(inputs)
 
     curves = noise_curves(
-        recording, batch.inputs, predicted, sigmas=[0.0, 0.5], draws=2, space_mask=batch.space_mask
+        recording,
+        batch.inputs,
+        predicted,
+        sigmas=[0.0, 0.5],
+        draws=2,
+        space_mask=batch.space_mask,
+        chunk_size=3,  # one chunk: the recording wrapper hides the batch's .select
     )
     assert curves.accuracy[0] == 1.0 and curves.brier[0] < 1.0
     moved = [(inputs - batch.inputs).abs() for inputs in seen]

@@ -13,7 +13,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from hf_fisher._random import SampleStreams
 from hf_fisher.errors import InputError, NotAClassifierError
+from hf_fisher.memory import select_rows  # noqa: F401 - re-exported for the attacks
 from hf_fisher.operators import LogitFn
 
 Norm = Literal["l2", "linf"]
@@ -64,16 +66,6 @@ def check_clip(clip: tuple[float, float] | None) -> None:
     """Raise InputError unless ``clip`` is None or an increasing (low, high) pair."""
     if clip is not None and (len(clip) != 2 or not clip[0] < clip[1]):
         raise InputError(f"got clip={clip!r}; pass (low, high) with low < high, or None")
-
-
-def select_rows(logit_fn: LogitFn, index: Tensor | slice) -> LogitFn:
-    """The logit function of the sub-batch at ``index``.
-
-    A batch-bound function (a text batch's, which holds a per-sample attention mask) offers
-    ``.select``; a plain function takes any rows and is returned as is.
-    """
-    select = getattr(logit_fn, "select", None)
-    return logit_fn if select is None else select(index)
 
 
 def _logits(logit_fn: LogitFn, inputs: Tensor) -> Tensor:
@@ -128,29 +120,42 @@ def active_dimension(inputs: Tensor, space_mask: Tensor | None) -> Tensor:  # (N
     return _flat(mask).sum(dim=1).clamp_min(1.0)
 
 
+def _draw(
+    kind: str,
+    shape: tuple[int, ...],
+    generator: torch.Generator | SampleStreams | None,
+    like: Tensor,
+) -> Tensor:
+    """Normal or uniform draws of ``shape`` (N first), from one generator or per-sample streams."""
+    if isinstance(generator, SampleStreams):
+        where = {"dtype": like.dtype, "device": like.device}
+        draw = generator.normal if kind == "normal" else generator.uniform
+        return draw(tuple(shape[1:]), **where)
+    sample = torch.randn if kind == "normal" else torch.rand
+    return sample(shape, generator=generator, device=like.device).to(like)
+
+
 def sample_in_ball(
     inputs: Tensor,  # (N, *shape): only the shape, dtype and device are used
     radius: Tensor,  # (N,)
     norm: str,
     *,
     space_mask: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | SampleStreams | None = None,
 ) -> Tensor:  # (N, *shape)
     """Uniform samples in each sample's L2 or Linf ball (restricted to ``space_mask``).
 
     L2: a Gaussian direction scaled by ``radius * U^(1/d)``, d the active dimension; Linf: a
-    uniform draw in the cube.
+    uniform draw in the cube. With per-sample streams (:class:`~hf_fisher._random.SampleStreams`)
+    each sample's point depends on its own stream only, not on the other rows.
     """
     radius = radius.to(inputs)
     if norm == "linf":
-        unit = torch.rand(inputs.shape, generator=generator, device=inputs.device)
-        return _mask((2 * unit.to(inputs) - 1) * _per_sample(radius, inputs), space_mask)
-    direction = _mask(
-        torch.randn(inputs.shape, generator=generator, device=inputs.device).to(inputs),
-        space_mask,
-    )
+        unit = _draw("uniform", inputs.shape, generator, inputs)
+        return _mask((2 * unit - 1) * _per_sample(radius, inputs), space_mask)
+    direction = _mask(_draw("normal", inputs.shape, generator, inputs), space_mask)
     direction = direction / _per_sample(lp_norm(direction, "l2").clamp_min(1e-30), inputs)
-    uniform = torch.rand(inputs.shape[0], generator=generator, device=inputs.device).to(inputs)
+    uniform = _draw("uniform", inputs.shape[:1], generator, inputs)
     scale = radius * uniform ** (1.0 / active_dimension(inputs, space_mask).to(inputs))
     return direction * _per_sample(scale, inputs)
 

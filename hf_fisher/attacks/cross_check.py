@@ -16,16 +16,18 @@ import torch
 from torch import Tensor
 
 from hf_fisher._progress import ProgressCallback, Steps
+from hf_fisher._random import SampleStreams
 from hf_fisher.attacks._geometry import Loss, Norm, _logits, check_batch
 from hf_fisher.attacks.baselines import (
     SanityFlags,
+    _flag_messages,
     baseline_scores,
     lipschitz_scores,
     sanity_flags,
 )
 from hf_fisher.attacks.carlini_wagner import CarliniWagnerSettings, carlini_wagner_l2
 from hf_fisher.attacks.gradient import fgsm, pgd
-from hf_fisher.attacks.minimal import AttackBudget, MinimalEpsilon, _seeded, minimal_epsilon
+from hf_fisher.attacks.minimal import AttackBudget, MinimalEpsilon, minimal_epsilon
 from hf_fisher.correlation import (
     PartialCorrelation,
     RankCorrelation,
@@ -37,6 +39,7 @@ from hf_fisher.correlation import (
 )
 from hf_fisher.errors import InputError
 from hf_fisher.flip import flip_radii, kl_to_flip
+from hf_fisher.memory import plan_chunks, run_in_chunks, select_rows
 from hf_fisher.operators import LogitFn
 
 _CW_KNOBS = ("steps", "binary_search_steps", "initial_const", "learning_rate", "kappa", "clip")
@@ -221,7 +224,7 @@ def _check_report_inputs(
     return spectral_norm, epsilons
 
 
-def _robust_accuracy(
+def _robust_flags(
     logit_fn: LogitFn,
     inputs: Tensor,
     labels: Tensor,
@@ -231,19 +234,23 @@ def _robust_accuracy(
     pgd_options: dict,
     common: dict,
     seed: int,
-) -> dict[str, list[float]]:
-    """Accuracy under PGD and FGSM at each budget; PGD restarts its random source per budget."""
-    robust: dict[str, list[float]] = {"pgd": [], "fgsm": []}
+    ids: Tensor,
+) -> dict[str, Tensor]:  # name -> (n, E) bool: still correct under the attack
+    """Per sample and budget, whether PGD and FGSM left the label correct.
+
+    PGD's random starts come from per-sample streams keyed by ``(seed, sample id)``, restarted
+    per budget, so a sample's result does not depend on the other samples of its chunk.
+    """
+    robust: dict[str, list[Tensor]] = {"pgd": [], "fgsm": []}
     for epsilon in epsilons:
-        generator = _seeded(seed, inputs.device)
+        generator = SampleStreams(seed, ids, "attack")
         result = pgd(
             logit_fn, inputs, labels, epsilon, generator=generator, **pgd_options, **common
         )
-        robust["pgd"].append(float((~result.success).double().mean()))
-        result = fgsm(logit_fn, inputs, labels, epsilon, **common)
-        robust["fgsm"].append(float((~result.success).double().mean()))
+        robust["pgd"].append(~result.success)
+        robust["fgsm"].append(~fgsm(logit_fn, inputs, labels, epsilon, **common).success)
         steps.advance()
-    return robust
+    return {name: torch.stack(values, dim=1) for name, values in robust.items()}
 
 
 def _correlate(
@@ -295,6 +302,9 @@ def attack_report(
     confidence_level: float = 0.95,
     num_bootstrap: int = 1000,
     seed: int = 0,
+    sample_ids: Sequence[int] | None = None,
+    max_memory: int | str = "auto",
+    chunk_size: int | None = None,
     carlini_wagner: CarliniWagnerSettings | None = None,
     lipschitz_radius: float | None = None,
     lipschitz_points: int = 8,
@@ -311,43 +321,67 @@ def attack_report(
     total)`` counts one step per epsilon, per bisection PGD run, for CW and for the baselines.
     With ``lipschitz_radius`` (0: at the sample only), the Lipschitz baseline
     (:func:`~hf_fisher.attacks.baselines.lipschitz_scores`) joins the correlation table.
+    Samples run in chunks that fit ``max_memory`` (or ``chunk_size`` at a time), halved on
+    out-of-memory; every random draw comes from per-sample streams keyed by ``(seed, sample
+    id)`` (``sample_ids``, default ``0..N-1``), so no per-sample number depends on the chunking.
 
     Raises:
         InputError: bad shapes, norm, clip or epsilons, or CW with ``norm="linf"``.
     """
     check_batch(inputs, labels, space_mask)
     spectral_norm, epsilons = _check_report_inputs(inputs, spectral_norm, epsilons)
-    carlini_wagner = _cw_settings(carlini_wagner, norm, clip)
-    common = {"norm": norm, "loss": loss, "clip": clip, "space_mask": space_mask}
-    pgd_options = {"steps": steps, "restarts": restarts, "step_size": step_size}
-    with torch.no_grad():
-        logits = _logits(logit_fn, inputs)
-    correct = logits.argmax(dim=1) == labels
-    steps = Steps(progress, len(epsilons) + bisection_steps + 2 + (carlini_wagner is not None))
-    robust = _robust_accuracy(
-        logit_fn, inputs, labels, epsilons, steps, pgd_options=pgd_options, common=common, seed=seed
-    )
-    bisection = {"eps_max": eps_max, "bisection_steps": bisection_steps, "tolerance": tolerance}
-    minimal = _bisected(
-        logit_fn, inputs, labels, seed, steps, {**bisection, **pgd_options, **common}
-    )
-    lipschitz = {"radius": lipschitz_radius, "num_points": lipschitz_points, "clip": clip}
-    predictors = _predictors(
-        logit_fn, inputs, logits, spectral_norm, norm, space_mask, lipschitz, seed
+    plan = {
+        "epsilons": epsilons,
+        "cw": _cw_settings(carlini_wagner, norm, clip),
+        "common": {"norm": norm, "loss": loss, "clip": clip},
+        "pgd": {"steps": steps, "restarts": restarts, "step_size": step_size},
+        "bisection": {"eps_max": eps_max, "bisection_steps": bisection_steps},
+        "lipschitz": {"radius": lipschitz_radius, "num_points": lipschitz_points, "clip": clip},
+        "seed": seed,
+    }
+    plan["bisection"]["tolerance"] = tolerance
+    measures, budget = _measure_in_chunks(
+        logit_fn,
+        inputs,
+        labels,
+        spectral_norm,
+        space_mask,
+        sample_ids,
+        plan,
+        progress,
+        max_memory=max_memory,
+        chunk_size=chunk_size,
     )
     stats = {"confidence_level": confidence_level, "num_bootstrap": num_bootstrap, "seed": seed}
+    minimal = MinimalEpsilon(measures["epsilon"], measures["lower"], budget)
+    return _assemble(measures, minimal, labels, spectral_norm, plan, stats)
+
+
+def _assemble(
+    measures: dict[str, Tensor],
+    minimal: MinimalEpsilon,
+    labels: Tensor,
+    spectral_norm: Tensor,
+    plan: dict,
+    stats: dict,
+) -> AttackReport:
+    """The report from every sample's numbers: accuracies, correlations, merged flags."""
+    correct = measures["logits"].argmax(dim=1) == labels
+    predictors = {
+        name.removeprefix("predictor."): values
+        for name, values in measures.items()
+        if name.startswith("predictor.")
+    }
     correlations, partial = _correlate(predictors, minimal.epsilon, correct, **stats)
-    unflipped = int(torch.isinf(minimal.epsilon).sum())
-    sanity = sanity_flags(
-        logit_fn, inputs, labels, space_mask=space_mask, unflipped_at_eps_max=unflipped
-    )
-    steps.advance()
-    cw = _run_cw(logit_fn, inputs, labels, space_mask, carlini_wagner, steps)
+    cw = measures.get("cw")
     cw_correlations = None if cw is None else _correlate(predictors, cw, correct, **stats)[0]
     return AttackReport(
-        epsilons=epsilons,
+        epsilons=plan["epsilons"],
         clean_accuracy=float(correct.double().mean()),
-        robust_accuracy=robust,
+        robust_accuracy={
+            name: [float(v) for v in measures[name].double().mean(dim=0)]
+            for name in ("pgd", "fgsm")
+        },
         minimal=minimal,
         spectral_norm=spectral_norm,
         confidence=predictors["confidence"],
@@ -355,15 +389,158 @@ def attack_report(
         correct=correct,
         correlations=correlations,
         partial=partial,
-        sanity=sanity,
+        sanity=_merged_flags(measures["flags"], int(torch.isinf(minimal.epsilon).sum())),
         cw_norm=cw,
-        cw_settings=carlini_wagner,
+        cw_settings=plan["cw"],
         cw_correlation=None if cw is None else cw_correlations["spectral_norm"],
         lipschitz=predictors.get("lipschitz"),
-        lipschitz_radius=lipschitz_radius,
-        lipschitz_points=None if lipschitz_radius is None else lipschitz_points,
+        lipschitz_radius=plan["lipschitz"]["radius"],
+        lipschitz_points=(
+            None if plan["lipschitz"]["radius"] is None else plan["lipschitz"]["num_points"]
+        ),
         flip_radius=predictors["flip_radius"],
     )
+
+
+class _ChunkSteps(Steps):
+    """A chunk's stages; each advances the report's steps (samples x stages) by the chunk size."""
+
+    def __init__(self, outer: Steps, size: int) -> None:
+        super().__init__(None, outer.total)
+        self.outer = outer
+        self.size = size
+
+    def advance(self, count: int = 1) -> None:
+        """Mark ``count`` more stages of this chunk as finished."""
+        self.done += count
+        self.outer.advance(count * self.size)
+
+
+def _measure_in_chunks(
+    logit_fn: LogitFn,
+    inputs: Tensor,
+    labels: Tensor,
+    spectral_norm: Tensor,
+    space_mask: Tensor | None,
+    sample_ids: Sequence[int] | None,
+    plan: dict,
+    progress: ProgressCallback | None,
+    *,
+    max_memory: int | str,
+    chunk_size: int | None,
+) -> tuple[dict[str, Tensor], AttackBudget]:
+    """Every per-sample number of the report, chunk by chunk, concatenated."""
+    count, dim, itemsize = inputs.shape[0], inputs[0].numel(), inputs.element_size()
+    size = plan_chunks(
+        logit_fn,
+        inputs,
+        max_memory=max_memory,
+        chunk_size_override=chunk_size,
+        working_bytes=lambda k: 12 * dim * itemsize,  # iterates, steps, starts, CW's state
+    )
+    ids = torch.arange(count) if sample_ids is None else torch.as_tensor(list(sample_ids))
+    mask = None if space_mask is None else space_mask.expand_as(inputs)
+    stages = len(plan["epsilons"]) + plan["bisection"]["bisection_steps"] + 2
+    outer = Steps(progress, count * (stages + (plan["cw"] is not None)))
+
+    def run(part: slice) -> tuple[dict[str, Tensor], AttackBudget]:
+        return _measure_chunk(
+            select_rows(logit_fn, part),
+            inputs[part],
+            labels[part],
+            spectral_norm[part],
+            None if mask is None else mask[part],
+            ids[part],
+            plan,
+            _ChunkSteps(outer, len(ids[part])),
+        )
+
+    parts = run_in_chunks(run, count, size, what="attacks: ")
+    joined = {name: torch.cat([part[name] for part, _ in parts]) for name in parts[0][0]}
+    return joined, parts[0][1]
+
+
+def _measure_chunk(
+    logit_fn: LogitFn,
+    inputs: Tensor,
+    labels: Tensor,
+    spectral_norm: Tensor,
+    space_mask: Tensor | None,
+    ids: Tensor,
+    plan: dict,
+    steps: Steps,
+) -> tuple[dict[str, Tensor], AttackBudget]:
+    """One chunk: clean logits, robust flags, minimal epsilons, predictors, sanity, CW."""
+    common = {**plan["common"], "space_mask": space_mask}
+    with torch.no_grad():
+        logits = _logits(logit_fn, inputs)
+    measures = {"logits": logits}
+    measures.update(
+        _robust_flags(
+            logit_fn,
+            inputs,
+            labels,
+            plan["epsilons"],
+            steps,
+            pgd_options=plan["pgd"],
+            common=common,
+            seed=plan["seed"],
+            ids=ids,
+        )
+    )
+    options = {**plan["bisection"], **plan["pgd"], **common, "sample_ids": ids}
+    minimal = _bisected(logit_fn, inputs, labels, plan["seed"], steps, options)
+    measures.update(epsilon=minimal.epsilon, lower=minimal.lower)
+    predictors = _predictors(
+        logit_fn,
+        inputs,
+        logits,
+        spectral_norm,
+        common["norm"],
+        space_mask,
+        plan["lipschitz"],
+        plan["seed"],
+        ids,
+    )
+    measures.update({f"predictor.{name}": values for name, values in predictors.items()})
+    measures["flags"] = _flag_counts(
+        sanity_flags(logit_fn, inputs, labels, space_mask=space_mask), len(ids)
+    )
+    steps.advance()
+    cw = _run_cw(logit_fn, inputs, labels, space_mask, plan["cw"], steps)
+    if cw is not None:
+        measures["cw"] = cw
+    return measures, minimal.budget
+
+
+def _flag_counts(flags: SanityFlags, count: int) -> Tensor:  # (1, 5) float64
+    """A chunk's sanity flags as sums that add up over chunks."""
+    return torch.tensor(
+        [
+            [
+                flags.zero_gradient_fraction * count,
+                flags.nonfinite_gradient_fraction * count,
+                float(flags.random_forward),
+                float(not flags.probability_outputs),
+                count,
+            ]
+        ],
+        dtype=torch.float64,
+    )
+
+
+def _merged_flags(counts: Tensor, unflipped: int) -> SanityFlags:  # (chunks, 5)
+    """The whole batch's sanity flags from its chunks' :func:`_flag_counts`."""
+    total = counts.sum(dim=0)
+    flags = SanityFlags(
+        zero_gradient_fraction=float(total[0] / total[4]),
+        nonfinite_gradient_fraction=float(total[1] / total[4]),
+        random_forward=bool(total[2] > 0),
+        probability_outputs=bool(total[3] == 0),
+        unflipped_at_eps_max=unflipped,
+    )
+    flags.messages.extend(_flag_messages(flags))
+    return flags
 
 
 def _bisected(
@@ -390,6 +567,7 @@ def _predictors(
     space_mask: Tensor | None,
     lipschitz: dict,
     seed: int,
+    ids: Tensor,
 ) -> dict[str, Tensor]:  # name -> (N,)
     """lambda_max, the flip radius and the baselines they are ranked against (+ Lipschitz)."""
     baselines = baseline_scores(logit_fn, inputs, norm=norm, space_mask=space_mask)
@@ -404,7 +582,7 @@ def _predictors(
             logit_fn,
             inputs,
             space_mask=space_mask,
-            generator=_seeded(seed, inputs.device),
+            generator=SampleStreams(seed, ids, "attack"),
             **lipschitz,
         )
     return predictors

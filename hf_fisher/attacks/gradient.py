@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as functional
 from torch import Tensor
 
+from hf_fisher._random import SampleStreams
 from hf_fisher.attacks._geometry import (
     LOSSES,
     Loss,
@@ -124,7 +125,7 @@ def _ascend(
     alpha: Tensor,  # (n,)
     mask: Tensor | None,
     settings: _Ascent,
-    generator: torch.Generator | None,
+    generator: torch.Generator | SampleStreams | None,
 ) -> tuple[Tensor, Tensor]:
     """One restart: the first misclassified iterate per sample (else the last) and which flipped."""
     delta = torch.zeros_like(x)
@@ -163,7 +164,7 @@ def pgd(
     loss: Loss = "ce",
     clip: tuple[float, float] | None = None,
     space_mask: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | SampleStreams | None = None,
 ) -> AttackResult:
     """Projected gradient ascent on the loss of the true label (Madry et al. 2018).
 
@@ -185,7 +186,9 @@ def pgd(
             saturation).
         clip: valid input box, e.g. (0.0, 1.0) for pixels; None for embeddings.
         space_mask: 0/1 tensor broadcastable to inputs; zeros are never perturbed.
-        generator: random source of the random starts, on the inputs' device.
+        generator: random source of the random starts, on the inputs' device; per-sample
+            streams (:class:`~hf_fisher._random.SampleStreams`) make each sample's starts,
+            hence its result, independent of the other samples of the batch.
 
     Returns:
         The :class:`AttackResult`.
@@ -210,7 +213,7 @@ def pgd(
             alpha[todo],
             mask,
             settings,
-            generator,
+            generator.select(todo) if isinstance(generator, SampleStreams) else generator,
         )
         if restart == 0:
             adversarial[todo] = best

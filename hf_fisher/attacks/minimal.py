@@ -8,13 +8,14 @@ end (default 1%), so the resolution is relative to each sample's own epsilon rat
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor
 
 from hf_fisher._progress import ProgressCallback, Steps
+from hf_fisher._random import SampleStreams
 from hf_fisher.attacks._geometry import (
     Loss,
     Norm,
@@ -81,10 +82,6 @@ class MinimalEpsilon:
     epsilon: Tensor
     lower: Tensor
     budget: AttackBudget
-
-
-def _seeded(seed: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 def default_eps_max(inputs: Tensor, norm: str, clip: tuple[float, float] | None) -> float:
@@ -194,6 +191,7 @@ def minimal_epsilon(
     clip: tuple[float, float] | None = None,
     space_mask: Tensor | None = None,
     seed: int = 0,
+    sample_ids: Sequence[int] | None = None,
     progress: ProgressCallback | None = None,
 ) -> MinimalEpsilon:
     """Bisect, batched over samples, the smallest budget at which PGD flips each label.
@@ -207,7 +205,9 @@ def minimal_epsilon(
     ``bisection_steps`` halvings for every sample, width ``eps_max / 2^bisection_steps``).
     Worst-case cost: ``(bisection_steps + 1) * steps * restarts`` gradient passes per sample;
     restarts run only on samples not flipped yet, and resolved samples stop, so the typical
-    cost is far lower. ``progress(done, total)`` is called after each PGD run.
+    cost is far lower. ``progress(done, total)`` is called after each PGD run. Random starts
+    come from per-sample streams keyed by ``(seed, sample id)`` (``sample_ids``, default
+    ``0..N-1``), so a sample's epsilon does not depend on the other samples of the batch.
 
     Raises:
         InputError: bad norm/clip/shape/tolerance, or ``eps_max`` missing with ``clip=None``.
@@ -221,6 +221,7 @@ def minimal_epsilon(
     budget = _budget_of(norm, eps_max, bisection_steps, tolerance, pgd_options, seed, clip)
     steps_done = Steps(progress, bisection_steps + 1)
     full_mask = None if space_mask is None else space_mask.expand_as(inputs)
+    ids = torch.arange(len(inputs)) if sample_ids is None else torch.as_tensor(list(sample_ids))
 
     def attack(epsilon: Tensor, rows: Tensor | None) -> Tensor:
         picked = slice(None) if rows is None else rows
@@ -236,7 +237,7 @@ def minimal_epsilon(
             loss=loss,
             clip=clip,
             space_mask=space_mask if rows is None or full_mask is None else full_mask[rows],
-            generator=_seeded(seed, inputs.device),
+            generator=SampleStreams(seed, ids if rows is None else ids[rows.cpu()], "attack"),
         ).success
         steps_done.advance()
         return flipped

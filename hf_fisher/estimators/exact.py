@@ -9,13 +9,14 @@ float64. Registered as method "exact" (:data:`EXACT`); ``auto`` takes it while i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from hf_fisher.estimators.result import FisherSpectrum, pad_eigenvalues
 from hf_fisher.estimators.spec import Cost, EstimatorCall, MethodSpec, Problem, Returns
+from hf_fisher.memory import chunk_size, run_in_chunks, select_rows, working_memory
 from hf_fisher.operators import (
     LogitFn,
     _as_mask,
@@ -216,12 +217,8 @@ def position_terms(factors: GradientRows, vector: Tensor) -> Tensor:  # (N, d) -
     return weighted.reshape(len(vector), factors.position_probs.shape[1], -1).sum(dim=2)
 
 
-def run_exact(call: EstimatorCall) -> FisherSpectrum:
-    """Method "exact": all nonzero eigenvalues and the trace, exact up to rounding.
-
-    With ``call.options["shares"]`` it also returns the top eigenvector and, for structured
-    outputs, each position's share of lambda_max.
-    """
+def _exact_batch(call: EstimatorCall) -> FisherSpectrum:
+    """Method "exact" on one chunk of samples, all held at once."""
     factors = gradient_rows(call.logit_fn, call.inputs, call.space_mask, call.likelihood)
     exact = dual_spectrum(factors)
     result = FisherSpectrum(
@@ -236,6 +233,57 @@ def run_exact(call: EstimatorCall) -> FisherSpectrum:
         vector = input_eigenvectors(factors, exact)[:, :, 0]
         result.attach_shares(vector, position_terms(factors, vector))
     return result
+
+
+def exact_chunk_size(call: EstimatorCall) -> int:
+    """Samples whose gradient rows fit ``call.options["max_memory"]`` (default "auto").
+
+    One sample's rows take ``T (K-1) d`` numbers in the input dtype (``T K d`` multi-label),
+    with one more input-sized gradient per backward pass; K and T come from a forward pass of
+    the first sample.
+    """
+    num_samples = call.inputs.shape[0]
+    budget = working_memory(call.options.get("max_memory", "auto"), call.inputs.device)
+    with torch.no_grad():
+        shape = select_rows(call.logit_fn, slice(0, 1))(call.inputs[:1]).shape
+    problem = Problem(
+        shape[-1],
+        call.inputs[0].numel(),
+        call.inputs.element_size(),
+        call.likelihood,
+        num_positions=shape[1] if len(shape) == 3 else 1,
+    )
+    per_sample = exact_cost(problem).memory_bytes + problem.dim * problem.itemsize
+    return chunk_size(budget, per_sample, num_samples)
+
+
+def run_exact(call: EstimatorCall) -> FisherSpectrum:
+    """Method "exact": all nonzero eigenvalues and the trace, exact up to rounding.
+
+    With ``call.options["shares"]`` it also returns the top eigenvector and, for structured
+    outputs, each position's share of lambda_max. Samples run in chunks whose gradient rows fit
+    the memory budget (:func:`exact_chunk_size`), halved on out-of-memory; each sample's result
+    is its own, so the chunking changes nothing but rounding.
+    """
+    size = exact_chunk_size(call)
+    if size >= call.inputs.shape[0]:
+        return _exact_batch(call)
+    mask = call.space_mask
+    if mask is not None:
+        mask = mask.expand_as(call.inputs)
+
+    def run(part: slice) -> FisherSpectrum:
+        chunk = replace(
+            call,
+            logit_fn=select_rows(call.logit_fn, part),
+            inputs=call.inputs[part],
+            space_mask=None if mask is None else mask[part],
+            sample_ids=call.sample_ids[part],
+        )
+        return _exact_batch(chunk)
+
+    parts = run_in_chunks(run, call.inputs.shape[0], size, what="exact: ")
+    return FisherSpectrum.concatenate(parts)
 
 
 def exact_cost(problem: Problem) -> Cost:
