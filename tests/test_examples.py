@@ -27,6 +27,28 @@ def test_text_and_black_box_agree_within_interval(capsys):
     assert sum(covered) >= 2
 
 
-@pytest.mark.parametrize("name", ["quickstart.py", "text_and_black_box.py"])
+def test_structured_outputs_writes_the_readme_models_and_datasets(tmp_path):
+    """The README's structured-output runs start from these: each model loads as its task."""
+    import datasets
+    import numpy as np
+
+    from hf_fisher.adapters import load_classifier
+
+    runpy.run_path(str(EXAMPLES / "structured_outputs.py"))["main"](tmp_path)
+    tasks = {name: load_classifier(tmp_path / name).source["task"]
+             for name in ("tiny-lm", "tiny-ner", "tiny-segformer")}
+    assert tasks == {"tiny-lm": "text-generation", "tiny-ner": "token-classification",
+                     "tiny-segformer": "image-segmentation"}
+    prompts = (tmp_path / "prompts" / "prompts.jsonl").read_text().splitlines()
+    assert len(prompts) == 4 and all(line.startswith('{"text": ') for line in prompts)
+    assert (tmp_path / "sentences" / "test.csv").read_text().splitlines()[0] == "sentence"
+    scenes = datasets.load_from_disk(str(tmp_path / "street-scenes"))
+    first = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    assert len(scenes) == 8 and np.array_equal(np.asarray(scenes[0]["image"]), first)
+
+
+@pytest.mark.parametrize(
+    "name", ["quickstart.py", "text_and_black_box.py", "structured_outputs.py"]
+)
 def test_examples_have_a_run_line(name):
     assert f"python examples/{name}" in (EXAMPLES / name).read_text()
