@@ -15,7 +15,7 @@ float64 ``logit_fn`` to probe smaller radii.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -151,8 +151,12 @@ def _kl_and_forms(
     radii: list[float],
     draws: int,
     streams: SampleStreams,
+    after_draw: Callable[[], None],
 ) -> tuple[Tensor, Tensor]:  # (R, draws, n) each, float64
-    """Measured KL and the Fisher quadratic form of one chunk of samples."""
+    """Measured KL and the Fisher quadratic form of one chunk of samples.
+
+    ``after_draw`` is called as each draw finishes (progress).
+    """
     factors = gradient_rows(logit_fn, inputs, space_mask)
     mask = None if space_mask is None else space_mask.to(inputs).expand_as(inputs)
     num_samples = inputs.shape[0]
@@ -173,6 +177,7 @@ def _kl_and_forms(
                 moved = logit_fn(inputs + radius * direction)
                 kl[index, draw] = kl_divergence(factors.logits, moved)
                 quadratic[index, draw] = 0.5 * radius**2 * unit_form
+            after_draw()
     return kl, quadratic
 
 
@@ -210,7 +215,8 @@ def kl_check(
         sample_ids: stable per-sample ids (the dataset indices; default ``0..N-1``).
         max_memory: byte budget ("4GB", bytes, or "auto"; :mod:`hf_fisher.memory`).
         chunk_size: samples per chunk (None: from ``max_memory``).
-        progress: called as ``progress(done, total)`` after each chunk, counting sample draws.
+        progress: called as ``progress(done, total)`` as each draw of each chunk finishes,
+            counting (sample, draw) pairs.
 
     Raises:
         InputError: bad radii, draws or shapes.
@@ -243,8 +249,8 @@ def kl_check(
             radii,
             draws,
             SampleStreams(seed, ids[part], "kl_check"),
+            after_draw=lambda: steps.advance(len(ids[part])),
         )
-        steps.advance(len(ids[part]) * draws)
         return result
 
     parts = run_in_chunks(run, num_samples, size, what="kl_check: ")

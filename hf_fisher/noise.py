@@ -21,7 +21,7 @@ Reading it as an error on the data distribution also needs the samples to be an 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -209,8 +209,12 @@ def _noisy_sums(
     clip: tuple[float, float] | None,
     mask: Tensor | None,
     streams: SampleStreams,
+    after_level: Callable[[], None],
 ) -> Tensor:  # (S, 3) float64
-    """Per sigma, over ``draws`` noisy copies of the chunk: correct count, Brier sum and squares."""
+    """Per sigma, over ``draws`` noisy copies of the chunk: correct count, Brier sum and squares.
+
+    ``after_level`` is called as each sigma finishes (progress).
+    """
     sums = torch.zeros(len(sigmas), 3, dtype=torch.float64, device=inputs.device)
     for level, sigma in enumerate(sigmas):
         for _ in range(draws):
@@ -230,6 +234,7 @@ def _noisy_sums(
             sums[level, 0] += (logits.argmax(dim=1) == labels).double().sum()
             sums[level, 1] += brier.sum()
             sums[level, 2] += (brier**2).sum()
+        after_level()
     return sums
 
 
@@ -289,7 +294,8 @@ def noise_curves(
         max_memory: byte budget ("4GB", bytes, or "auto"; :mod:`hf_fisher.memory`); samples
             run in chunks that fit it, halved on out-of-memory.
         chunk_size: samples per chunk (None: from ``max_memory``).
-        progress: called as ``progress(done, total)`` after each chunk, counting samples.
+        progress: called as ``progress(done, total)`` as each sigma of each chunk finishes,
+            counting (sample, sigma) pairs.
 
     Raises:
         InputError: bad sigmas, kind, draws, confidence or shapes.
@@ -309,7 +315,7 @@ def noise_curves(
         chunk_size_override=chunk_size,
         working_bytes=lambda k: 4 * dim * itemsize + dim * 8,
     )
-    steps = Steps(progress, num_samples)
+    steps = Steps(progress, num_samples * len(sigmas))
 
     def run(part: slice) -> Tensor:
         with torch.no_grad():
@@ -323,8 +329,8 @@ def noise_curves(
                 clip=clip,
                 mask=None if mask is None else mask[part],
                 streams=SampleStreams(seed, ids[part], "noise"),
+                after_level=lambda: steps.advance(len(ids[part])),
             )
-        steps.advance(len(ids[part]))
         return sums
 
     sums = sum(run_in_chunks(run, num_samples, size, what="noise: "))

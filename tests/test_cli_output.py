@@ -85,24 +85,31 @@ def test_each_companion_reports_every_step_up_to_its_announced_total(companion_r
     report, calls = companion_run
     results = report.results
     frequency_steps = math.ceil(2**4 * 4 / 256) + math.ceil(4 / 256)
-    expected = {
-        "--noise": len(results["noise_curves"]["sigmas"]),
-        "--kl-check": results["kl_check"]["draws"],
-        "--clever": results["clever"]["num_batches"],
-        "--frequency": frequency_steps,
+    samples = 4  # --companion-samples: one chunk, which advances by 4 units per step
+    per_sample_steps = {
+        "--noise": len(results["noise_curves"]["sigmas"]),  # (sample, sigma) units
+        "--kl-check": results["kl_check"]["draws"],  # (sample, draw) units
     }
+    whole_steps = {"--clever": results["clever"]["num_batches"], "--frequency": frequency_steps}
     attack_calls = calls.pop("--attacks")
-    assert calls == {
-        flag: [(done, total) for done in range(1, total + 1)] for flag, total in expected.items()
+    expected = {
+        flag: [(samples * done, samples * steps) for done in range(1, steps + 1)]
+        for flag, steps in per_sample_steps.items()
     }
+    expected |= {
+        flag: [(done, steps) for done in range(1, steps + 1)] for flag, steps in whole_steps.items()
+    }
+    assert calls == expected
     # Attacks announce each epsilon, PGD at eps_max, every bisection round at the most, and the
     # baselines; rounds skipped because every bracket is already narrow count as done at once.
-    announced = (
+    stages = (
         len(results["attacks"]["epsilons"]) + results["attacks"]["budget"]["bisection_steps"] + 2
     )
+    announced = samples * stages  # (sample, stage) units, advanced a chunk at a time
     done = [step for step, total in attack_calls]
     assert {total for _, total in attack_calls} == {announced}
     assert done == sorted(set(done)) and done[0] >= 1 and done[-1] == announced
+    assert all(step % samples == 0 for step in done)
 
 
 @pytest.mark.slow  # one run of every companion: ~25 s on 2 busy cores
@@ -228,7 +235,7 @@ def test_progress_bars_of_every_stage_and_the_companion_summary(
     bars = done.stderr.replace("\r", "\n")
     assert "Generating train split" in bars  # datasets' own bar
     assert re.search(r"Fisher: 100%\|\S+\| 3/3", bars)
-    assert re.search(r"noise: 100%\|\S+\| 7/7", bars)  # one step per sigma
+    assert re.search(r"noise: 100%\|\S+\| 14/14", bars)  # 2 samples x 7 sigmas
     assert "noise_curves  accuracy AUC" in done.stdout
     assert "wrote x/results.json and per_sample.csv" in done.stdout
 

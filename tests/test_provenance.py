@@ -90,7 +90,7 @@ def test_dataset_revision_reaches_load_dataset_and_is_recorded(
         str(DEFAULT_MODEL_DIR), "org/digits", dataset_revision="v1.1", progress=False,
         out_dir=tmp_path / "out",
     )  # fmt: skip
-    assert calls == [("org/digits", {"data_files": None, "revision": "v1.1"})]
+    assert calls == [("org/digits", {"data_files": None, "revision": "v1.1", "streaming": False})]
     assert report.results["dataset"]["revision"] == "v1.1"
     assert load_results(tmp_path / "out")["dataset"]["revision"] == "v1.1"  # schema-valid
 
