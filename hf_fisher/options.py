@@ -436,7 +436,8 @@ class RunOptions(_Options):
 
     Attributes:
         num_samples: a deterministic sample of this many rows (None: every row).
-        batch_size: samples per batch (halved on CUDA out-of-memory).
+        batch_size: samples per batch (fewer if ``max_memory`` is tight; halved on
+            out-of-memory).
         kl_tau: the KL level in ``kl_radius = sqrt(2 kl_tau / lambda_max)``.
         streaming: read the dataset as a stream (never materialised); ``num_samples`` then
             takes the first N rows, and sample ids are stream positions.
@@ -455,9 +456,11 @@ class RunOptions(_Options):
     )
     batch_size: int = knob(
         32,
-        "samples per batch (halved on CUDA out-of-memory)",
+        "samples per batch (fewer if --max-memory is tight; halved on out-of-memory)",
         type=int,
-        check=integer(1, "samples per batch (halved on CUDA out-of-memory)"),
+        check=integer(
+            1, "samples per batch (fewer if --max-memory is tight; halved on out-of-memory)"
+        ),
     )
     kl_tau: float = knob(
         0.01,
