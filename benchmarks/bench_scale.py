@@ -1,0 +1,457 @@
+"""ImageNet-scale cost of the Fisher engine: config-built ViT-B/16 and ResNet-50, 224x224, K=1000.
+
+Random weights (``torch.manual_seed(0)``, parameters frozen), so figures are about cost, not
+about any trained model. Two sections:
+
+1. Cost, per method row: forward-equivalents per sample (time per sample / time of one batched
+   no-grad forward per sample; the forward, the reference and every row run interleaved,
+   round-robin over ``--rounds`` after a warm-up, median and min-max), Lanczos iterations
+   (mean / max over the batch), the backward passes spent outside Fisher products per batch
+   (the trace's class-space probes plus an informed start vector, counted by wrapping
+   ``FisherOperator.vjp`` and ``.jvp``), Fisher products per batch, the trace's relative standard
+   error (mean), the share of samples whose lambda_max converged, peak memory per sample
+   (CPU: peak RSS above the RSS before the call, in a fresh process per row; CUDA:
+   ``max_memory_allocated`` above the allocation before it; see ``_timing.py``) and the speedup
+   over the per-sample reference. The reference (batch 1, weight gradients on, one backward
+   pass per class) is far too slow to run at K=1000 on a CPU: each round times its forward
+   pass and ``--ref-classes`` class backward passes and EXTRAPOLATES to K backward passes.
+2. Accuracy, on a reduced case where ``exact`` (K-1 backward passes, exact to rounding) is
+   affordable: the same two architectures, shallower and at 64x64, still K=1000. Relative error
+   of lambda_max and of the trace against ``exact``, and how many samples have
+   ``|trace error| <= 2 SE``.
+
+Rows: ``auto`` (whatever the defaults are: Lanczos at K=1000), Lanczos with a random start and
+the fixed 16-probe class-space trace (only when ``spectrum_of_batch`` has the ``lanczos_start``
+option: before that it is the same computation as ``auto``), and ``hutchpp`` (Lanczos for
+lambda_max, input-space Hutch++ trace). Options a row names are passed only when
+``spectrum_of_batch`` accepts them. Run:
+
+    python benchmarks/bench_scale.py --quick                          # tiny smoke run, seconds
+    python benchmarks/bench_scale.py --model resnet --batch 2 --rounds 3 --threads 2
+    python benchmarks/bench_scale.py --model vit --batch 2 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    ResNetConfig,
+    ResNetForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from hf_fisher.operators import FisherOperator
+from hf_fisher.spectrum import spectrum_of_batch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import Timing, cuda_peak_delta, interleave, peak_rss_delta, run_child  # noqa: E402
+
+NUM_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method configuration; ``requires`` names options without which it is skipped."""
+
+    label: str
+    options: dict
+    requires: tuple[str, ...] = ()
+
+
+# Edit here if the i14-est branch spells the fixed 16-probe trace differently.
+ROWS = (
+    Row("auto", {"method": "auto"}),
+    Row(
+        "lanczos random, 16 probes",
+        {"method": "lanczos", "lanczos_start": "random", "trace_rtol": None, "num_probes": 16},
+        requires=("lanczos_start",),
+    ),
+    Row("hutchpp", {"method": "hutchpp"}),
+)
+
+
+def accepted_options(options: dict) -> dict:
+    """The options ``spectrum_of_batch`` takes (new ones are dropped on older code)."""
+    parameters = inspect.signature(spectrum_of_batch).parameters
+    return {name: value for name, value in options.items() if name in parameters}
+
+
+def selectable(row: Row) -> bool:
+    return all(name in inspect.signature(spectrum_of_batch).parameters for name in row.requires)
+
+
+# --- models ---------------------------------------------------------------------------------
+
+SIZES = {  # (kind, size) -> (config kwargs, image size)
+    ("vit", "full"): ({}, 224),  # ViTConfig defaults: ViT-B/16
+    ("resnet", "full"): ({}, 224),  # ResNetConfig defaults: ResNet-50
+    ("vit", "reduced"): (
+        dict(
+            hidden_size=192,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            intermediate_size=768,
+            image_size=64,
+        ),
+        64,
+    ),  # fmt: skip
+    ("resnet", "reduced"): (
+        dict(embedding_size=32, hidden_sizes=[64, 128, 256, 512], depths=[1, 1, 1, 1]),
+        64,
+    ),
+    ("vit", "quick"): (
+        dict(
+            hidden_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=96,
+            image_size=32,
+        ),
+        32,
+    ),  # fmt: skip
+    ("resnet", "quick"): (
+        dict(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic"),
+        32,
+    ),
+}
+
+
+def build(kind: str, size: str, num_classes: int, device: torch.device):
+    """A frozen, eval-mode model with seeded random weights, and its image size."""
+    overrides, image_size = SIZES[kind, size]
+    torch.manual_seed(0)
+    if kind == "vit":
+        config = ViTConfig(num_labels=num_classes, attn_implementation="eager", **overrides)
+        model = ViTForImageClassification(config)
+    else:
+        model = ResNetForImageClassification(ResNetConfig(num_labels=num_classes, **overrides))
+    model = model.eval().to(device)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model, image_size
+
+
+def make_inputs(batch: int, image_size: int, device: torch.device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(batch, 3, image_size, image_size, generator=generator).to(device)
+
+
+def logits_of(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: model(pixel_values=x).logits
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+
+@dataclass
+class PassCounter:
+    """Backward passes (``vjp``) and double-backward passes (``jvp``) of Fisher operators."""
+
+    vjp: int = 0
+    jvp: int = 0
+
+
+@contextmanager
+def counting_passes() -> Iterator[PassCounter]:
+    """Count ``FisherOperator.vjp``/``jvp`` calls (one batched pass each) while inside."""
+    counter = PassCounter()
+    original_vjp, original_jvp = FisherOperator.vjp, FisherOperator.jvp
+
+    def vjp(self, cotangents):
+        counter.vjp += 1
+        return original_vjp(self, cotangents)
+
+    def jvp(self, vectors):
+        counter.jvp += 1
+        return original_jvp(self, vectors)
+
+    FisherOperator.vjp, FisherOperator.jvp = vjp, jvp
+    try:
+        yield counter
+    finally:
+        FisherOperator.vjp, FisherOperator.jvp = original_vjp, original_jvp
+
+
+def run_row(row: Row, model, inputs: torch.Tensor, tol: float, num_classes: int):
+    return spectrum_of_batch(
+        logits_of(model), inputs, num_classes=num_classes, tol=tol,
+        **accepted_options(row.options),
+    )  # fmt: skip
+
+
+def reference_extrapolated(model, sample: torch.Tensor, num_classes: int, classes: int) -> float:
+    """Seconds of the per-sample reference for one sample, extrapolated from ``classes`` of K.
+
+    Batch 1, weight gradients on, ``log_softmax``, then one backward pass per class: the time
+    of the forward pass plus K times the mean time of the ``classes`` backward passes timed.
+    """
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    try:
+        start = time.perf_counter()
+        x = sample[None].clone().requires_grad_(True)
+        log_probs = torch.log_softmax(model(pixel_values=x).logits, dim=1)[0]
+        synchronize(sample.device)
+        forward = time.perf_counter() - start
+        start = time.perf_counter()
+        for k in range(classes):
+            model.zero_grad(set_to_none=True)
+            x.grad = None
+            log_probs[k].backward(retain_graph=k < classes - 1)
+            x.grad.reshape(-1).double().clone()
+        synchronize(sample.device)
+        backward = (time.perf_counter() - start) / classes
+    finally:
+        model.zero_grad(set_to_none=True)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+    return forward + num_classes * backward
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synced(fn: Callable[[], object], device: torch.device) -> Callable[[], None]:
+    def call() -> None:
+        fn()
+        synchronize(device)
+
+    return call
+
+
+@dataclass
+class RowStats:
+    """What one row's last run reports, besides its time."""
+
+    method: str = ""
+    iterations: list[float] = field(default_factory=list)
+    products: int = 0
+    other_backward: int = 0
+    reported_probes: str = ""
+    trace_rse: float = float("nan")
+    converged: float = float("nan")
+
+
+def reported_probes(result) -> str:
+    """Trace probes as the result reports them (the i14-est branch may add a field)."""
+    for name in ("trace_probes", "num_trace_probes", "trace_num_probes"):
+        value = getattr(result, name, None)
+        if value is None:
+            value = result.settings.get(name)
+        if isinstance(value, torch.Tensor):
+            return f"{value.double().mean().item():.1f}/{value.max().item():.0f}"
+        if value is not None:
+            return str(value)
+    return ""
+
+
+def row_stats(result, counter: PassCounter) -> RowStats:
+    stats = RowStats(method=result.method)
+    if result.iterations is not None:
+        stats.iterations = [float(v) for v in result.iterations.tolist()]
+    stats.products = counter.jvp
+    stats.other_backward = counter.vjp - counter.jvp  # each Fisher product is one jvp + one vjp
+    stats.reported_probes = reported_probes(result)
+    if result.trace_standard_error is not None:
+        stats.trace_rse = (result.trace_standard_error / result.trace).mean().item()
+    if result.converged is not None:
+        stats.converged = result.converged.double().mean().item()
+    return stats
+
+
+def timed_rows(model, inputs, rows, args, num_classes) -> tuple[dict[str, Timing], dict, Timing]:
+    """Interleave forward, reference and rows; return timings, row stats and the reference."""
+    device = inputs.device
+    stats: dict[str, RowStats] = {}
+    reference: list[float] = []
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(pixel_values=inputs)
+
+    callables = {"forward": synced(forward, device)}
+    callables["reference"] = lambda: reference.append(
+        reference_extrapolated(model, inputs[0], num_classes, args.ref_classes)
+    )
+    for row in rows:
+
+        def run(row=row) -> None:
+            with counting_passes() as counter:
+                result = run_row(row, model, inputs, args.tol, num_classes)
+                synchronize(device)
+            stats[row.label] = row_stats(result, counter)
+
+        callables[row.label] = run
+    timings = interleave(callables, rounds=args.rounds, warmup=args.warmup)
+    return timings, stats, Timing("reference", tuple(reference[args.warmup :]))
+
+
+def peak_memory(kind: str, size: str, row: Row, args, device: torch.device) -> int:
+    """Peak memory of one run of ``row`` beyond the model and a no-grad forward pass (bytes)."""
+    if device.type == "cuda":
+        num_classes = NUM_CLASSES_OF_SIZE[size]
+        model, image_size = build(kind, size, num_classes, device)
+        inputs = make_inputs(args.batch, image_size, device)
+        return cuda_peak_delta(lambda: run_row(row, model, inputs, args.tol, num_classes), device)
+    argv = [
+        str(Path(__file__).resolve()), "--memory-child", f"{kind},{size},{ROWS.index(row)}",
+        "--batch", str(args.batch), "--threads", str(torch.get_num_threads()),
+        "--tol", str(args.tol),
+    ]  # fmt: skip
+    return run_child(argv)["bytes"]
+
+
+def memory_child(spec: str, args) -> None:
+    """In a fresh process: build, one no-grad forward, then measure one run's peak RSS."""
+    kind, size, index = spec.split(",")
+    num_classes = NUM_CLASSES_OF_SIZE[size]
+    model, image_size = build(kind, size, num_classes, torch.device("cpu"))
+    inputs = make_inputs(args.batch, image_size, torch.device("cpu"))
+    with torch.no_grad():
+        model(pixel_values=inputs)
+    row = ROWS[int(index)]
+    used, how = peak_rss_delta(lambda: run_row(row, model, inputs, args.tol, num_classes))
+    print(json.dumps({"bytes": used, "how": how}))
+
+
+NUM_CLASSES_OF_SIZE = {"full": NUM_CLASSES, "reduced": NUM_CLASSES, "quick": 100}
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+def cost_section(kind: str, size: str, args, device: torch.device) -> None:
+    num_classes = NUM_CLASSES_OF_SIZE[size]
+    model, image_size = build(kind, size, num_classes, device)
+    inputs = make_inputs(args.batch, image_size, device)
+    rows = [row for row in ROWS if selectable(row)]
+    skipped = [row.label for row in ROWS if not selectable(row)]
+    timings, stats, reference = timed_rows(model, inputs, rows, args, num_classes)
+    per_forward = timings["forward"].median / args.batch
+    ref_eq = reference.median / per_forward
+    print(f"\n## cost: {kind} ({size}), {image_size}x{image_size}, K={num_classes}, "
+          f"batch {args.batch}, forward {per_forward * 1e3:.0f} ms/sample "
+          f"(rounds span {timings['forward'].relative_spread:.0%} of the median)")  # fmt: skip
+    print(f"per-sample reference (EXTRAPOLATED from {args.ref_classes} of {num_classes} class "
+          f"backward passes): {ref_eq:.0f} fwd-eq [{reference.low / per_forward:.0f}-"
+          f"{reference.high / per_forward:.0f}]")  # fmt: skip
+    header = (f"{'row':<27}{'method':<9}{'fwd-eq [min-max]':>20}{'speedup':>9}{'iter mean/max':>15}"
+              f"{'products':>10}{'other bwd':>10}{'probes':>8}{'trace RSE':>11}{'conv':>6}"
+              f"{'peak MB/sample':>16}")  # fmt: skip
+    print(header)
+    for row in rows:
+        timing, row_stat = timings[row.label], stats[row.label]
+        seconds = timing.median / args.batch
+        spread = (f"{seconds / per_forward:.1f} [{timing.low / args.batch / per_forward:.1f}-"
+                  f"{timing.high / args.batch / per_forward:.1f}]")  # fmt: skip
+        its = row_stat.iterations
+        its_text = f"{sum(its) / len(its):.1f}/{max(its):.0f}" if its else "-"
+        memory = "-"
+        if args.memory:
+            memory = f"{peak_memory(kind, size, row, args, device) / args.batch / 2**20:.0f}"
+        print(f"{row.label:<27}{row_stat.method:<9}{spread:>20}"
+              f"{reference.median / seconds:>8.0f}x{its_text:>15}"
+              f"{row_stat.products:>10}{row_stat.other_backward:>10}"
+              f"{row_stat.reported_probes or '-':>8}{row_stat.trace_rse:>11.2%}"
+              f"{row_stat.converged:>6.0%}{memory:>16}")  # fmt: skip
+    for label in skipped:
+        print(f"{label:<27}(not selectable on this code: needs the i14-est options)")
+
+
+def accuracy_section(kind: str, size: str, args, device: torch.device) -> None:
+    num_classes = NUM_CLASSES_OF_SIZE[size]
+    model, image_size = build(kind, size, num_classes, device)
+    inputs = make_inputs(args.accuracy_batch, image_size, device)
+    truth = run_row(Row("exact", {"method": "exact"}), model, inputs, args.tol, num_classes)
+    print(
+        f"\n## accuracy: {kind} ({size}), {image_size}x{image_size}, K={num_classes}, "
+        f"{args.accuracy_batch} samples, against method='exact' (K-1 backward passes)"
+    )
+    print(
+        f"{'row':<27}{'max rel err lambda':>19}{'trace rel err mean/max':>24}"
+        f"{'trace RSE mean':>16}{'|err|<=2SE':>12}"
+    )
+    for row in (row for row in ROWS if selectable(row)):
+        result = run_row(row, model, inputs, args.tol, num_classes)
+        lam = ((result.spectral_norm - truth.spectral_norm).abs() / truth.spectral_norm).max()
+        error = result.trace - truth.trace
+        relative = error.abs() / truth.trace
+        se = result.trace_standard_error
+        covered = int((error.abs() <= 2 * se).sum()) if se is not None else 0
+        rse = (se / result.trace).mean().item() if se is not None else float("nan")
+        print(f"{row.label:<27}{lam.item():>19.1e}"
+              f"{f'{relative.mean().item():.1e}/{relative.max().item():.1e}':>24}"
+              f"{rse:>16.2%}{f'{covered}/{len(error)}':>12}")  # fmt: skip
+
+
+def header(args, device: torch.device) -> None:
+    rows = ", ".join(row.label for row in ROWS if selectable(row))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+          f"float32, load average {os.getloadavg()[0]:.2f}, {args.rounds} interleaved rounds "
+          f"after {args.warmup} warm-up, tol {args.tol}; rows: {rows}")  # fmt: skip
+    options = [name for name in ("lanczos_start", "trace_rtol") if accepted_options({name: 0})]
+    print(f"spectrum_of_batch options present: {', '.join(options) or 'none of the i14-est ones'}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("vit", "resnet", "both"), default="both")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--accuracy-batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--ref-classes",
+        type=int,
+        default=4,
+        help="class backward passes timed for the extrapolated reference",
+    )
+    parser.add_argument("--tol", type=float, default=1e-3)
+    parser.add_argument("--quick", action="store_true", help="tiny models (K=100): a smoke run")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-memory", dest="memory", action="store_false")
+    parser.add_argument("--no-accuracy", dest="accuracy", action="store_false")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for name in ("batch", "accuracy_batch", "rounds", "ref_classes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be at least 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        memory_child(args.memory_child, args)
+        return
+    device = torch.device(args.device)
+    kinds = ("vit", "resnet") if args.model == "both" else (args.model,)
+    header(args, device)
+    for kind in kinds:
+        cost_section(kind, "quick" if args.quick else "full", args, device)
+    if args.accuracy:
+        for kind in kinds:
+            accuracy_section(kind, "quick" if args.quick else "reduced", args, device)
+
+
+if __name__ == "__main__":
+    main()
