@@ -6,11 +6,11 @@ about any trained model. Two sections:
 1. Cost, per method row: forward-equivalents per sample (time per sample / time of one batched
    no-grad forward per sample; the forward, the reference and every row run interleaved,
    round-robin over ``--rounds`` after a warm-up, median and min-max), Lanczos iterations
-   (mean / max over the batch), the backward passes spent outside Fisher products per batch
-   (the trace's class-space probes plus an informed start vector, counted by wrapping
-   ``FisherOperator.vjp`` and ``.jvp``), Fisher products per batch, the trace's relative standard
-   error (mean), the share of samples whose lambda_max converged, peak memory per sample
-   (CPU: peak RSS above the RSS before the call, in a fresh process per row; CUDA:
+   (mean / max over the batch), Fisher products and the backward passes outside them per
+   batch (the trace's class-space probes, an informed start vector; counted and timed by
+   wrapping ``FisherOperator.matvec`` and ``.vjp``) with their forward-equivalents, the trace's
+   relative standard error (mean), the share of samples whose lambda_max converged, peak
+   memory per sample (CPU: peak RSS above the RSS before the call, in a fresh process per row; CUDA:
    ``max_memory_allocated`` above the allocation before it; see ``_timing.py``) and the speedup
    over the per-sample reference. The reference (batch 1, weight gradients on, one backward
    pass per class) is far too slow to run at K=1000 on a CPU: each round times its forward
@@ -157,31 +157,53 @@ def logits_of(model) -> Callable[[torch.Tensor], torch.Tensor]:
 
 @dataclass
 class PassCounter:
-    """Backward passes (``vjp``) and double-backward passes (``jvp``) of Fisher operators."""
+    """Fisher products (``matvec``) and backward passes outside them, with their seconds."""
 
-    vjp: int = 0
-    jvp: int = 0
+    products: int = 0
+    product_seconds: float = 0.0
+    backward: int = 0
+    backward_seconds: float = 0.0
+    inside_product: bool = False
 
 
 @contextmanager
-def counting_passes() -> Iterator[PassCounter]:
-    """Count ``FisherOperator.vjp``/``jvp`` calls (one batched pass each) while inside."""
+def counting_passes(device: torch.device) -> Iterator[PassCounter]:
+    """Count and time ``FisherOperator.matvec`` and the ``vjp`` calls outside it (batched).
+
+    A product is one double backward (``J v``) and one backward (``J^T w``); the other backward
+    passes are class-space trace probes, ``exact`` traces and informed start vectors. On CUDA
+    each call is synchronised so that its seconds are its own.
+    """
     counter = PassCounter()
-    original_vjp, original_jvp = FisherOperator.vjp, FisherOperator.jvp
+    original_matvec, original_vjp = FisherOperator.matvec, FisherOperator.vjp
+
+    def matvec(self, vectors):
+        start = time.perf_counter()
+        counter.inside_product = True
+        try:
+            out = original_matvec(self, vectors)
+            synchronize(device)
+        finally:
+            counter.inside_product = False
+        counter.products += 1
+        counter.product_seconds += time.perf_counter() - start
+        return out
 
     def vjp(self, cotangents):
-        counter.vjp += 1
-        return original_vjp(self, cotangents)
+        if counter.inside_product:
+            return original_vjp(self, cotangents)
+        start = time.perf_counter()
+        out = original_vjp(self, cotangents)
+        synchronize(device)
+        counter.backward += 1
+        counter.backward_seconds += time.perf_counter() - start
+        return out
 
-    def jvp(self, vectors):
-        counter.jvp += 1
-        return original_jvp(self, vectors)
-
-    FisherOperator.vjp, FisherOperator.jvp = vjp, jvp
+    FisherOperator.matvec, FisherOperator.vjp = matvec, vjp
     try:
         yield counter
     finally:
-        FisherOperator.vjp, FisherOperator.jvp = original_vjp, original_jvp
+        FisherOperator.matvec, FisherOperator.vjp = original_matvec, original_vjp
 
 
 def run_row(row: Row, model, inputs: torch.Tensor, tol: float, num_classes: int):
@@ -239,8 +261,7 @@ class RowStats:
 
     method: str = ""
     iterations: list[float] = field(default_factory=list)
-    products: int = 0
-    other_backward: int = 0
+    counter: PassCounter = field(default_factory=PassCounter)
     reported_probes: str = ""
     trace_rse: float = float("nan")
     converged: float = float("nan")
@@ -263,8 +284,7 @@ def row_stats(result, counter: PassCounter) -> RowStats:
     stats = RowStats(method=result.method)
     if result.iterations is not None:
         stats.iterations = [float(v) for v in result.iterations.tolist()]
-    stats.products = counter.jvp
-    stats.other_backward = counter.vjp - counter.jvp  # each Fisher product is one jvp + one vjp
+    stats.counter = counter
     stats.reported_probes = reported_probes(result)
     if result.trace_standard_error is not None:
         stats.trace_rse = (result.trace_standard_error / result.trace).mean().item()
@@ -290,7 +310,7 @@ def timed_rows(model, inputs, rows, args, num_classes) -> tuple[dict[str, Timing
     for row in rows:
 
         def run(row=row) -> None:
-            with counting_passes() as counter:
+            with counting_passes(device) as counter:
                 result = run_row(row, model, inputs, args.tol, num_classes)
                 synchronize(device)
             stats[row.label] = row_stats(result, counter)
@@ -349,9 +369,9 @@ def cost_section(kind: str, size: str, args, device: torch.device) -> None:
     print(f"per-sample reference (EXTRAPOLATED from {args.ref_classes} of {num_classes} class "
           f"backward passes): {ref_eq:.0f} fwd-eq [{reference.low / per_forward:.0f}-"
           f"{reference.high / per_forward:.0f}]")  # fmt: skip
-    header = (f"{'row':<27}{'method':<9}{'fwd-eq [min-max]':>20}{'speedup':>9}{'iter mean/max':>15}"
-              f"{'products':>10}{'other bwd':>10}{'probes':>8}{'trace RSE':>11}{'conv':>6}"
-              f"{'peak MB/sample':>16}")  # fmt: skip
+    header = (f"{'row':<27}{'method':<9}{'fwd-eq [min-max]':>20}{'speedup':>9}"
+              f"{'iter mean/max':>15}{'products':>9}{'other bwd':>10}{'fwd-eq prod/bwd':>16}"
+              f"{'probes':>8}{'trace RSE':>11}{'conv':>6}{'peak MB/sample':>16}")  # fmt: skip
     print(header)
     for row in rows:
         timing, row_stat = timings[row.label], stats[row.label]
@@ -363,9 +383,12 @@ def cost_section(kind: str, size: str, args, device: torch.device) -> None:
         memory = "-"
         if args.memory:
             memory = f"{peak_memory(kind, size, row, args, device) / args.batch / 2**20:.0f}"
+        count = row_stat.counter
+        split = (f"{count.product_seconds / args.batch / per_forward:.1f}/"
+                 f"{count.backward_seconds / args.batch / per_forward:.1f}")  # fmt: skip
         print(f"{row.label:<27}{row_stat.method:<9}{spread:>20}"
               f"{reference.median / seconds:>8.0f}x{its_text:>15}"
-              f"{row_stat.products:>10}{row_stat.other_backward:>10}"
+              f"{count.products:>9}{count.backward:>10}{split:>16}"
               f"{row_stat.reported_probes or '-':>8}{row_stat.trace_rse:>11.2%}"
               f"{row_stat.converged:>6.0%}{memory:>16}")  # fmt: skip
     for label in skipped:
