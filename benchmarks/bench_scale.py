@@ -74,7 +74,7 @@ class Row:
 ROWS = (
     Row("auto", {"method": "auto"}),
     Row(
-        "lanczos random, 16 probes",
+        "lanczos-random-16",
         {"method": "lanczos", "lanczos_start": "random", "trace_rtol": None, "num_probes": 16},
         requires=("lanczos_start",),
     ),
@@ -86,6 +86,11 @@ def accepted_options(options: dict) -> dict:
     """The options ``spectrum_of_batch`` takes (new ones are dropped on older code)."""
     parameters = inspect.signature(spectrum_of_batch).parameters
     return {name: value for name, value in options.items() if name in parameters}
+
+
+def chosen_rows(args: argparse.Namespace) -> list[Row]:
+    """The rows named by ``--rows`` (all by default), in table order."""
+    return [row for row in ROWS if args.rows is None or row.label in args.rows]
 
 
 def selectable(row: Row) -> bool:
@@ -358,8 +363,8 @@ def cost_section(kind: str, size: str, args, device: torch.device) -> None:
     num_classes = NUM_CLASSES_OF_SIZE[size]
     model, image_size = build(kind, size, num_classes, device)
     inputs = make_inputs(args.batch, image_size, device)
-    rows = [row for row in ROWS if selectable(row)]
-    skipped = [row.label for row in ROWS if not selectable(row)]
+    rows = [row for row in chosen_rows(args) if selectable(row)]
+    skipped = [row.label for row in chosen_rows(args) if not selectable(row)]
     timings, stats, reference = timed_rows(model, inputs, rows, args, num_classes)
     per_forward = timings["forward"].median / args.batch
     ref_eq = reference.median / per_forward
@@ -408,7 +413,7 @@ def accuracy_section(kind: str, size: str, args, device: torch.device) -> None:
         f"{'row':<27}{'max rel err lambda':>19}{'trace rel err mean/max':>24}"
         f"{'trace RSE mean':>16}{'|err|<=2SE':>12}"
     )
-    for row in (row for row in ROWS if selectable(row)):
+    for row in (row for row in chosen_rows(args) if selectable(row)):
         result = run_row(row, model, inputs, args.tol, num_classes)
         lam = ((result.spectral_norm - truth.spectral_norm).abs() / truth.spectral_norm).max()
         error = result.trace - truth.trace
@@ -422,7 +427,7 @@ def accuracy_section(kind: str, size: str, args, device: torch.device) -> None:
 
 
 def header(args, device: torch.device) -> None:
-    rows = ", ".join(row.label for row in ROWS if selectable(row))
+    rows = ", ".join(row.label for row in chosen_rows(args) if selectable(row))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
           f"float32, load average {os.getloadavg()[0]:.2f}, {args.rounds} interleaved rounds "
           f"after {args.warmup} warm-up, tol {args.tol}; rows: {rows}")  # fmt: skip
@@ -434,6 +439,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("vit", "resnet", "both"), default="both")
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument(
+        "--rows",
+        type=lambda text: text.split(","),
+        default=None,
+        help=f"comma-separated subset of {','.join(row.label for row in ROWS)}",
+    )
     parser.add_argument("--accuracy-batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
@@ -449,11 +460,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-memory", dest="memory", action="store_false")
     parser.add_argument("--no-accuracy", dest="accuracy", action="store_false")
+    parser.add_argument("--no-cost", dest="cost", action="store_false")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("batch", "accuracy_batch", "rounds", "ref_classes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    unknown = sorted(set(args.rows or ()) - {row.label for row in ROWS})
+    if unknown:
+        parser.error(
+            f"unknown --rows {', '.join(unknown)}; choose from "
+            f"{', '.join(row.label for row in ROWS)}"
+        )
     if args.warmup < 0:
         parser.error("--warmup must be at least 0")
     return args
@@ -469,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     kinds = ("vit", "resnet") if args.model == "both" else (args.model,)
     header(args, device)
-    for kind in kinds:
+    for kind in kinds if args.cost else ():
         cost_section(kind, "quick" if args.quick else "full", args, device)
     if args.accuracy:
         for kind in kinds:
