@@ -433,6 +433,10 @@ def header(args, device: torch.device) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
           f"float32, load average {os.getloadavg()[0]:.2f}, {args.rounds} interleaved rounds "
           f"after {args.warmup} warm-up, tol {args.tol}; rows: {rows}")  # fmt: skip
+    if device.type == "cuda":
+        print(f"GPU {torch.cuda.get_device_name(device)}, TF32 matmul "
+              f"{torch.backends.cuda.matmul.allow_tf32}, cuDNN TF32 "
+              f"{torch.backends.cudnn.allow_tf32}")  # fmt: skip
     options = [name for name in ("lanczos_start", "trace_rtol") if accepted_options({name: 0})]
     print(f"spectrum_of_batch options present: {', '.join(options) or 'none of the i14-est ones'}")
 
@@ -474,6 +478,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"unknown --rows {', '.join(unknown)}; choose from "
             f"{', '.join(row.label for row in ROWS)}"
         )
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}, but this torch has no CUDA device; use --device cpu")
     if args.warmup < 0:
         parser.error("--warmup must be at least 0")
     return args

@@ -117,3 +117,19 @@ def test_bench_scale_quick_smoke_run_reports_costs_and_accurate_lambda(capsys):
     covered, total = map(int, accuracy[-1].split("/"))
     assert total == 2 and 0 <= covered <= 2
     assert re.search(r"rounds after 0 warm-up", output)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rows", "auto,nope"], "unknown --rows nope"),
+        (["--rounds", "0"], "--rounds must be at least 1"),
+        (["--batch", "0"], "--batch must be at least 1"),
+        (["--warmup", "-1"], "--warmup must be at least 0"),
+    ],
+)
+def test_bench_scale_refuses_bad_arguments_before_building_anything(argv, message, capsys):
+    bench_scale = _load("bench_scale")
+    with pytest.raises(SystemExit):
+        bench_scale.parse_args(argv)
+    assert message in capsys.readouterr().err
