@@ -87,12 +87,6 @@ def interleave(
     return {label: Timing(label, tuple(samples[label])) for label in labels}
 
 
-def format_seconds_ratio(timing: Timing, unit: float, width: int = 20) -> str:
-    """``median [min-max]`` of ``timing / unit`` (e.g. seconds per forward), right-aligned."""
-    text = f"{timing.median / unit:.1f} [{timing.low / unit:.1f}-{timing.high / unit:.1f}]"
-    return f"{text:>{width}}"
-
-
 def _status_kib(key: str) -> int:
     match = re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text())
     if match is None:
