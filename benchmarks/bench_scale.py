@@ -15,6 +15,10 @@ about any trained model. Two sections:
    over the per-sample reference. The reference (batch 1, weight gradients on, one backward
    pass per class) is far too slow to run at K=1000 on a CPU: each round times its forward
    pass and ``--ref-classes`` class backward passes and EXTRAPOLATES to K backward passes.
+   ``--clock cpu`` times with this process's CPU time instead of wall time: on a shared CPU
+   machine a short forward pass and a long Fisher run see different background load, and
+   wall-clock ratios between them drift by tens of percent (CPU time, with ``--threads 1``,
+   does not).
 2. Accuracy, on a reduced case where ``exact`` (K-1 backward passes, exact to rounding) is
    affordable: the same two architectures, shallower and at 64x64, still K=1000. Relative error
    of lambda_max and of the trace against ``exact``, and how many samples have
@@ -59,6 +63,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import Timing, cuda_peak_delta, interleave, peak_rss_delta, run_child  # noqa: E402
 
 NUM_CLASSES = 1000
+
+Clock = Callable[[], float]
+CLOCKS: dict[str, Clock] = {
+    "wall": time.perf_counter,
+    # this process's CPU time: on a shared machine, other processes' load barely moves it
+    "cpu": time.process_time,
+}
 
 
 @dataclass(frozen=True)
@@ -174,7 +185,7 @@ class PassCounter:
 
 
 @contextmanager
-def counting_passes(device: torch.device) -> Iterator[PassCounter]:
+def counting_passes(device: torch.device, clock: Clock) -> Iterator[PassCounter]:
     """Count and time ``FisherOperator.matvec`` and the ``vjp`` calls outside it (batched).
 
     A product is one double backward (``J v``) and one backward (``J^T w``); the other backward
@@ -185,7 +196,7 @@ def counting_passes(device: torch.device) -> Iterator[PassCounter]:
     original_matvec, original_vjp = FisherOperator.matvec, FisherOperator.vjp
 
     def matvec(self, vectors):
-        start = time.perf_counter()
+        start = clock()
         counter.inside_product = True
         try:
             out = original_matvec(self, vectors)
@@ -193,17 +204,17 @@ def counting_passes(device: torch.device) -> Iterator[PassCounter]:
         finally:
             counter.inside_product = False
         counter.products += 1
-        counter.product_seconds += time.perf_counter() - start
+        counter.product_seconds += clock() - start
         return out
 
     def vjp(self, cotangents):
         if counter.inside_product:
             return original_vjp(self, cotangents)
-        start = time.perf_counter()
+        start = clock()
         out = original_vjp(self, cotangents)
         synchronize(device)
         counter.backward += 1
-        counter.backward_seconds += time.perf_counter() - start
+        counter.backward_seconds += clock() - start
         return out
 
     FisherOperator.matvec, FisherOperator.vjp = matvec, vjp
@@ -220,7 +231,9 @@ def run_row(row: Row, model, inputs: torch.Tensor, tol: float, num_classes: int)
     )  # fmt: skip
 
 
-def reference_extrapolated(model, sample: torch.Tensor, num_classes: int, classes: int) -> float:
+def reference_extrapolated(
+    model, sample: torch.Tensor, num_classes: int, classes: int, clock: Clock
+) -> float:
     """Seconds of the per-sample reference for one sample, extrapolated from ``classes`` of K.
 
     Batch 1, weight gradients on, ``log_softmax``, then one backward pass per class: the time
@@ -229,19 +242,19 @@ def reference_extrapolated(model, sample: torch.Tensor, num_classes: int, classe
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     try:
-        start = time.perf_counter()
+        start = clock()
         x = sample[None].clone().requires_grad_(True)
         log_probs = torch.log_softmax(model(pixel_values=x).logits, dim=1)[0]
         synchronize(sample.device)
-        forward = time.perf_counter() - start
-        start = time.perf_counter()
+        forward = clock() - start
+        start = clock()
         for k in range(classes):
             model.zero_grad(set_to_none=True)
             x.grad = None
             log_probs[k].backward(retain_graph=k < classes - 1)
             x.grad.reshape(-1).double().clone()
         synchronize(sample.device)
-        backward = (time.perf_counter() - start) / classes
+        backward = (clock() - start) / classes
     finally:
         model.zero_grad(set_to_none=True)
         for parameter in model.parameters():
@@ -303,6 +316,7 @@ def row_stats(result, counter: PassCounter) -> RowStats:
 def timed_rows(model, inputs, rows, args, num_classes) -> tuple[dict[str, Timing], dict, Timing]:
     """Interleave forward, reference and rows; return timings, row stats and the reference."""
     device = inputs.device
+    clock = CLOCKS[args.clock]
     stats: dict[str, RowStats] = {}
     reference: list[float] = []
 
@@ -312,18 +326,18 @@ def timed_rows(model, inputs, rows, args, num_classes) -> tuple[dict[str, Timing
 
     callables = {"forward": synced(forward, device)}
     callables["reference"] = lambda: reference.append(
-        reference_extrapolated(model, inputs[0], num_classes, args.ref_classes)
+        reference_extrapolated(model, inputs[0], num_classes, args.ref_classes, clock)
     )
     for row in rows:
 
         def run(row=row) -> None:
-            with counting_passes(device) as counter:
+            with counting_passes(device, clock) as counter:
                 result = run_row(row, model, inputs, args.tol, num_classes)
                 synchronize(device)
             stats[row.label] = row_stats(result, counter)
 
         callables[row.label] = run
-    timings = interleave(callables, rounds=args.rounds, warmup=args.warmup)
+    timings = interleave(callables, rounds=args.rounds, warmup=args.warmup, clock=clock)
     return timings, stats, Timing("reference", tuple(reference[args.warmup :]))
 
 
@@ -431,8 +445,9 @@ def accuracy_section(kind: str, size: str, args, device: torch.device) -> None:
 def header(args, device: torch.device) -> None:
     rows = ", ".join(row.label for row in chosen_rows(args) if selectable(row))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
-          f"float32, load average {os.getloadavg()[0]:.2f}, {args.rounds} interleaved rounds "
-          f"after {args.warmup} warm-up, tol {args.tol}; rows: {rows}")  # fmt: skip
+          f"float32, {args.clock} clock, load average {os.getloadavg()[0]:.2f}, "
+          f"{args.rounds} interleaved rounds after {args.warmup} warm-up, tol {args.tol}; "
+          f"rows: {rows}")  # fmt: skip
     if device.type == "cuda":
         print(f"GPU {torch.cuda.get_device_name(device)}, TF32 matmul "
               f"{torch.backends.cuda.matmul.allow_tf32}, cuDNN TF32 "
@@ -461,6 +476,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="class backward passes timed for the extrapolated reference",
     )
     parser.add_argument("--tol", type=float, default=1e-3)
+    parser.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="wall",
+        help="wall time, or this process's CPU time (CPU device only; robust to "
+        "other processes on a shared machine, use it with --threads 1)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny models (K=100): a smoke run")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -478,6 +500,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"unknown --rows {', '.join(unknown)}; choose from "
             f"{', '.join(row.label for row in ROWS)}"
         )
+    if args.device.startswith("cuda") and args.clock == "cpu":
+        parser.error("--clock cpu does not see GPU time; use --clock wall with --device cuda")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}, but this torch has no CUDA device; use --device cpu")
     if args.warmup < 0:

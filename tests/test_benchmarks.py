@@ -126,6 +126,7 @@ def test_bench_scale_quick_smoke_run_reports_costs_and_accurate_lambda(capsys):
         (["--rounds", "0"], "--rounds must be at least 1"),
         (["--batch", "0"], "--batch must be at least 1"),
         (["--warmup", "-1"], "--warmup must be at least 0"),
+        (["--device", "cuda", "--clock", "cpu"], "--clock cpu does not see GPU time"),
     ],
 )
 def test_bench_scale_refuses_bad_arguments_before_building_anything(argv, message, capsys):
