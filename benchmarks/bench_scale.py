@@ -146,8 +146,13 @@ SIZES = {  # (kind, size) -> (config kwargs, image size)
 }
 
 
-def build(kind: str, size: str, num_classes: int, device: torch.device):
-    """A frozen, eval-mode model with seeded random weights, and its image size."""
+def build(kind: str, size: str, num_classes: int, device: torch.device, head_scale: float = 1.0):
+    """A frozen, eval-mode model with seeded random weights, and its image size.
+
+    ``head_scale`` multiplies the classification head's weights and bias: random weights give
+    near-uniform probabilities (a flat Fisher spectrum, Lanczos's slowest case); a scaled head
+    gives confident predictions, as a trained classifier's are.
+    """
     overrides, image_size = SIZES[kind, size]
     torch.manual_seed(0)
     if kind == "vit":
@@ -156,6 +161,14 @@ def build(kind: str, size: str, num_classes: int, device: torch.device):
     else:
         model = ResNetForImageClassification(ResNetConfig(num_labels=num_classes, **overrides))
     model = model.eval().to(device)
+    head = (
+        model.classifier[-1]
+        if isinstance(model.classifier, torch.nn.Sequential)
+        else model.classifier
+    )
+    with torch.no_grad():
+        head.weight.mul_(head_scale)
+        head.bias.mul_(head_scale)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model, image_size
@@ -345,13 +358,13 @@ def peak_memory(kind: str, size: str, row: Row, args, device: torch.device) -> i
     """Peak memory of one run of ``row`` beyond the model and a no-grad forward pass (bytes)."""
     if device.type == "cuda":
         num_classes = NUM_CLASSES_OF_SIZE[size]
-        model, image_size = build(kind, size, num_classes, device)
+        model, image_size = build(kind, size, num_classes, device, args.head_scale)
         inputs = make_inputs(args.batch, image_size, device)
         return cuda_peak_delta(lambda: run_row(row, model, inputs, args.tol, num_classes), device)
     argv = [
         str(Path(__file__).resolve()), "--memory-child", f"{kind},{size},{ROWS.index(row)}",
         "--batch", str(args.batch), "--threads", str(torch.get_num_threads()),
-        "--tol", str(args.tol),
+        "--tol", str(args.tol), "--head-scale", str(args.head_scale),
     ]  # fmt: skip
     return run_child(argv)["bytes"]
 
@@ -360,7 +373,7 @@ def memory_child(spec: str, args) -> None:
     """In a fresh process: build, one no-grad forward, then measure one run's peak RSS."""
     kind, size, index = spec.split(",")
     num_classes = NUM_CLASSES_OF_SIZE[size]
-    model, image_size = build(kind, size, num_classes, torch.device("cpu"))
+    model, image_size = build(kind, size, num_classes, torch.device("cpu"), args.head_scale)
     inputs = make_inputs(args.batch, image_size, torch.device("cpu"))
     with torch.no_grad():
         model(pixel_values=inputs)
@@ -377,14 +390,17 @@ NUM_CLASSES_OF_SIZE = {"full": NUM_CLASSES, "reduced": NUM_CLASSES, "quick": 100
 
 def cost_section(kind: str, size: str, args, device: torch.device) -> None:
     num_classes = NUM_CLASSES_OF_SIZE[size]
-    model, image_size = build(kind, size, num_classes, device)
+    model, image_size = build(kind, size, num_classes, device, args.head_scale)
     inputs = make_inputs(args.batch, image_size, device)
     rows = [row for row in chosen_rows(args) if selectable(row)]
     skipped = [row.label for row in chosen_rows(args) if not selectable(row)]
     timings, stats, reference = timed_rows(model, inputs, rows, args, num_classes)
     per_forward = timings["forward"].median / args.batch
     ref_eq = reference.median / per_forward
+    with torch.no_grad():
+        p_top = torch.softmax(model(pixel_values=inputs).logits.double(), 1).amax(1).mean()
     print(f"\n## cost: {kind} ({size}), {image_size}x{image_size}, K={num_classes}, "
+          f"head scale {args.head_scale:g}, mean top-class probability {p_top:.3f}, "
           f"batch {args.batch}, forward {per_forward * 1e3:.0f} ms/sample "
           f"(rounds span {timings['forward'].relative_spread:.0%} of the median)")  # fmt: skip
     print(f"per-sample reference (EXTRAPOLATED from {args.ref_classes} of {num_classes} class "
@@ -418,7 +434,7 @@ def cost_section(kind: str, size: str, args, device: torch.device) -> None:
 
 def accuracy_section(kind: str, size: str, args, device: torch.device) -> None:
     num_classes = NUM_CLASSES_OF_SIZE[size]
-    model, image_size = build(kind, size, num_classes, device)
+    model, image_size = build(kind, size, num_classes, device, args.head_scale)
     inputs = make_inputs(args.accuracy_batch, image_size, device)
     truth = run_row(Row("exact", {"method": "exact"}), model, inputs, args.tol, num_classes)
     print(
@@ -476,6 +492,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="class backward passes timed for the extrapolated reference",
     )
     parser.add_argument("--tol", type=float, default=1e-3)
+    parser.add_argument(
+        "--head-scale",
+        type=float,
+        default=1.0,
+        help="multiply the classifier head's weights (random weights predict near-uniformly; "
+        "a larger head gives confident, trained-like predictions)",
+    )
     parser.add_argument(
         "--clock",
         choices=tuple(CLOCKS),
