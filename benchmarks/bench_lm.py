@@ -1,10 +1,11 @@
 """Causal-LM benchmark: the next-token Fisher of a prompt at vocabularies of 32k and 128k.
 
 For tiny config-built LLaMA-style models (hidden size 64, 2 layers, random weights) and
-random prompts, prints per vocabulary size: the cost of one batched no-grad forward, Lanczos
-(tol 1e-3, the default 16 class-space trace probes) in forward-equivalents per prompt (its time
-/ the forward's time), the same for lambda_max alone (no trace probes: "λ only"), its
-iterations, and its lambda_max error against a tol 1e-9 Lanczos run.
+random prompts, prints per vocabulary size: the cost of one batched no-grad forward, the
+"lanczos" method with its defaults (tol 1e-3, informed start, Krylov-deflated trace with 6 to 16
+class-space probes) in forward-equivalents per prompt (its time / the forward's time), the same
+for lambda_max alone (a randomly started Lanczos, no trace probes: "λ only"), the method's
+iterations and trace probes, and its lambda_max error against a tol 1e-9 run.
 No (K, d) object is formed: the class-space work of a product is O(K) per prompt. Run:
 
     python benchmarks/bench_lm.py              # vocab 32000 and 128256, 8 prompts of 16 tokens
@@ -103,7 +104,8 @@ def bench(vocab_size: int, count: int, length: int) -> None:
         f"{vocab_size:>8} {floor / count * 1e3:>12.2f} {seconds / count * 1e3:>12.1f} "
         f"{seconds / floor:>10.1f} {top_seconds / floor:>10.1f} "
         f"{result.iterations.float().mean():>7.1f} "
-        f"{int(result.iterations.max()):>5} {error:>11.1e}"
+        f"{int(result.iterations.max()):>5} {result.trace_probes.float().mean():>7.1f} "
+        f"{error:>11.1e}"
     )
 
 
@@ -117,7 +119,7 @@ def main() -> None:
     print(
         f"{'vocab':>8} {'fwd ms/pr':>12} {'Fisher ms/pr':>12} {'fwd-eq':>10} {'λ only':>10} "
         f"{'iters':>7} "
-        f"{'max':>5} {'rel. error':>11}"
+        f"{'max':>5} {'probes':>7} {'rel. error':>11}"
     )
     for vocab_size in VOCABULARIES:
         bench(vocab_size, count, length)
