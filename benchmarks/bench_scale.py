@@ -25,10 +25,9 @@ about any trained model. Two sections:
    ``|trace error| <= 2 SE``.
 
 Rows: ``auto`` (whatever the defaults are: Lanczos at K=1000), ``lanczos-random-16`` (a random
-start and all 16 class-space trace probes; only when ``spectrum_of_batch`` has the
-``lanczos_start`` and ``trace_rtol`` options: before that, ``auto`` is this computation) and
-``hutchpp`` (Lanczos for lambda_max, input-space Hutch++ trace). Options a row names are passed
-only when ``spectrum_of_batch`` accepts them. Run:
+start and all 16 class-space trace probes: the default before issue 14) and ``hutchpp``
+(Lanczos for lambda_max, input-space Hutch++ trace). ``--head-scale`` scales the classifier
+head for confident, trained-like predictions. Run:
 
     python benchmarks/bench_scale.py --quick                          # tiny smoke run, seconds
     python benchmarks/bench_scale.py --model resnet --batch 2 --rounds 3 --threads 2
@@ -38,7 +37,6 @@ only when ``spectrum_of_batch`` accepts them. Run:
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -74,40 +72,28 @@ CLOCKS: dict[str, Clock] = {
 
 @dataclass(frozen=True)
 class Row:
-    """One method configuration; ``requires`` names options without which it is skipped."""
+    """One method configuration: a label and the options passed to ``spectrum_of_batch``."""
 
     label: str
     options: dict
-    requires: tuple[str, ...] = ()
 
 
-# "lanczos-random-16" is the closest the i14-est options come to the old default: a random start
-# and all 16 trace probes (a tiny trace_rtol never stops early; the probes are then deflated by
-# the Krylov basis). On code without those options, "auto" IS the old default.
+# "lanczos-random-16" is the closest the options come to the default before issue 14: a random
+# start and all 16 trace probes (a tiny trace_rtol never stops early; the probes are then
+# deflated by the Krylov basis).
 ROWS = (
     Row("auto", {"method": "auto"}),
     Row(
         "lanczos-random-16",
         {"method": "lanczos", "lanczos_start": "random", "trace_rtol": 1e-9, "num_probes": 16},
-        requires=("lanczos_start", "trace_rtol"),
     ),
     Row("hutchpp", {"method": "hutchpp"}),
 )
 
 
-def accepted_options(options: dict) -> dict:
-    """The options ``spectrum_of_batch`` takes (new ones are dropped on older code)."""
-    parameters = inspect.signature(spectrum_of_batch).parameters
-    return {name: value for name, value in options.items() if name in parameters}
-
-
 def chosen_rows(args: argparse.Namespace) -> list[Row]:
     """The rows named by ``--rows`` (all by default), in table order."""
     return [row for row in ROWS if args.rows is None or row.label in args.rows]
-
-
-def selectable(row: Row) -> bool:
-    return all(name in inspect.signature(spectrum_of_batch).parameters for name in row.requires)
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -240,7 +226,7 @@ def counting_passes(device: torch.device, clock: Clock) -> Iterator[PassCounter]
 def run_row(row: Row, model, inputs: torch.Tensor, tol: float, num_classes: int):
     return spectrum_of_batch(
         logits_of(model), inputs, num_classes=num_classes, tol=tol,
-        **accepted_options(row.options),
+        **row.options,
     )  # fmt: skip
 
 
@@ -301,16 +287,11 @@ class RowStats:
 
 
 def reported_probes(result) -> str:
-    """Trace probes as the result reports them (the i14-est branch may add a field)."""
-    for name in ("trace_probes", "num_trace_probes", "trace_num_probes"):
-        value = getattr(result, name, None)
-        if value is None:
-            value = result.settings.get(name)
-        if isinstance(value, torch.Tensor):
-            return f"{value.double().mean().item():.1f}/{value.max().item():.0f}"
-        if value is not None:
-            return str(value)
-    return ""
+    """Trace probes per sample, mean/max (``FisherSpectrum.trace_probes``; empty if absent)."""
+    probes = result.trace_probes
+    if probes is None:
+        return ""
+    return f"{probes.double().mean().item():.1f}/{probes.max().item():.0f}"
 
 
 def row_stats(result, counter: PassCounter) -> RowStats:
@@ -392,8 +373,7 @@ def cost_section(kind: str, size: str, args, device: torch.device) -> None:
     num_classes = NUM_CLASSES_OF_SIZE[size]
     model, image_size = build(kind, size, num_classes, device, args.head_scale)
     inputs = make_inputs(args.batch, image_size, device)
-    rows = [row for row in chosen_rows(args) if selectable(row)]
-    skipped = [row.label for row in chosen_rows(args) if not selectable(row)]
+    rows = chosen_rows(args)
     timings, stats, reference = timed_rows(model, inputs, rows, args, num_classes)
     per_forward = timings["forward"].median / args.batch
     ref_eq = reference.median / per_forward
@@ -428,8 +408,6 @@ def cost_section(kind: str, size: str, args, device: torch.device) -> None:
               f"{count.products:>9}{count.backward:>10}{split:>16}"
               f"{row_stat.reported_probes or '-':>8}{row_stat.trace_rse:>11.2%}"
               f"{row_stat.converged:>6.0%}{memory:>16}")  # fmt: skip
-    for label in skipped:
-        print(f"{label:<27}(not selectable on this code: needs the i14-est options)")
 
 
 def accuracy_section(kind: str, size: str, args, device: torch.device) -> None:
@@ -445,7 +423,7 @@ def accuracy_section(kind: str, size: str, args, device: torch.device) -> None:
         f"{'row':<27}{'max rel err lambda':>19}{'trace rel err mean/max':>24}"
         f"{'trace RSE mean':>16}{'|err|<=2SE':>12}"
     )
-    for row in (row for row in chosen_rows(args) if selectable(row)):
+    for row in chosen_rows(args):
         result = run_row(row, model, inputs, args.tol, num_classes)
         lam = ((result.spectral_norm - truth.spectral_norm).abs() / truth.spectral_norm).max()
         error = result.trace - truth.trace
@@ -459,7 +437,7 @@ def accuracy_section(kind: str, size: str, args, device: torch.device) -> None:
 
 
 def header(args, device: torch.device) -> None:
-    rows = ", ".join(row.label for row in chosen_rows(args) if selectable(row))
+    rows = ", ".join(row.label for row in chosen_rows(args))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
           f"float32, {args.clock} clock, load average {os.getloadavg()[0]:.2f}, "
           f"{args.rounds} interleaved rounds after {args.warmup} warm-up, tol {args.tol}; "
@@ -468,8 +446,6 @@ def header(args, device: torch.device) -> None:
         print(f"GPU {torch.cuda.get_device_name(device)}, TF32 matmul "
               f"{torch.backends.cuda.matmul.allow_tf32}, cuDNN TF32 "
               f"{torch.backends.cudnn.allow_tf32}")  # fmt: skip
-    options = [name for name in ("lanczos_start", "trace_rtol") if accepted_options({name: 0})]
-    print(f"spectrum_of_batch options present: {', '.join(options) or 'none of the i14-est ones'}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
