@@ -47,6 +47,27 @@ def test_structured_outputs_writes_the_readme_models_and_datasets(tmp_path):
     assert len(scenes) == 8 and np.array_equal(np.asarray(scenes[0]["image"]), first)
 
 
+def test_the_test_tokenizer_is_the_same_on_every_build():
+    """The tiny text models' tokenizer (README NER figures, the case table's BERT inputs).
+
+    It was trained with ``WordPieceTrainer``, whose ties come out in hash order: five builds
+    gave five vocabularies, so the tiny BERT's inputs and every figure built on them changed
+    from run to run (a float32 multi-label case failed in CI only).
+    """
+    from hf_fisher.testing.models import TEXT_CORPUS, build_tokenizer
+
+    builds = [build_tokenizer() for _ in range(3)]
+    assert all(build.get_vocab() == builds[0].get_vocab() for build in builds)
+    text = "the movie was wonderful, unseen!"
+    assert len({tuple(build(text)["input_ids"]) for build in builds}) == 1
+    tokens = builds[0].convert_ids_to_tokens(builds[0](text)["input_ids"])
+    assert tokens[:6] == ["[CLS]", "the", "movie", "was", "wonderful", ","]
+    assert tokens[6:9] == ["u", "##n", "##s"] and tokens[-2:] == ["[UNK]", "[SEP]"]
+    for sentence in TEXT_CORPUS:  # every corpus word is one token
+        words = sentence.replace(",", " ,").split()
+        assert builds[0].tokenize(sentence) == words
+
+
 @pytest.mark.parametrize(
     "name", ["quickstart.py", "text_and_black_box.py", "structured_outputs.py"]
 )

@@ -8,12 +8,13 @@ import torch
 from hf_fisher.errors import InputError
 from hf_fisher.estimators.hutchinson import (
     MIN_DEFLATED_PROBES,
+    TraceEstimate,
     _class_space_probes,
     deflated_class_space_hutchinson,
 )
 from hf_fisher.estimators.lanczos import lanczos
 from hf_fisher.estimators.matrix_free import _top_class_score, trace_with_ritz_bounds
-from hf_fisher.operators import FisherOperator
+from hf_fisher.operators import DenseOperator, FisherOperator
 from hf_fisher.spectrum import spectrum_of_batch
 from hf_fisher.testing.dense import dense_fisher, dense_spectrum
 from hf_fisher.testing.tolerances import tolerance_for
@@ -278,3 +279,50 @@ def test_bad_lanczos_knobs_are_refused(keywords, match):
     fn, x = small_cnn(samples=2)
     with pytest.raises(InputError, match=match):
         spectrum_of_batch(fn, x, method="lanczos", **keywords)
+
+
+class RoundingOperator(DenseOperator):
+    """Dense products with a seeded error of ``level * |F v|``, as float32 attention leaves them."""
+
+    def __init__(self, matrices: torch.Tensor, level: float, seed: int = 0) -> None:
+        super().__init__(matrices)
+        self.level = level
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def matvec(self, vectors: torch.Tensor) -> torch.Tensor:
+        exact = super().matvec(vectors)
+        noise = torch.randn(exact.shape, generator=self.generator, dtype=exact.dtype)
+        noise = noise / noise.norm(dim=1, keepdim=True)
+        return exact + self.level * exact.norm(dim=1, keepdim=True) * noise
+
+
+def test_an_exact_trace_is_kept_where_rounding_cut_the_complete_krylov_space_short():
+    """A rank-3 Fisher: 4 rounded products span its range only in exact arithmetic.
+
+    The Ritz sum of that "complete" space misses part of the 2e-3 eigenvalue (the CI failure
+    of the multi-label BERT in float32); the class-space trace, exact up to its own rounding,
+    is what gets reported, never below lambda_max. A stochastic estimate still gives way to
+    the Ritz sum, whose error is the rounding's, not the probes'.
+    """
+    generator = torch.Generator().manual_seed(0)
+    samples, dim = 8, 48
+    basis = torch.linalg.qr(torch.randn(samples, dim, 3, generator=generator).double())[0]
+    values = torch.tensor([1.0, 0.1, 2e-3], dtype=torch.float64)
+    fisher = (basis * values) @ basis.transpose(1, 2)
+    truth = values.sum().expand(samples)
+    eigen = lanczos(RoundingOperator(fisher, level=1e-4), top_k=1, tol=1e-6, rank=3)
+    assert eigen.complete.all()
+    ritz_error = ((eigen.ritz_sum - truth) / truth).abs()
+    assert ritz_error.max() > 1e-5, "the case must lose more than float32's tolerance"
+
+    exact = TraceEstimate(truth.clone(), torch.zeros(samples, dtype=torch.float64), 3)
+    value, error = trace_with_ritz_bounds(exact, eigen)
+    torch.testing.assert_close(value, truth, rtol=1e-12, atol=0)
+    assert (error == 0).all() and (value >= eigen.eigenvalues[:, 0]).all()
+
+    below = TraceEstimate(eigen.eigenvalues[:, 0] * 0.5, torch.zeros(samples).double(), 3)
+    assert torch.equal(trace_with_ritz_bounds(below, eigen)[0], eigen.eigenvalues[:, 0])
+
+    stochastic = TraceEstimate(truth * 1.3, torch.full((samples,), 0.2).double(), 16)
+    value, error = trace_with_ritz_bounds(stochastic, eigen)
+    assert torch.equal(value, eigen.ritz_sum) and (error == 0).all()

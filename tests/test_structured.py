@@ -192,7 +192,7 @@ def _position_rows(classifier, batch, index):  # (T,) norms of sample index's Ja
 def test_token_classifier_excludes_padding_and_special_tokens(token_dir):
     """[CLS], [SEP] and padding have no Fisher; every other token does."""
     classifier = load_classifier(token_dir, dtype=torch.float64)
-    batch = classifier.prepare(["awful", "the plot was slow"])
+    batch = classifier.prepare(["dull", "the plot was awful"])  # awful: five word pieces
     ids = batch.context["input_ids"]
     special = torch.isin(ids, torch.tensor(classifier.tokenizer.all_special_ids))
     expected = (batch.context["attention_mask"].bool() & ~special).long()

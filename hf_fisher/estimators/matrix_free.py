@@ -177,14 +177,20 @@ def _input_trace(
 
 
 def trace_with_ritz_bounds(trace: TraceEstimate, top: EigenEstimate) -> tuple[Tensor, Tensor]:
-    """Exact trace where the Krylov space spans the range, else ``max(estimate, Ritz sum)``.
+    """The trace to report: the Ritz sum where the Krylov space spans the range, else the estimate.
 
     The sum of the Ritz values is the trace of a compression of the PSD Fisher, so it never
     exceeds trace(F): raising an estimate to it only moves it toward the truth, and the standard
-    error of the estimate stays a valid (conservative) error bar.
+    error of the estimate stays a valid (conservative) error bar. A trace its estimator reports
+    exact (standard error 0: the K backward passes of the class-space trace) is kept (raised to
+    lambda_max through rounding only), even where the space spans the range: it spans the whole
+    range in exact arithmetic only, and with float32 products its Ritz sum loses eigenvalues far
+    below lambda_max (measured: 1.6e-3 of a multi-label BERT's trace).
     """
+    exact = trace.standard_error == 0
     bounded = torch.maximum(trace.trace, top.ritz_sum)
     value = torch.where(top.complete, top.ritz_sum, bounded)
+    value = torch.where(exact, torch.maximum(trace.trace, top.eigenvalues[:, 0]), value)
     error = torch.where(top.complete, torch.zeros_like(trace.standard_error), trace.standard_error)
     return value, error
 

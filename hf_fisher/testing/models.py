@@ -180,19 +180,30 @@ def _randomise_batch_norm(model: nn.Module) -> None:
             module.running_var.uniform_(0.5, 1.5)
 
 
-def build_tokenizer(
-    corpus: list[str] = TEXT_CORPUS, vocab_size: int = 120
-) -> PreTrainedTokenizerFast:
-    """Train a lower-casing WordPiece tokenizer with BERT's special tokens on ``corpus``."""
+def build_tokenizer(corpus: list[str] = TEXT_CORPUS) -> PreTrainedTokenizerFast:
+    """A lower-casing WordPiece tokenizer with BERT's special tokens, knowing ``corpus``'s words.
+
+    The vocabulary is built, not trained: the special tokens, then every character of the
+    corpus (alone and as a ``##`` continuation), then every whole word, each group sorted.
+    ``WordPieceTrainer`` is not deterministic (tokens of equal counts come out in hash order,
+    huggingface/tokenizers#1794), which made every model built on it, and every test of
+    those models, differ from one process to the next.
+    """
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = {
+        word
+        for text in corpus
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+    }
+    characters = sorted({character for word in words for character in word})
+    tokens = [*special, *characters, *(f"##{c}" for c in characters), *sorted(words)]
+    vocabulary = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    backend = Tokenizer(models.WordPiece(vocabulary, unk_token="[UNK]"))
+    backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizer
     backend.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=special, show_progress=False
-    )
-    backend.train_from_iterator(corpus, trainer)
     cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
