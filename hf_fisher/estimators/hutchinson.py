@@ -6,15 +6,18 @@ adaptive class-space trace of the "lanczos" method.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+from scipy.special import stdtrit
 from torch import Tensor
 
 from hf_fisher._random import default_streams
 from hf_fisher.errors import InputError
 from hf_fisher.operators import BatchedOperator, FisherOperator, as_operator
+
+NORMAL_975 = 1.959963984540054
+"""The standard normal's 0.975 quantile: a Student-t error bar is widened by t_0.975 / this."""
 
 MIN_DEFLATED_PROBES = 6
 """Fewest probes of an adaptive deflated trace: its standard error is itself estimated."""
@@ -47,13 +50,14 @@ def _probes(op: BatchedOperator, count: int, seed: int, sample_ids, purpose: str
 
 
 def _mean_and_error(samples: Tensor) -> tuple[Tensor, Tensor]:  # (N, m)
+    """Mean of m probe values and its error bar: the sample standard error, Student-widened."""
     count = samples.shape[1]
-    error = (
-        samples.std(dim=1) / math.sqrt(count)
-        if count > 1
-        else torch.full_like(samples[:, 0], float("inf"))
-    )
-    return samples.mean(dim=1), error
+    mean = samples.mean(dim=1)
+    if count == 1:
+        return mean, torch.full_like(mean, float("inf"))
+    variance = samples.var(dim=1)
+    widening = student_widening(mean, variance, torch.full_like(mean, count))
+    return mean, (variance / count).sqrt() * widening
 
 
 def hutchinson(
@@ -260,12 +264,13 @@ def _below(values: Tensor, cross: Tensor, count: int, compressed: Tensor, rtol: 
 def _quadratic_form_mean_and_error(
     values: Tensor, cross: Tensor, used: Tensor
 ) -> tuple[Tensor, Tensor]:  # (N, m), (N, m), (N,) -> (N,), (N,)
-    """Mean of each row's first ``used[i]`` Gaussian quadratic forms, and its standard error.
+    """Mean of each row's first ``used[i]`` Gaussian quadratic forms, and its error bar.
 
     The values are ``x_j = z_j^T M z_j`` with z_j ~ N(0, I): ``Var x = 2 tr(M^2)``, and
     ``E (z_j^T M z_k)^2 = tr(M^2)`` for j != k, so the mean of the m (m - 1) / 2 squared cross
     products ``w_j . w_k`` estimates it without bias and far more stably than the sample
-    variance of m values (which misses a rare large draw more often).
+    variance of m values (which misses a rare large draw more often). That standard error is
+    then widened for its own uncertainty (:func:`student_widening`).
     """
     keep = (torch.arange(values.shape[1], device=values.device)[None, :] < used[:, None]).double()
     count = used.double()
@@ -273,4 +278,24 @@ def _quadratic_form_mean_and_error(
     pairs = cross.gather(1, (used - 1)[:, None]).squeeze(1)
     variance = 2 * pairs / (count * (count - 1) / 2).clamp_min(1)
     error = torch.where(used > 1, (variance / count).sqrt(), torch.inf)
-    return mean, error
+    return mean, error * student_widening(mean, variance, count)
+
+
+def student_widening(mean: Tensor, variance: Tensor, count: Tensor) -> Tensor:
+    """``t_0.975(dof) / z_0.975``: a standard error from few probes of a skewed remainder.
+
+    A standard error estimated from m quadratic forms is itself noisy, the more so the fewer
+    directions M has: ``x_j`` is about a scaled chi-square with ``nu = tr(M)^2 / tr(M^2)``
+    (M's effective rank) degrees of freedom, whose excess kurtosis ``12 / nu`` makes the
+    variance estimate's degrees of freedom ``2 / (2 / (m - 1) + 12 / (nu m))`` (Satterthwaite).
+    Plain ``mean +- 2 SE`` covered the exact trace in 0.78 of trials on a 24-label BERT, and
+    ``+- 1.96`` sample-std errors 0.73-0.92 on skewed spectra; widened by this Student-t factor,
+    ``+- 2`` error bars cover 0.91-0.97 (docs/guarantees.md, benchmarks/bench_trace_coverage.py).
+    ``nu`` is estimated from the same probes (at least 1, as for any PSD M). Rademacher probes
+    (input-space Hutchinson) have lighter tails: for them the widening is conservative.
+    """
+    effective_rank = (2 * mean.pow(2) / variance).nan_to_num(nan=1.0).clamp_min(1.0)
+    dof = 2 / (2 / (count - 1).clamp_min(1) + 12 / (effective_rank * count))
+    quantile = stdtrit(dof.clamp_min(1.0).cpu().numpy(), 0.975)
+    widening = torch.as_tensor(quantile, dtype=mean.dtype, device=mean.device) / NORMAL_975
+    return torch.where(variance > 0, widening, torch.ones_like(widening))

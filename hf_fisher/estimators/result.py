@@ -28,7 +28,9 @@ class FisherSpectrum:
             eigenvalue is within ``tol`` (relative) of an eigenvalue of F, by residual norms
             (see :class:`~hf_fisher.estimators.lanczos.EigenEstimate`).
         iterations: (N,) products per sample for iterative methods, else None.
-        trace_standard_error: (N,) for stochastic trace estimates (0 where exact), else None.
+        trace_standard_error: (N,) error bar of a stochastic trace (0 where exact): the
+            probes' standard error widened for their few-probe uncertainty
+            (:func:`~hf_fisher.estimators.hutchinson.student_widening`), else None.
         spectral_norm_ci: (N, 2) interval for black-box sketches, else None.
         trace_ci: (N, 2) interval for black-box sketches, else None.
         num_queries: forward queries per sample (black-box only), else None.
