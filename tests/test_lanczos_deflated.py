@@ -19,7 +19,7 @@ from hf_fisher.estimators.lanczos import lanczos
 from hf_fisher.estimators.matrix_free import _top_class_score, trace_with_ritz_bounds
 from hf_fisher.operators import DenseOperator, FisherOperator
 from hf_fisher.spectrum import spectrum_of_batch
-from hf_fisher.testing.cases import dense_truth
+from hf_fisher.testing.cases import CASE_TEXTS, dense_truth
 from hf_fisher.testing.dense import dense_fisher, dense_spectrum
 from hf_fisher.testing.models import build_bert
 from hf_fisher.testing.tolerances import tolerance_for
@@ -186,18 +186,6 @@ def test_deflated_trace_error_bars_cover_the_exact_trace(coverage_table):
     assert pooled >= 0.92, inside
 
 
-TEXTS = [
-    "a fine film",
-    "awful",
-    "the plot was slow",
-    "great music, great cast",
-    "nothing happened",
-    "i loved every minute of this story",
-    "dull",
-    "an average film, neither good nor bad",
-]
-
-
 @pytest.mark.parametrize("problem_type", [None, "multi_label_classification"])
 def test_error_bars_cover_on_a_real_text_model(tmp_path, problem_type):
     """A 24-label BERT, 8 texts x 8 seeds, end to end through ``fisher_spectrum``.
@@ -207,10 +195,11 @@ def test_error_bars_cover_on_a_real_text_model(tmp_path, problem_type):
     """
     path = build_bert(tmp_path, num_labels=24, problem_type=problem_type)
     classifier = load_classifier(path, dtype=torch.float64)
-    _, truth = dense_truth(classifier, TEXTS)
+    texts = list(CASE_TEXTS)
+    _, truth = dense_truth(classifier, texts)
     inside = []
     for seed in range(8):
-        result = fisher_spectrum(classifier, TEXTS, method="lanczos", tol=1e-3, seed=seed)
+        result = fisher_spectrum(classifier, texts, method="lanczos", tol=1e-3, seed=seed)
         assert (result.trace_probes > 0).all()  # the deflated, stochastic path
         inside.append((result.trace - truth).abs() <= 2 * result.trace_standard_error)
     assert torch.cat(inside).double().mean() >= 0.88

@@ -130,18 +130,21 @@ def _image_inputs(classifier: Classifier) -> Tensor:  # (8, C, H, W) pixels in [
     )
 
 
+CASE_TEXTS = (
+    "a fine film",
+    "awful",
+    "the plot was slow",
+    "great music, great cast",
+    "nothing happened",
+    "i loved every minute of this story",
+    "dull",
+    "an average film, neither good nor bad",
+)
+"""Eight texts of different lengths, so that padding masks differ across batches."""
+
+
 def _text_inputs(classifier: Classifier) -> list[str]:
-    """Eight texts of different lengths, so that padding masks differ across batches."""
-    return [
-        "a fine film",
-        "awful",
-        "the plot was slow",
-        "great music, great cast",
-        "nothing happened",
-        "i loved every minute of this story",
-        "dull",
-        "an average film, neither good nor bad",
-    ]
+    return list(CASE_TEXTS)
 
 
 def _zero_shot_clip(directory: Path) -> Classifier:
