@@ -539,6 +539,8 @@ def _estimator_fields(spectrum: FisherSpectrum, row: int) -> dict:
         fields["iterations"] = int(spectrum.iterations[row])
     if spectrum.trace_standard_error is not None:
         fields["trace_standard_error"] = float(spectrum.trace_standard_error[row])
+    if spectrum.trace_probes is not None:
+        fields["trace_probes"] = int(spectrum.trace_probes[row])
     if spectrum.spectral_norm_ci is not None:
         fields["spectral_norm_ci"] = spectrum.spectral_norm_ci[row].tolist()
         fields["trace_ci"] = spectrum.trace_ci[row].tolist()

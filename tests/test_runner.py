@@ -251,8 +251,8 @@ def test_auto_is_one_method_for_batches_of_64_7_and_1(monkeypatch: pytest.Monkey
         assert results["settings"]["method"] == "lanczos"
         assert {record["method"] for record in results["per_sample"]} == {"lanczos"}
     for a, b in zip(singles["per_sample"], batches["per_sample"], strict=True):
-        assert (a["index"], a["iterations"], a["converged"]) == (
-            b["index"], b["iterations"], b["converged"]
+        assert (a["index"], a["iterations"], a["converged"], a["trace_probes"]) == (
+            b["index"], b["iterations"], b["converged"], b["trace_probes"]
         )  # fmt: skip
         for key in (*NUMBERS, "trace_standard_error"):
             assert a[key] == pytest.approx(b[key], rel=FLOAT32), key
