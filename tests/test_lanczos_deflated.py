@@ -202,7 +202,7 @@ def test_error_bars_cover_on_a_real_text_model(tmp_path, problem_type):
         result = fisher_spectrum(classifier, texts, method="lanczos", tol=1e-3, seed=seed)
         assert (result.trace_probes > 0).all()  # the deflated, stochastic path
         inside.append((result.trace - truth).abs() <= 2 * result.trace_standard_error)
-    assert torch.cat(inside).double().mean() >= 0.88
+    assert torch.cat(inside).double().mean() >= 0.86  # plain SE: 0.78-0.80 (slack for rounding)
 
 
 def test_deflated_trace_meets_its_target_or_spends_every_probe(coverage_table):
