@@ -1,6 +1,6 @@
 """A text classifier (Fisher w.r.t. input embeddings) and a black-box estimate, side by side.
 
-The classifier is a tiny BERT built from a config with a locally trained tokenizer, saved and
+The classifier is a tiny BERT built from a config with a small local tokenizer, saved and
 reloaded like any Hub checkpoint. Run: python examples/text_and_black_box.py
 """
 

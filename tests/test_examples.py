@@ -68,8 +68,27 @@ def test_the_test_tokenizer_is_the_same_on_every_build():
         assert builds[0].tokenize(sentence) == words
 
 
+def test_zero_shot_writes_the_readme_clip_and_class_folders(tmp_path):
+    """The README's zero-shot run starts from these: a CLIP and 4 images per class folder."""
+    import numpy as np
+    from PIL import Image
+
+    from hf_fisher.adapters import load_classifier
+
+    runpy.run_path(str(EXAMPLES / "zero_shot.py"))["main"](tmp_path)
+    classifier = load_classifier(tmp_path / "tiny-clip", candidate_labels=["cat", "dog", "bird"])
+    assert classifier.source["task"] == "zero-shot-image-classification"
+    folders = sorted(path.name for path in (tmp_path / "photos" / "train").iterdir())
+    assert folders == ["bird", "cat", "dog"]
+    assert all(len(list((tmp_path / "photos" / "train" / name).glob("*.png"))) == 4
+               for name in folders)  # fmt: skip
+    first = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    saved = np.asarray(Image.open(tmp_path / "photos" / "train" / "cat" / "0.png"))
+    assert np.array_equal(saved, first)
+
+
 @pytest.mark.parametrize(
-    "name", ["quickstart.py", "text_and_black_box.py", "structured_outputs.py"]
+    "name", ["quickstart.py", "text_and_black_box.py", "structured_outputs.py", "zero_shot.py"]
 )
 def test_examples_have_a_run_line(name):
     assert f"python examples/{name}" in (EXAMPLES / name).read_text()

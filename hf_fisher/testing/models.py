@@ -224,7 +224,7 @@ def build_bert(
     seed: int = 0,
     problem_type: str | None = None,
 ) -> Path:
-    """Save a one-layer BERT (hidden size 16) with a locally trained WordPiece tokenizer.
+    """Save a one-layer BERT (hidden size 16) with a WordPiece tokenizer of the corpus.
 
     ``problem_type="multi_label_classification"`` saves a multi-label (sigmoid) classifier.
     """
@@ -253,7 +253,7 @@ def build_clip(directory: str | Path, image_size: int = 8, *, seed: int = 0) -> 
     """Save a one-layer CLIPModel (hidden size 16) with its image processor and a tokenizer.
 
     A zero-shot dual encoder: no classification head; the classes are candidate labels (the
-    tokenizer is trained on prompts naming :data:`CLIP_LABELS`), held fixed as text features.
+    tokenizer knows the prompts naming :data:`CLIP_LABELS`), held fixed as text features.
     """
     directory = Path(directory)
     prompts = [f"this is a photo of {label}." for label in CLIP_LABELS]
