@@ -587,3 +587,29 @@ def test_stochastic_trace_error_bars_cover_over_a_spectrum_table(name):
         inside["class-space"].append((est.trace - exact).abs() <= 2 * est.standard_error + 1e-9)
     coverage = {label: torch.cat(rows).double().mean().item() for label, rows in inside.items()}
     assert min(coverage.values()) >= 0.9, coverage
+
+
+def test_student_widening_against_its_closed_forms():
+    """t_0.975(dof) / z_0.975 with dof = 2 / (2 / (m - 1) + 12 / (nu m)), nu = 2 mean^2 / var."""
+    from scipy.stats import norm, t
+
+    from hf_fisher.estimators.hutchinson import student_widening
+
+    def widen(mean, variance, count):
+        return student_widening(
+            torch.tensor([mean], dtype=torch.float64),
+            torch.tensor([variance], dtype=torch.float64),
+            torch.tensor([count], dtype=torch.float64),
+        ).item()
+
+    z = norm.ppf(0.975)
+    # many directions (nu -> inf): plain Student t with m - 1 dof
+    assert widen(1.0, 1e-12, 6) == pytest.approx(t.ppf(0.975, 5) / z, rel=1e-9)
+    # nu = 2 * 1 / 0.5 = 4 at m = 8: dof = 2 / (2/7 + 12/32)
+    assert widen(1.0, 0.5, 8) == pytest.approx(t.ppf(0.975, 2 / (2 / 7 + 12 / 32)) / z, rel=1e-9)
+    # one direction at m = 6 (nu clamped to 1): dof 0.83 is clamped to 1, a Cauchy quantile
+    assert widen(1.0, 8.0, 6) == pytest.approx(t.ppf(0.975, 1) / z, rel=1e-9)
+    # no spread at all (exact): no widening
+    assert widen(1.0, 0.0, 6) == 1.0
+    # more probes never widen more, at a fixed spread
+    assert widen(1.0, 0.5, 16) < widen(1.0, 0.5, 8) < widen(1.0, 0.5, 6)
